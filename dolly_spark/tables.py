@@ -1,0 +1,194 @@
+"""The only layer that reads or writes tables.
+
+Logical tables map to Unity Catalog three-part names on Databricks, or to Delta paths under
+a local root. Identifiers are validated, never spliced into SQL unchecked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOGICAL_TABLES = (
+    "raw",
+    "bronze",
+    "silver",
+    "quarantine",
+    "duplicates",
+    "gold",
+    "metrics",
+    "predictions",
+    "eval_generations",
+)
+_IDENT = re.compile(r"^[A-Za-z0-9_]+$")
+# Characters a local path may not contain: it is quoted inside SQL ('...' and `...`).
+_BAD_PATH_CHARS = re.compile(r"['`;\\\x00-\x1f]")
+
+
+class InvalidIdentifierError(ValueError):
+    pass
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise InvalidIdentifierError(
+            f"invalid {what} {name!r}: only letters, digits and underscore ([A-Za-z0-9_]) are allowed"
+        )
+    return name
+
+
+def validate_path(path: str) -> str:
+    if _BAD_PATH_CHARS.search(path):
+        raise InvalidIdentifierError(
+            f"invalid table path {path!r}: quotes, backticks, semicolons, backslashes and control "
+            "characters are not allowed"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class TableRef:
+    logical: str
+    name: str  # validated SQL name: catalog.schema.table, or the bare table name locally
+    path: str | None = None  # Delta location for local tables
+
+    @property
+    def sql(self) -> str:
+        """How to name the table inside SQL text."""
+        if self.path is not None:
+            return f"delta.`{self.path}`"
+        return ".".join(f"`{p}`" for p in self.name.split("."))
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """Where each logical table lives. Either ``root`` (local) or ``catalog`` + ``schema``."""
+
+    root: str | None = None
+    catalog: str | None = None
+    schema: str | None = None
+    prefix: str = ""
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if (self.root is None) == (self.catalog is None):
+            raise ValueError("give either a local root or a catalog and schema")
+        if self.catalog is not None:
+            validate_identifier(self.catalog, "catalog")
+            validate_identifier(self.schema or "", "schema")
+        else:
+            validate_path(str(Path(self.root).resolve()))
+        if self.prefix:
+            validate_identifier(self.prefix, "table prefix")
+        for k, v in self.overrides.items():
+            validate_identifier(v, f"table name for {k}")
+
+    def ref(self, logical: str) -> TableRef:
+        if logical not in LOGICAL_TABLES:
+            raise KeyError(f"unknown logical table {logical!r}; known: {LOGICAL_TABLES}")
+        table = validate_identifier(self.overrides.get(logical, f"{self.prefix}{logical}"), "table")
+        if self.catalog is not None:
+            return TableRef(logical, f"{self.catalog}.{self.schema}.{table}")
+        path = str(Path(self.root).resolve() / "tables" / table)
+        return TableRef(logical, table, validate_path(path))
+
+    def __getattr__(self, item: str) -> TableRef:
+        if item in LOGICAL_TABLES:
+            return self.ref(item)
+        raise AttributeError(item)
+
+
+def table_exists(spark, ref: TableRef) -> bool:
+    if ref.path is not None:
+        return (Path(ref.path) / "_delta_log").is_dir()
+    return spark.catalog.tableExists(ref.name)
+
+
+def read_table(spark, ref: TableRef, version: int | None = None):
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", int(version))
+    if ref.path is not None:
+        return reader.load(ref.path)
+    if version is not None:
+        return spark.sql(f"SELECT * FROM {ref.sql} VERSION AS OF {int(version)}")
+    return spark.table(ref.name)
+
+
+def write_table(
+    spark,
+    df,
+    ref: TableRef,
+    mode: str = "overwrite",
+    comment: str | None = None,
+    column_comments: dict[str, str] | None = None,
+    partition_by: list[str] | None = None,
+) -> int:
+    """Write ``df`` as Delta (one atomic commit) and return the new table version."""
+    writer = df.write.format("delta").mode(mode)
+    if mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if ref.path is not None:
+        writer.save(ref.path)
+        register_table(spark, ref)
+    else:
+        writer.saveAsTable(ref.name)
+    _apply_comments(spark, ref, comment, column_comments or {})
+    return table_version(spark, ref)
+
+
+def register_table(spark, ref: TableRef) -> None:
+    """Locally, name a path table in the session catalog so users can query it by name.
+
+    Sail's catalog lives in memory: re-registering is cheap and needed after each restart.
+    """
+    if ref.path is None:
+        return
+    spark.sql(f"CREATE TABLE IF NOT EXISTS `{ref.name}` USING delta LOCATION '{ref.path}'")
+
+
+def register_all(spark, names: TableNames) -> list[str]:
+    done = []
+    for logical in LOGICAL_TABLES:
+        ref = names.ref(logical)
+        if ref.path is not None and table_exists(spark, ref):
+            register_table(spark, ref)
+            done.append(ref.name)
+    return done
+
+
+def _escape_sql_string(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _apply_comments(spark, ref: TableRef, comment: str | None, column_comments: dict[str, str]) -> None:
+    """Table and column comments where the engine supports them (Databricks does; Sail does not)."""
+    if ref.path is not None:
+        return  # the embedded engine has no COMMENT ON / ALTER COLUMN COMMENT for path tables
+    if comment:
+        spark.sql(f"COMMENT ON TABLE {ref.sql} IS '{_escape_sql_string(comment)}'")
+    for col, text in column_comments.items():
+        validate_identifier(col, "column")
+        spark.sql(f"ALTER TABLE {ref.sql} ALTER COLUMN `{col}` COMMENT '{_escape_sql_string(text)}'")
+
+
+def table_version(spark, ref: TableRef) -> int:
+    if ref.path is not None:
+        from deltalake import DeltaTable
+
+        return int(DeltaTable(ref.path).version())
+    row = spark.sql(f"DESCRIBE HISTORY {ref.sql} LIMIT 1").collect()[0]
+    return int(row["version"])
+
+
+def table_history(ref: TableRef) -> list[dict]:
+    """Commit history of a local table via delta-rs (Sail does not parse DESCRIBE HISTORY)."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(ref.path).history()
