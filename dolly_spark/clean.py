@@ -67,7 +67,7 @@ def collect_reasons(df: DataFrame) -> DataFrame:
     return (
         df.withColumn("reasons", reasons.cast("array<string>"))
         .drop(*rule_cols)
-        .withColumn("reason", F.element_at(F.col("reasons"), 1))
+        .withColumn("reason", F.when(F.size("reasons") > 0, F.col("reasons")[0]))
     )
 
 

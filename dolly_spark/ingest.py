@@ -81,7 +81,7 @@ def _decode_lines(content: bytes) -> tuple[list[tuple[bytes, str | None, str | N
             return [(content[:4096], None, "corrupt_gzip")], None
     if content[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         try:
-            text = content.decode("utf-16")
+            text = content.decode("utf-16").lstrip("\ufeff")
         except UnicodeDecodeError:
             return [(content[:4096], None, "invalid_utf16")], None
         return [(ln.encode("utf-8"), ln.rstrip("\r"), None) for ln in text.split("\n")], None

@@ -19,7 +19,9 @@ LOGICAL_TABLES = (
     "silver",
     "quarantine",
     "duplicates",
+    "candidates",  # silver minus duplicates: the input to gold
     "gold",
+    "gold_stats",  # sequence-length statistics and packing plan summary
     "metrics",
     "predictions",
     "eval_generations",
@@ -147,10 +149,13 @@ def register_table(spark, ref: TableRef) -> None:
     """Locally, name a path table in the session catalog so users can query it by name.
 
     Sail's catalog lives in memory: re-registering is cheap and needed after each restart.
+    Drop first: Sail pins the Delta snapshot seen at CREATE time, so a stale entry would hide
+    later commits.
     """
     if ref.path is None:
         return
-    spark.sql(f"CREATE TABLE IF NOT EXISTS `{ref.name}` USING delta LOCATION '{ref.path}'")
+    spark.sql(f"DROP TABLE IF EXISTS `{ref.name}`")
+    spark.sql(f"CREATE TABLE `{ref.name}` USING delta LOCATION '{ref.path}'")
 
 
 def register_all(spark, names: TableNames) -> list[str]:
