@@ -25,6 +25,12 @@ setup(
         "console_scripts": [
             "dolly-spark=dolly_spark.cli:main",
             "dolly-prepare=dolly_spark.prepare:main",
+            "dolly-report=dolly_spark.report:main",
+            "dolly-train=dolly_spark.launch:main",
+            "dolly-register=dolly_spark.register:main",
+            "dolly-score=dolly_spark.score:main",
+            "dolly-evaluate=dolly_spark.evaluate:main",
+            "dolly-run=dolly_spark.pipeline:main",
         ]
     },
 )

@@ -115,6 +115,9 @@ def format_summary(result: PrepareResult) -> str:
     return "\n".join(lines)
 
 
+CONFIG = PrepareConfig
+
+
 def main(argv: list[str] | None = None) -> int:
     from dolly_spark.session import get_spark
 
