@@ -7,16 +7,15 @@ setup(
     packages=find_packages(include=["dolly_spark", "dolly_spark.*"]),
     package_data={"dolly_spark": ["configs/*.yaml", "configs/*.json"]},
     python_requires=">=3.11",
+    # Databricks runtimes bring their own pyspark, pandas and pyarrow: the wheel must not replace
+    # them, so the embedded engine and its exact pins live in the `local` extra.
     install_requires=[
-        "pyspark[connect]==4.2.0",
-        "pysail==0.7.2",
-        "deltalake==1.6.6",
-        "pandas==2.3.3",
-        "pyarrow==25.0.1",
-        "pyyaml==6.0.4",
-        "tokenizers==0.23.3",
+        "pyyaml>=6",
+        "tokenizers>=0.20",
     ],
     extras_require={
+        "local": ["pyspark[connect]==4.2.0", "pysail==0.7.2", "deltalake==1.6.6", "pandas==2.3.3",
+                  "pyarrow==25.0.1"],
         "train": ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0",
                   "deepspeed==0.19.8", "safetensors==0.8.0", "mlflow==3.17.2"],
         "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "jsonschema==4.26.0", "matplotlib==3.11.2"],

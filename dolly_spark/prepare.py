@@ -1,10 +1,12 @@
-"""``dolly-spark prepare``: raw JSON lines -> bronze -> silver (+ quarantine, metrics)."""
+"""``dolly-spark prepare``: raw JSON lines -> bronze -> silver -> dedup -> gold (+ quarantine,
+duplicates, metrics). ``--until STAGE`` stops early."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from pyspark.sql import functions as F
@@ -14,10 +16,11 @@ from dolly_spark.accounting import StageCount, check_invariant, metrics_frame
 from dolly_spark.clean import CleanConfig, quarantine_rows, silver_rows, validate
 from dolly_spark.config import parse_config
 from dolly_spark.ingest import read_bronze
+from dolly_spark.tokenizer import default_tokenizer
 
 log = logging.getLogger(__name__)
 
-STAGES = ("bronze", "silver")
+STAGES = ("bronze", "silver", "dedup", "gold")
 
 
 @dataclass
@@ -27,10 +30,31 @@ class PrepareConfig:
     catalog: str | None = field(default=None, metadata={"help": "Unity Catalog catalog (Databricks)"})
     schema: str | None = field(default=None, metadata={"help": "Unity Catalog schema (Databricks)"})
     until: str = field(default=STAGES[-1], metadata={"help": "stop after this stage", "choices": STAGES})
+    # silver
     max_instruction_chars: int = 16_000
     max_context_chars: int = 64_000
     max_response_chars: int = 32_000
     strip_citations: bool = True
+    # dedup (see docs/dedup.md)
+    dedup_fields: str = field(default="instruction_context", metadata={"help": "instruction_context | all", "choices": ("instruction_context", "all")})
+    dedup_lowercase: bool = True
+    dedup_collapse_whitespace: bool = True
+    dedup_strip_punctuation: bool = True
+    dedup_keep: str = field(default="lowest_record_id", metadata={"choices": ("lowest_record_id", "longest_response")})
+    dedup_shingle: str = field(default="word", metadata={"choices": ("word", "char")})
+    dedup_ngram: int = 2
+    dedup_num_perm: int = 128
+    dedup_threshold: float = 0.7
+    dedup_seed: int = 42
+    dedup_max_bucket_size: int = 200
+    dedup_union_find_max_edges: int = 2_000_000
+    # gold (see docs/gold.md)
+    tokenizer: str = field(default_factory=default_tokenizer, metadata={"help": "tokenizer hub id or local dir (env DOLLY_TOKENIZER)"})
+    max_seq_len: int = field(default=2048, metadata={"help": "longer records are quarantined as too_long"})
+    eval_size: int = field(default=1000, metadata={"help": "eval records expected out of eval_reference_rows"})
+    eval_reference_rows: int = 15011
+    split_seed: int = 42
+    pack_separator_tokens: int = field(default=0, metadata={"help": "tokens the collator adds per packed record"})
 
     def table_names(self) -> tables.TableNames:
         if self.catalog:
@@ -47,17 +71,37 @@ class PrepareConfig:
             strip_citations=self.strip_citations,
         )
 
+    def dedup_config(self):
+        from dolly_spark.dedup import DedupConfig
+
+        work = str(Path(self.output_root).resolve() / "_work" / "dedup") if self.output_root else None
+        return DedupConfig(
+            fields=self.dedup_fields, lowercase=self.dedup_lowercase,
+            collapse_whitespace=self.dedup_collapse_whitespace, strip_punctuation=self.dedup_strip_punctuation,
+            keep=self.dedup_keep, shingle=self.dedup_shingle, ngram=self.dedup_ngram,
+            num_perm=self.dedup_num_perm, threshold=self.dedup_threshold, seed=self.dedup_seed,
+            max_bucket_size=self.dedup_max_bucket_size, union_find_max_edges=self.dedup_union_find_max_edges,
+            work_dir=work,
+        )
+
+    def gold_config(self):
+        from dolly_spark.gold import GoldConfig
+
+        return GoldConfig(tokenizer=self.tokenizer, max_seq_len=self.max_seq_len, eval_size=self.eval_size,
+                          eval_reference_rows=self.eval_reference_rows, split_seed=self.split_seed,
+                          pack_separator_tokens=self.pack_separator_tokens)
+
 
 @dataclass
 class PrepareResult:
     run_id: str
     counts: list[StageCount]
     versions: dict[str, int]
+    details: dict = field(default_factory=dict)
 
 
-def _reason_counts(spark, ref) -> dict[str, int]:
-    rows = tables.read_table(spark, ref).groupBy("reason").count().collect()
-    return {r["reason"]: int(r["count"]) for r in rows}
+def _reason_counts(df) -> dict[str, int]:
+    return {r["reason"]: int(r["count"]) for r in df.groupBy("reason").count().collect()}
 
 
 def run(cfg: PrepareConfig, spark) -> PrepareResult:
@@ -65,10 +109,12 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
     run_id = uuid.uuid4().hex
     counts: list[StageCount] = []
     versions: dict[str, int] = {}
+    details: dict = {}
     total = STAGES.index(cfg.until) + 1
 
     def progress(i: int, stage: str, t0: float, msg: str) -> None:
         log.info("[%d/%d] %-7s %s (%.1fs)", i, total, stage, msg, time.time() - t0)
+        print(f"[prepare {i}/{total}] {stage:<7} {msg} ({time.time() - t0:.1f}s)", flush=True)
 
     # 1. bronze: every line, malformed ones included.
     t0 = time.time()
@@ -79,11 +125,14 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
     raw_rows = tables.read_table(spark, names.bronze).count()
     counts.append(StageCount("bronze", raw_rows, raw_rows))
     progress(1, "bronze", t0, f"{raw_rows} rows")
+    quarantined = 0
+    duplicates_n = 0
+    out_rows, out_name = raw_rows, "bronze"
 
-    if cfg.until != "bronze":
+    if STAGES.index(cfg.until) >= 1:
         # 2. silver + quarantine.
         t0 = time.time()
-        validated = validate(tables.read_table(spark, names.bronze), cfg.clean_config()).cache()
+        validated = validate(tables.read_table(spark, names.bronze), cfg.clean_config())
         versions["silver"] = tables.write_table(
             spark, silver_rows(validated), names.silver, comment="cleaned, validated dolly-15k records"
         )
@@ -91,18 +140,68 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
             spark, quarantine_rows(validated, "silver"), names.quarantine,
             comment="rejected rows, one per record, with the first failing rule as reason",
         )
-        validated.unpersist()
         silver_n = tables.read_table(spark, names.silver).count()
-        by_reason = _reason_counts(spark, names.quarantine)
-        q_n = sum(by_reason.values())
-        counts.append(StageCount("silver", raw_rows, silver_n, q_n, details={"quarantined_by_reason": by_reason}))
-        progress(2, "silver", t0, f"{silver_n} rows, {q_n} quarantined")
-        check_invariant(raw_rows, silver_n, q_n)
+        by_reason = _reason_counts(tables.read_table(spark, names.quarantine))
+        quarantined = sum(by_reason.values())
+        counts.append(StageCount("silver", raw_rows, silver_n, quarantined, details={"quarantined_by_reason": by_reason}))
+        progress(2, "silver", t0, f"{silver_n} rows, {quarantined} quarantined")
+        check_invariant(raw_rows, silver_n, quarantined)
+        out_rows, out_name = silver_n, "silver"
+
+    if STAGES.index(cfg.until) >= 2:
+        # 3. dedup: exact, then MinHash LSH; removed rows keep their lineage in `duplicates`.
+        from dolly_spark.dedup import dedup_metrics, deduplicate
+
+        t0 = time.time()
+        result = deduplicate(tables.read_table(spark, names.silver), cfg.dedup_config())
+        try:
+            versions["duplicates"] = tables.write_table(
+                spark, result.duplicates, names.duplicates,
+                comment="one row per removed duplicate: record_id, kept_record_id, cluster_id, method, jaccard",
+            )
+            versions["candidates"] = tables.write_table(
+                spark, result.kept, names.candidates, comment="silver minus duplicates: the gold candidates"
+            )
+            dedup_stats = dedup_metrics(result)
+        finally:
+            result.cleanup()
+        duplicates_n = tables.read_table(spark, names.duplicates).count()
+        cand_n = tables.read_table(spark, names.candidates).count()
+        counts.append(StageCount("dedup", out_rows, cand_n, removed_rows=duplicates_n, details=dedup_stats))
+        details["dedup"] = dedup_stats
+        progress(3, "dedup", t0, f"{cand_n} kept, {duplicates_n} duplicates "
+                 f"({dedup_stats['removed_by_method']})")
+        check_invariant(raw_rows, cand_n, quarantined, duplicates_n, what="candidates")
+        out_rows, out_name = cand_n, "candidates"
+
+    if STAGES.index(cfg.until) >= 3:
+        # 4. gold: Dolly prompts, tokens, split, packing plan; too-long rows to quarantine.
+        from dolly_spark.gold import write_gold
+        from dolly_spark.views import create_views
+
+        t0 = time.time()
+        g = write_gold(spark, names, tables.read_table(spark, names.candidates), cfg.gold_config(), versions.get("silver"))
+        versions.update(g["versions"])
+        gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]
+        counts.append(StageCount("gold", g["input_rows"], gold_n, q_gold_n,
+                                 details={"quarantined_by_reason": g["quarantined_by_reason"], "split_counts": splits}))
+        details["splits"] = splits
+        quarantined += q_gold_n
+        progress(4, "gold", t0, f"{gold_n} rows ({splits}), {q_gold_n} quarantined")
+        check_invariant(raw_rows, gold_n, quarantined, duplicates_n, what="gold")
+        create_views(spark, names)
+        out_rows, out_name = gold_n, "gold"
 
     for c in counts:
         c.check()
+    if out_name != "bronze":
+        # Recount from the tables themselves: the promise is about what landed, not what we tallied.
+        q_table = tables.read_table(spark, names.quarantine).count()
+        check_invariant(raw_rows, tables.read_table(spark, getattr(names, out_name)).count(), q_table,
+                        duplicates_n, what=out_name)
     tables.write_table(spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append")
-    return PrepareResult(run_id, counts, versions)
+    details["accounting"] = {"raw": raw_rows, out_name: out_rows, "quarantine": quarantined, "duplicates": duplicates_n}
+    return PrepareResult(run_id, counts, versions, details)
 
 
 def format_summary(result: PrepareResult) -> str:

@@ -1,0 +1,122 @@
+"""``TrainConfig``: one typed config for the driver launcher and the per-rank workers.
+
+The driver serialises it (plus what it resolved: shards, hardware, DeepSpeed config) into a
+job file that every rank reads, so driver and workers cannot disagree about a setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dolly_spark import tables
+from dolly_spark.tokenizer import default_tokenizer
+
+GPU_FAMILIES = ("auto", "a100", "h100", "a10", "v100", "cpu")
+LAUNCHERS = ("auto", "deepspeed", "torchrun", "distributor")
+# Dolly's per-device batch sizes (A100 6, A10 4); V100 and CPU are our choices.
+DEFAULT_BATCH_BY_FAMILY = {"a100": 6, "h100": 6, "a10": 4, "v100": 3, "cpu": 2}
+
+
+@dataclass
+class TrainConfig:
+    output_root: str | None = field(default=None, metadata={"help": "local root: gold is read from here, outputs go under ROOT/train"})
+    catalog: str | None = field(default=None, metadata={"help": "Unity Catalog catalog (Databricks)"})
+    schema: str | None = field(default=None, metadata={"help": "Unity Catalog schema (Databricks)"})
+    gold_version: int | None = field(default=None, metadata={"help": "pinned Delta version of gold (default: latest)"})
+    base_model: str = field(default="EleutherAI/pythia-12b", metadata={"help": "hub id, local model dir, or a config.json (random init)"})
+    tiny: bool = field(default=False, metadata={"help": "random-init few-MB GPT-NeoX config (local runs, CI)"})
+    tokenizer: str = field(default_factory=default_tokenizer, metadata={"help": "hub id or local dir with tokenizer.json"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the hub (off unless asked)"})
+    gpu_family: str = field(default="auto", metadata={"help": "DeepSpeed config family", "choices": GPU_FAMILIES})
+    num_processes: int | None = field(default=None, metadata={"help": "processes per node (default: GPUs, or 2 on CPU)", "aliases": ("--num-gpus",)})
+    num_nodes: int = field(default=1, metadata={"help": "nodes; >1 uses DeepspeedTorchDistributor on Databricks"})
+    launcher: str = field(default="auto", metadata={"help": "how ranks are started", "choices": LAUNCHERS})
+    deepspeed_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON overriding the family default"})
+    epochs: float = 2.0
+    lr: float = 5e-6
+    warmup_steps: int = 50
+    per_device_batch_size: int | None = field(default=None, metadata={"help": "default by family: 6 a100/h100, 4 a10, 3 v100, 2 cpu"})
+    per_device_eval_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_steps: int = field(default=-1, metadata={"help": "stop after N optimizer steps (-1: run all epochs)"})
+    eval_steps: int = 50
+    save_steps: int = 200
+    save_total_limit: int = field(default=2, metadata={"help": "keep the last K complete checkpoints"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest complete checkpoint"})
+    staging_dir: str | None = field(default=None, metadata={"help": "shards dir every node can read (a UC Volume on Databricks)"})
+    checkpoint_dir: str | None = None
+    model_dir: str | None = None
+    seed: int = 42
+    max_seq_len: int = 2048
+    pack: bool = field(default=True, metadata={"help": "pack records per the gold packing plan"})
+    max_eval_records: int | None = field(default=None, metadata={"help": "cap eval records (per category order) for quick runs"})
+    gradient_checkpointing: bool = False
+    master_port: int | None = field(default=None, metadata={"help": "rendezvous port (default: a free one)"})
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
+
+    def __post_init__(self):
+        if self.gpu_family not in GPU_FAMILIES:
+            raise ValueError(f"gpu_family must be one of {GPU_FAMILIES}, got {self.gpu_family!r}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError("save_total_limit must be >= 1")
+
+    def table_names(self) -> tables.TableNames:
+        if self.catalog:
+            return tables.TableNames(catalog=self.catalog, schema=self.schema)
+        if not self.output_root:
+            raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
+        return tables.TableNames(root=self.output_root)
+
+    @property
+    def train_root(self) -> Path:
+        """Where outputs go by default: ROOT/train locally, a UC Volume on Databricks."""
+        if self.output_root:
+            return Path(self.output_root).resolve() / "train"
+        if self.catalog:
+            return Path(f"/Volumes/{self.catalog}/{self.schema}/dolly/train")
+        raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
+
+    def resolved_staging_dir(self) -> Path:
+        return Path(self.staging_dir) if self.staging_dir else self.train_root / "staging"
+
+    def resolved_checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.train_root / "checkpoints"
+
+    def resolved_model_dir(self) -> Path:
+        return Path(self.model_dir) if self.model_dir else self.train_root / "model"
+
+    def batch_size_for(self, family: str) -> int:
+        return self.per_device_batch_size or DEFAULT_BATCH_BY_FAMILY[family]
+
+
+@dataclass
+class WorkerJob:
+    """What the driver resolved for the ranks; written as JSON next to the shards."""
+
+    config: dict[str, Any]
+    train_files: list[str]
+    eval_files: list[str]
+    family: str
+    checkpoint_dir: str
+    model_dir: str
+    metrics_path: str
+    run_dir: str  # errors/, final_eval.json, the copied DeepSpeed config
+    attempt: str = ""  # tags metric rows, so a resumed run's rows can be told apart
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.config)
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "WorkerJob":
+        return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,191 @@
+"""Driver launcher: DeepSpeed ZeRO-3 on 2 CPU ranks, a tiny model, a small real gold sample.
+
+One session-scoped training run is shared; the resume test adds a crashed run and its resume.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from dolly_spark import launch
+from dolly_spark.train.config import TrainConfig
+from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from tests.train_fixtures import gold_rows, write_gold
+
+STEPS = 30
+COMMON = dict(tiny=True, gpu_family="cpu", tokenizer=str(TOKENIZER_DIR), lr=2e-3, warmup_steps=3,
+              per_device_batch_size=1, max_seq_len=256, eval_steps=10, save_steps=10, save_total_limit=2,
+              max_eval_records=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline_env():
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "MLFLOW_DISABLE_TELEMETRY", "OMP_NUM_THREADS")}
+    os.environ.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def gold_root(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_root")
+    rows = gold_rows(DOLLY_JSONL, TOKENIZER_DIR, n=160, max_tokens=128, max_seq_len=256)
+    write_gold(spark, root, rows)
+    return root, rows
+
+
+@pytest.fixture(scope="module")
+def trained(spark, gold_root):
+    root, rows = gold_root
+    cfg = TrainConfig(output_root=str(root), max_steps=STEPS, **COMMON)
+    return rows, launch.run(cfg, spark)
+
+
+def test_tiny_zero3_run_learns_and_reports(trained):
+    _, result = trained
+    assert result.family == "cpu" and result.num_processes == 2 and result.launcher == "deepspeed"
+    assert result.final_step == STEPS
+    assert result.train_loss_last_avg < result.train_loss_first_avg - 0.3
+    assert result.eval_loss is not None and 0 < result.eval_loss < 20
+    cfg_rows, _ = trained
+    assert set(result.eval_loss_by_category) == {r["category"] for r in cfg_rows if r["split"] == "eval"}
+    assert all(0 < v < 20 for v in result.eval_loss_by_category.values())
+    assert result.gold_version == 0 and result.silver_version == 3
+    saved = json.loads(Path(result.result_path).read_text())
+    assert saved["final_step"] == STEPS and Path(result.result_path).parent == Path(result.model_dir).parent
+
+
+def test_metrics_jsonl_has_loss_lr_tokens_per_step_and_eval_per_category(trained):
+    _, result = trained
+    rows = launch.read_metrics(result.metrics_path)
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    assert all(r["tokens_per_s"] > 0 and r["lr"] is not None and r["tokens"] > 0 for r in train)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert {r["step"] for r in evals} == {10, 20, 30}
+    assert {r["category"] for r in evals} == set(result.eval_loss_by_category)
+
+
+def test_saved_model_is_safetensors_reloads_generates_and_weights_changed(trained):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dolly_spark.prompts import format_prompt
+
+    _, result = trained
+    model_dir = Path(result.model_dir)
+    assert (model_dir / "model.safetensors").is_file()
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert len(tok) == model.config.vocab_size == 50280
+
+    # weights moved away from the init, and the saved file holds the final (gathered) weights
+    trained_sd = load_file(str(model_dir / "model.safetensors"))
+    init_norms, final_norms = result.extra["weight_norms_init"], result.extra["weight_norms_final"]
+    assert set(init_norms) == set(final_norms) and len(init_norms) == 3
+    for name, norm in final_norms.items():
+        assert abs(norm - init_norms[name]) > 1e-3 * init_norms[name], name
+    in_file = [n for n in final_norms if n in trained_sd]
+    assert len(in_file) >= 2, sorted(trained_sd)
+    for name in in_file:
+        assert float(torch.linalg.vector_norm(trained_sd[name].float())) == pytest.approx(final_norms[name], rel=1e-4)
+    assert all(torch.isfinite(t.float()).all() for t in trained_sd.values())
+
+    enc = tok(format_prompt("Name a primary color."), return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_checkpoints_are_complete_and_rotated(trained):
+    from dolly_spark.train import checkpoints
+
+    _, result = trained
+    ckpts = checkpoints.list_checkpoints(result.checkpoint_dir)
+    assert [s for s, _ in ckpts] == [20, 30]  # save every 10, keep the last 2
+    assert all(checkpoints.is_complete(p) for _, p in ckpts)
+
+
+def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data_order(spark, gold_root, trained, tmp_path, monkeypatch):
+    """Rank 1 crashes at step 8 (after checkpoint-5); the resumed run ends at its final step with
+    the same batches and (near-)identical losses as the uninterrupted reference run."""
+    root, _ = gold_root
+    _, reference = trained
+    ref_rows = {r["step"]: r for r in launch.read_metrics(reference.metrics_path) if r["kind"] == "train"}
+    steps = 16
+    common = dict(COMMON, save_steps=5, eval_steps=8)  # data order and losses do not depend on these
+    dirs = dict(checkpoint_dir=str(tmp_path / "ckpt"), model_dir=str(tmp_path / "out" / "model"))
+
+    monkeypatch.setenv("DOLLY_TRAIN_FAULT", "raise:1:8")
+    crashed = TrainConfig(output_root=str(root), max_steps=steps, launcher="torchrun", **dirs, **common)
+    with pytest.raises(launch.TrainingFailed) as err:
+        launch.run(crashed, spark)
+    assert "rank1" in err.value.tracebacks
+    assert "injected fault on rank 1 at step 8" in str(err.value)
+    monkeypatch.delenv("DOLLY_TRAIN_FAULT")
+
+    resumed_cfg = TrainConfig(output_root=str(root), max_steps=steps, launcher="torchrun", resume=True, **dirs, **common)
+    resumed = launch.run(resumed_cfg, spark)
+    assert resumed.final_step == steps
+    assert resumed.resumed_from.endswith("checkpoint-5")
+    rows = launch.read_metrics(resumed.metrics_path)
+    assert len({r["attempt"] for r in rows}) == 2  # the crashed run's rows and the resumed run's rows
+    train = {r["step"]: r for r in rows if r["kind"] == "train"}
+    assert sorted(train) == list(range(1, steps + 1))
+    assert {r["attempt"] for s, r in train.items() if s > 5} == {train[steps]["attempt"]}
+    for step in range(1, steps + 1):
+        assert train[step]["samples_rank0"] == ref_rows[step]["samples_rank0"], f"data order differs at step {step}"
+        assert train[step]["loss"] == pytest.approx(ref_rows[step]["loss"], rel=1e-3), f"loss differs at step {step}"
+
+
+def test_launch_commands_put_the_worker_module_under_each_launcher(tmp_path):
+    job, ds = tmp_path / "job.json", tmp_path / "ds.json"
+    ds_cmd = launch.launch_command("deepspeed", 2, 1234, job, ds)
+    assert ds_cmd[:4] == [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
+    assert ds_cmd[ds_cmd.index("--module") + 1] == launch.WORKER_MODULE and "--deepspeed_config" in ds_cmd
+    tr_cmd = launch.launch_command("torchrun", 2, 1234, job, ds)
+    assert tr_cmd[tr_cmd.index("--nproc_per_node") + 1] == "2" and tr_cmd[tr_cmd.index("-m", 4) + 1] == launch.WORKER_MODULE
+    assert launch.choose_launcher(TrainConfig(output_root="/r", num_nodes=2)) == "distributor"
+    assert launch.choose_launcher(TrainConfig(output_root="/r")) == "deepspeed"
+
+
+def test_read_metrics_keeps_the_latest_row_per_step(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"kind": "train", "step": 1, "loss": 3.0, "attempt": "a"},
+        {"kind": "train", "step": 2, "loss": 2.0, "attempt": "a"},
+        {"kind": "train", "step": 2, "loss": 2.5, "attempt": "b"},
+        {"kind": "eval", "step": 2, "category": "open_qa", "eval_loss": 4.0, "attempt": "b"},
+    ]))
+    rows = launch.read_metrics(p)
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 1), ("eval", 2), ("train", 2)]
+    assert [r["loss"] for r in rows if r["kind"] == "train"] == [3.0, 2.5]
+
+
+def test_metrics_go_to_an_active_mlflow_run(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        exp = mlflow.create_experiment("t", artifact_location=str(tmp_path / "art"))
+        rows = [{"kind": "train", "step": 1, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
+                {"kind": "train", "step": 2, "loss": 2.0, "lr": 1e-3, "tokens_per_s": 110.0},
+                {"kind": "eval", "step": 2, "category": "open_qa", "eval_loss": 4.0}]
+        assert launch.log_metrics_to_mlflow(rows) == 0  # no active run: nothing logged
+        with mlflow.start_run(experiment_id=exp) as run:
+            assert launch.log_metrics_to_mlflow(rows) == 7
+        client = mlflow.MlflowClient()
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [3.0, 2.0]
+        assert client.get_metric_history(run.info.run_id, "eval_loss_open_qa")[0].step == 2
+    finally:
+        mlflow.set_tracking_uri(previous_uri)  # a module global: do not leak into other tests

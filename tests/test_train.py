@@ -1,0 +1,160 @@
+"""dolly_spark.train units: config, hardware choice, checkpoints, model loading, worker args."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dolly_spark.config import parse_config
+from dolly_spark.train import checkpoints
+from dolly_spark.train.config import TrainConfig, WorkerJob
+from dolly_spark.train.hardware import (
+    DS_CONFIG_FILES,
+    family_from_device_name,
+    load_ds_config,
+    precision_flags,
+)
+from tests.conftest import SHARED, TOKENIZER_DIR
+
+
+def test_defaults_are_dollys_hyperparameters():
+    cfg = TrainConfig(output_root="/tmp/x")
+    assert (cfg.epochs, cfg.lr, cfg.warmup_steps, cfg.base_model) == (2.0, 5e-6, 50, "EleutherAI/pythia-12b")
+    assert cfg.trust_remote_code is False
+    assert [cfg.batch_size_for(f) for f in ("a100", "h100", "a10")] == [6, 6, 4]
+    assert cfg.resolved_model_dir() == Path("/tmp/x").resolve() / "train" / "model"
+
+
+def test_flags_use_dashes_and_types():
+    cfg = parse_config(TrainConfig, ["--output-root", "/r", "--tiny", "--max-steps", "30", "--resume",
+                                     "--base-model", "/m", "--gpu-family", "cpu", "--lr", "1e-3"], prog="t")
+    assert (cfg.tiny, cfg.max_steps, cfg.resume, cfg.base_model, cfg.gpu_family, cfg.lr) == (True, 30, True, "/m", "cpu", 1e-3)
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--gpu-family", "tpu"], prog="t")
+
+
+def test_databricks_defaults_point_at_a_volume():
+    cfg = TrainConfig(catalog="main", schema="dolly")
+    assert str(cfg.resolved_staging_dir()).startswith("/Volumes/main/dolly/")
+    assert cfg.table_names().gold.name == "main.dolly.gold"
+
+
+@pytest.mark.parametrize("name,family", [
+    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h100"),
+    ("NVIDIA A10G", "a10"), ("NVIDIA A10", "a10"), ("Tesla V100-SXM2-16GB", "v100"), ("Tesla T4", "v100"),
+])
+def test_family_from_device_name(name, family):
+    assert family_from_device_name(name) == family
+
+
+def test_shipped_deepspeed_configs_match_the_issue():
+    a100 = load_ds_config("a100")
+    assert a100["zero_optimization"]["stage"] == 3 and precision_flags(a100) == {"bf16": True, "fp16": False}
+    assert a100["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    a10 = load_ds_config("a10")
+    assert precision_flags(a10)["bf16"] and a10["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    v100 = load_ds_config("v100")
+    assert precision_flags(v100) == {"bf16": False, "fp16": True} and "offload_optimizer" in v100["zero_optimization"]
+    cpu = load_ds_config("cpu")
+    assert precision_flags(cpu) == {"bf16": False, "fp16": False} and cpu["zero_optimization"]["stage"] == 3
+    assert "optimizer" not in cpu  # torch AdamW: no fused-Adam compile on CPU
+    assert set(DS_CONFIG_FILES) == {"a100", "h100", "a10", "v100", "cpu"}
+
+
+def test_deepspeed_config_override(tmp_path):
+    p = tmp_path / "mine.json"
+    p.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert load_ds_config("a100", str(p))["zero_optimization"]["stage"] == 2
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _fake_ckpt(root: Path, step: int, complete: bool) -> Path:
+    p = root / f"checkpoint-{step}"
+    p.mkdir(parents=True)
+    (p / "trainer_state.json").write_text("{}")
+    if complete:
+        checkpoints.mark_complete(p, step)
+    return p
+
+
+def test_latest_complete_skips_a_partial_checkpoint(tmp_path):
+    _fake_ckpt(tmp_path, 10, True)
+    good = _fake_ckpt(tmp_path, 20, True)
+    partial = _fake_ckpt(tmp_path, 30, False)
+    assert checkpoints.latest_complete_checkpoint(tmp_path) == good
+    assert checkpoints.remove_incomplete_after(tmp_path, good) == [partial]
+    assert not partial.exists()
+
+
+def test_checkpoint_without_trainer_state_is_not_complete(tmp_path):
+    p = _fake_ckpt(tmp_path, 5, True)
+    (p / "trainer_state.json").unlink()
+    assert checkpoints.latest_complete_checkpoint(tmp_path) is None
+
+
+def test_rotate_keeps_last_k_complete(tmp_path):
+    for s in (10, 20, 30, 40):
+        _fake_ckpt(tmp_path, s, True)
+    _fake_ckpt(tmp_path, 15, False)
+    checkpoints.rotate(tmp_path, keep=2)
+    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path)] == [30, 40]
+
+
+def test_checkpoints_sorted_numerically(tmp_path):
+    for s in (9, 100, 20):
+        _fake_ckpt(tmp_path, s, True)
+    (tmp_path / "checkpoint-abc").mkdir()
+    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path)] == [9, 20, 100]
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_tiny_model_resizes_to_dolly_tokenizer_and_stops_at_end():
+    from dolly_spark.prompts import END_KEY
+    from dolly_spark.train.model import build_model, count_parameters, load_tokenizer
+
+    tok = load_tokenizer(str(TOKENIZER_DIR))
+    model = build_model("unused", tok, tiny=True, max_positions=256)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == 50280
+    assert tok.convert_tokens_to_ids(END_KEY) in model.generation_config.eos_token_id
+    assert count_parameters(model) < 10_000_000
+
+
+def test_config_json_gives_random_init_and_resizes(tmp_path):
+    from dolly_spark.train.model import build_model, load_tokenizer, model_source_kind
+
+    cfg = json.loads((SHARED / "models" / "pythia-410m" / "config.json").read_text())
+    cfg.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert model_source_kind(str(path)) == model_source_kind(str(tmp_path)) == "config"
+    tok = load_tokenizer(str(TOKENIZER_DIR))
+    model = build_model(str(path), tok)
+    assert model.config.vocab_size == len(tok)  # 50304 -> 50280, as Dolly does
+    assert model.config.hidden_size == 32
+
+
+def test_hub_id_is_not_a_local_source():
+    from dolly_spark.train.model import model_source_kind
+
+    assert model_source_kind("EleutherAI/pythia-12b") == "hub"
+
+
+# ---------------------------------------------------------------- worker entry point
+
+
+def test_worker_accepts_the_arguments_deepspeed_and_the_distributor_append():
+    from dolly_spark.train.worker import parse_args
+
+    a = parse_args(["--job", "j.json", "--deepspeed", "--deepspeed_config", "/c.json", "--local_rank=1"])
+    assert (a.job, a.deepspeed, a.deepspeed_config, a.local_rank) == ("j.json", True, "/c.json", 1)
+
+
+def test_worker_job_round_trips(tmp_path):
+    job = WorkerJob(config={"output_root": "/r", "tiny": True}, train_files=["a"], eval_files=[], family="cpu",
+                    checkpoint_dir="c", model_dir="m", metrics_path="x.jsonl", run_dir="r", attempt="z")
+    back = WorkerJob.read(job.write(tmp_path / "job.json"))
+    assert back == job and back.train_config().tiny is True
