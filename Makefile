@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup run test
+.PHONY: setup run test bundle-check
 setup: $(STAMP)
 
 $(STAMP): requirements.lock constraints.txt setup.py
@@ -16,7 +16,10 @@ $(STAMP): requirements.lock constraints.txt setup.py
 	touch $@
 
 run: setup
-	$(VENV)/bin/dolly-spark prepare --input $(SHARED)/databricks-dolly-15k.jsonl --output-root $(OUT)
+	$(VENV)/bin/dolly-spark run --input $(SHARED)/databricks-dolly-15k.jsonl --output-root $(OUT) --tokenizer $(SHARED)/tokenizer/gpt-neox-20b
+
+bundle-check: setup
+	$(VENV)/bin/python -m dolly_spark.bundle_check bundles/
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests

@@ -101,8 +101,7 @@ def generate_responses(model, tokenizer, instructions, contexts=None, cfg: Gener
         torch.manual_seed(cfg.seed)
     # Length-sorted batches waste little padding and keep per-batch max_new_tokens honest.
     encoded.sort(key=lambda item: len(item[1]))
-    for start in range(0, len(encoded), max(1, cfg.batch_size)):
-        batch = encoded[start : start + cfg.batch_size]
+    for batch in length_buckets(encoded, cfg.batch_size):
         width = max(len(ids) for _, ids in batch)
         max_new = max(1, min(cfg.max_new_tokens, window - width))
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -121,6 +120,22 @@ def generate_responses(model, tokenizer, instructions, contexts=None, cfg: Gener
         for row, (i, ids) in enumerate(batch):
             results[i] = _decode(tokenizer, new_tokens[row], end_id, pad_id, len(ids))
     return results  # type: ignore[return-value]
+
+
+def length_buckets(encoded: list, batch_size: int, slack: float = 2.0, min_spread: int = 64) -> list[list]:
+    """Cut length-sorted ``(index, ids)`` pairs into batches of at most ``batch_size`` whose longest
+    prompt is at most ``slack`` x (or ``min_spread`` tokens more than) its shortest: a single long
+    prompt no longer pads a whole batch of short ones to its width, at every decode step."""
+    batches: list[list] = []
+    for item in encoded:
+        n = len(item[1])
+        if batches and len(batches[-1]) < max(1, batch_size):
+            first = len(batches[-1][0][1])
+            if n <= max(first * slack, first + min_spread):
+                batches[-1].append(item)
+                continue
+        batches.append([item])
+    return batches
 
 
 def _decode(tokenizer, tokens: list[int], end_id: int, pad_id: int, prompt_tokens: int) -> dict:

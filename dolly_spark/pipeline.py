@@ -33,7 +33,8 @@ class RunConfig:
     base_model: str = field(default="EleutherAI/pythia-12b", metadata={"help": "hub id, local dir or config.json"})
     tiny: bool = field(default=True, metadata={"help": "tiny Pythia-style model (local runs)"})
     max_steps: int = field(default=40, metadata={"help": "training steps (-1: Dolly's 2 epochs)"})
-    train_max_eval_records: int = field(default=256, metadata={"help": "eval records the tiny run evaluates on"})
+    train_max_eval_records: int = field(default=16, metadata={"help": "eval records per category the tiny run evaluates on"})
+    train_max_seq_len: int = field(default=512, metadata={"help": "row length for the tiny run (longer records are cut)"})
     # register / evaluate / score
     model_name: str | None = None
     alias: str = "champion"

@@ -29,6 +29,7 @@ class PrepareConfig:
     output_root: str | None = field(default=None, metadata={"help": "local root for Delta tables"})
     catalog: str | None = field(default=None, metadata={"help": "Unity Catalog catalog (Databricks)"})
     schema: str | None = field(default=None, metadata={"help": "Unity Catalog schema (Databricks)"})
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
     until: str = field(default=STAGES[-1], metadata={"help": "stop after this stage", "choices": STAGES})
     # silver
     max_instruction_chars: int = 16_000
@@ -184,7 +185,8 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
         versions.update(g["versions"])
         gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]
         counts.append(StageCount("gold", g["input_rows"], gold_n, q_gold_n,
-                                 details={"quarantined_by_reason": g["quarantined_by_reason"], "split_counts": splits}))
+                                 details={"quarantined_by_reason": g["quarantined_by_reason"], "split_counts": splits,
+                                          "versions": dict(versions)}))
         details["splits"] = splits
         quarantined += q_gold_n
         progress(4, "gold", t0, f"{gold_n} rows ({splits}), {q_gold_n} quarantined")
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_config(PrepareConfig, argv, prog="dolly-spark prepare", description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run(cfg, get_spark())
+    from dolly_spark.stages import tracked_prepare
+
+    result = tracked_prepare(cfg, get_spark())
     print(format_summary(result))
     return 0

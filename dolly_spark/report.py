@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_config(ReportConfig, argv, prog="dolly-spark report", description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for what, path in run(cfg, get_spark()).items():
+    from dolly_spark.stages import tracked_report
+
+    for what, path in tracked_report(cfg, get_spark()).items():
         print(f"{what}: {path}")
     return 0

@@ -49,6 +49,22 @@ def tracked_report(cfg, spark):
     return written
 
 
+def upstream_versions(spark, names, gold_version: int) -> dict:
+    """Bronze (raw) version behind a gold version, from the prepare run that wrote it."""
+    import json
+
+    from dolly_spark import tables
+
+    if not tables.table_exists(spark, names.metrics):
+        return {}
+    rows = tables.read_table(spark, names.metrics).where("stage = 'gold'").orderBy("created_at").collect()
+    for row in reversed(rows):
+        versions = json.loads(row["details"] or "{}").get("versions", {})
+        if versions.get("gold") == gold_version and "bronze" in versions:
+            return {"raw_version": versions["bronze"], "bronze_version": versions["bronze"]}
+    return {}
+
+
 def tracked_train(cfg, spark):
     import mlflow
 
@@ -58,6 +74,8 @@ def tracked_train(cfg, spark):
     with job_run("train", cfg) as active:
         result = launch.run(cfg, spark)
         if active is not None:
+            for k, v in upstream_versions(spark, cfg.table_names(), result.gold_version).items():
+                setattr(result, k, v)  # read by log_training_run as lineage
             log_training_run(cfg, result, spark=spark, names=cfg.table_names())
             mlflow.log_dict(dataclasses.asdict(result), "train_result.json")
     return result, (active.info.run_id if active is not None else None)
@@ -70,6 +88,13 @@ def tracked_evaluate(cfg, spark):
     # evaluate.run logs its metrics and the generations table into the active run
     with job_run("evaluate", cfg) as active:
         result = evaluate.run(cfg, spark)
+        if cfg.model_uri.startswith("models:/") and "@" in cfg.model_uri:
+            # evaluate runs after register: its metrics reach the model version as tags
+            from dolly_spark.register import tag_version_metrics
+
+            metrics = {"eval_loss": result.eval_loss, "perplexity": result.perplexity}
+            metrics.update({f"eval_loss_{c}": v for c, v in result.loss_by_category.items()})
+            tag_version_metrics(cfg.model_uri, {k: v for k, v in metrics.items() if v is not None})
     return result, (active.info.run_id if active is not None else None)
 
 
@@ -117,8 +142,10 @@ def run_train(cfg, spark, state: dict) -> dict:
     extra = {"tokenizer": cfg.tokenizer} if cfg.tokenizer else {}
     if cfg.tiny:
         # Dolly's lr 5e-6 / 50 warmup steps barely move a random-init tiny model in a few dozen steps.
+        # Short rows keep the 50k-vocab logits cheap on CPU: 2048-token packs are re-split to 512.
         extra.update(lr=1e-3, warmup_steps=5, eval_steps=max(10, cfg.max_steps // 2), save_steps=max(10, cfg.max_steps // 2),
-                     max_eval_records=cfg.train_max_eval_records)
+                     max_eval_records=cfg.train_max_eval_records, max_seq_len=cfg.train_max_seq_len,
+                     per_device_batch_size=1)
     tcfg = TrainConfig(**_common(cfg), base_model=cfg.base_model, tiny=cfg.tiny, max_steps=cfg.max_steps,
                        experiment=cfg.experiment, **extra)
     result, run_id = tracked_train(tcfg, spark)
