@@ -3,6 +3,7 @@ duplicates, metrics). ``--until STAGE`` stops early."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -37,7 +38,7 @@ class PrepareConfig:
     max_response_chars: int = 32_000
     strip_citations: bool = True
     # dedup (see docs/dedup.md)
-    dedup_fields: str = field(default="instruction_context", metadata={"help": "instruction_context | all", "choices": ("instruction_context", "all")})
+    dedup_fields: str = field(default="all", metadata={"help": "fields that count: all | instruction_context", "choices": ("all", "instruction_context")})
     dedup_lowercase: bool = True
     dedup_collapse_whitespace: bool = True
     dedup_strip_punctuation: bool = True
@@ -47,8 +48,12 @@ class PrepareConfig:
     dedup_num_perm: int = 128
     dedup_threshold: float = 0.7
     dedup_seed: int = 42
+    dedup_fp_weight: float = 0.2
+    dedup_fn_weight: float = 0.8
+    dedup_per_field_threshold: bool = True
     dedup_max_bucket_size: int = 200
     dedup_union_find_max_edges: int = 2_000_000
+    dedup_max_iterations: int = 50
     # gold (see docs/gold.md)
     tokenizer: str = field(default_factory=default_tokenizer, metadata={"help": "tokenizer hub id or local dir (env DOLLY_TOKENIZER)"})
     max_seq_len: int = field(default=2048, metadata={"help": "longer records are quarantined as too_long"})
@@ -76,14 +81,9 @@ class PrepareConfig:
         from dolly_spark.dedup import DedupConfig
 
         work = str(Path(self.output_root).resolve() / "_work" / "dedup") if self.output_root else None
-        return DedupConfig(
-            fields=self.dedup_fields, lowercase=self.dedup_lowercase,
-            collapse_whitespace=self.dedup_collapse_whitespace, strip_punctuation=self.dedup_strip_punctuation,
-            keep=self.dedup_keep, shingle=self.dedup_shingle, ngram=self.dedup_ngram,
-            num_perm=self.dedup_num_perm, threshold=self.dedup_threshold, seed=self.dedup_seed,
-            max_bucket_size=self.dedup_max_bucket_size, union_find_max_edges=self.dedup_union_find_max_edges,
-            work_dir=work,
-        )
+        # Every DedupConfig field is exposed as dedup_<name>, so the two cannot drift apart.
+        values = {f.name: getattr(self, "dedup_" + f.name) for f in dataclasses.fields(DedupConfig) if f.name != "work_dir"}
+        return DedupConfig(**values, work_dir=work)
 
     def gold_config(self):
         from dolly_spark.gold import GoldConfig

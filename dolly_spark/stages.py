@@ -195,8 +195,12 @@ def run_score(cfg, spark, state: dict) -> dict:
             "predictions_version": result.predictions_version, "model_version": result.model_version}
 
 
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def one_line(summary: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict))
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict))
 
 
 def summary_lines(cfg, outcomes) -> list[str]:
@@ -207,7 +211,7 @@ def summary_lines(cfg, outcomes) -> list[str]:
         lines.append(f"{o.stage:<9} {o.seconds:7.1f}s  {one_line(o.summary)}")
         for k, v in o.summary.items():
             if isinstance(v, dict) and v:
-                lines.append(f"{'':<19}{k}: " + ", ".join(f"{a}={b}" for a, b in v.items()))
+                lines.append(f"{'':<19}{k}: " + ", ".join(f"{a}={_fmt(b)}" for a, b in v.items()))
     tracking_uri, _ = resolve_tracking(cfg.output_root, cfg.catalog)
     lines.append(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
     return lines

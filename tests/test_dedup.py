@@ -1,0 +1,394 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from dolly_spark.dedup import (
+    DUPLICATES_COLUMNS,
+    DedupConfig,
+    add_shingles,
+    add_signatures,
+    band_buckets,
+    band_hashes,
+    candidate_pairs,
+    capped_bucket_stats,
+    clusters,
+    clusters_label_propagation,
+    clusters_union_find,
+    dedup_metrics,
+    deduplicate,
+    exact_groups,
+    false_negative_probability,
+    false_positive_probability,
+    minhash_signatures,
+    normalize_text,
+    optimal_bands_rows,
+    permutations,
+    shared_buckets,
+    shingle_hashes,
+    verify_pairs,
+)
+from tests.conftest import DOLLY_JSONL
+
+SILVER_SCHEMA = (
+    "record_id string, instruction string, context string, response string, category string, "
+    "source_file string, line_number long"
+)
+
+
+def silver(spark, rows):
+    """rows: (record_id, instruction, context, response[, category])."""
+    full = [(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else "open_qa", "f.jsonl", i + 1) for i, r in enumerate(rows)]
+    return spark.createDataFrame(full, SILVER_SCHEMA)
+
+
+# --- parameter derivation ---------------------------------------------------------------------
+
+
+def test_optimal_bands_rows_matches_quadrature_search():
+    quad = pytest.importorskip("scipy.integrate").quad
+
+    def error(t, b, r, wfp, wfn):
+        fp = quad(lambda s: 1 - (1 - s**r) ** b, 0, t)[0]
+        fn = quad(lambda s: 1 - (1 - (1 - s**r) ** b), t, 1)[0]
+        return wfp * fp + wfn * fn
+
+    for t, n, wfp, wfn in [(0.5, 32, 0.5, 0.5), (0.8, 32, 0.5, 0.5), (0.7, 48, 0.2, 0.8)]:
+        grid = {(b, r): error(t, b, r, wfp, wfn) for b in range(1, n + 1) for r in range(1, n // b + 1)}
+        assert grid[optimal_bands_rows(t, n, wfp, wfn)] == pytest.approx(min(grid.values()), abs=1e-9)
+
+
+def test_optimal_bands_rows_properties():
+    b, r = optimal_bands_rows(0.7, 128, 0.2, 0.8)
+    assert b * r <= 128
+    # A higher threshold needs more rows per band (stricter buckets).
+    assert optimal_bands_rows(0.9, 128)[1] > optimal_bands_rows(0.5, 128)[1]
+    # Weighting false negatives more raises the candidate probability at the threshold.
+    def p_at(t, br):
+        return 1 - (1 - t ** br[1]) ** br[0]
+
+    assert p_at(0.7, optimal_bands_rows(0.7, 128, 0.1, 0.9)) > p_at(0.7, optimal_bands_rows(0.7, 128, 0.9, 0.1))
+    assert false_positive_probability(0.5, 1, 1) == pytest.approx(0.125)  # integral of s on [0, .5]
+    assert false_negative_probability(0.5, 1, 1) == pytest.approx(0.125)  # integral of 1-s on [.5, 1]
+
+
+# --- exact stage ------------------------------------------------------------------------------
+
+
+def test_exact_groups_ignore_case_whitespace_and_punctuation(spark):
+    df = silver(
+        spark,
+        [
+            ("a", "What is  Spark?", "", "x"),
+            ("b", "what is spark", "", "y"),
+            ("c", "What, is SPARK!!", " ", "z"),
+            ("d", "What is Delta?", "", "w"),
+        ],
+    )
+    cfg = DedupConfig(fields="instruction_context")
+    out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+    got = out.select("record_id", "exact_rep", "exact_group_size")
+    assertDataFrameEqual(got, [("a", "a", 3), ("b", "a", 3), ("c", "a", 3), ("d", "d", 1)])
+
+
+def test_normalisation_flags_are_respected(spark):
+    df = silver(spark, [("a", "Hello world", "", "x"), ("b", "hello world!", "", "y")])
+    cfg = DedupConfig(lowercase=False, strip_punctuation=False)
+    out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+    assert [r["exact_group_size"] for r in out.collect()] == [1, 1]
+    cfg = DedupConfig(fields="instruction_context")
+    texts = {r["record_id"]: r["dedup_text"] for r in df.transform(lambda d: normalize_text(d, cfg)).collect()}
+    assert texts["a"] == texts["b"] == "hello world \u241e"  # empty context still leaves its separator
+
+
+def test_keep_rule_longest_response(spark):
+    df = silver(spark, [("a", "Same prompt", "", "short"), ("b", "same prompt", "", "a much longer response")])
+    for keep, expected in [("lowest_record_id", "a"), ("longest_response", "b")]:
+        cfg = DedupConfig(fields="instruction_context", keep=keep)
+        out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+        assert {r["exact_rep"] for r in out.collect()} == {expected}
+
+
+def test_fields_option_decides_whether_response_counts(spark):
+    df = silver(spark, [("a", "Name a colour", "", "red"), ("b", "Name a colour", "", "blue")])
+    sizes = {}
+    for fields in ("instruction_context", "all"):
+        cfg = DedupConfig(fields=fields)
+        out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+        sizes[fields] = sorted(r["exact_group_size"] for r in out.collect())
+    assert sizes == {"instruction_context": [2, 2], "all": [1, 1]}
+
+
+# --- shingles and signatures ------------------------------------------------------------------
+
+
+def test_shingle_hashes_word_and_char():
+    word = shingle_hashes(["a b c a b", "x"], "word", 2)
+    assert len(word[0]) == 3  # {a b, b c, c a}: the repeated "a b" counted once
+    assert (word[0][1:] > word[0][:-1]).all()  # sorted, distinct
+    assert len(word[1]) == 1  # shorter than one n-gram: the text itself
+    char = shingle_hashes(["abcab"], "char", 3)
+    assert len(char[0]) == 3  # abc, bca, cab
+    assert shingle_hashes(["a b c"], "word", 2)[0].tolist() == shingle_hashes(["a b c"], "word", 2)[0].tolist()
+
+
+def test_add_shingles_in_spark_matches_python(spark):
+    df = spark.createDataFrame([("a", "the cat sat on the mat"), ("b", "hi")], "record_id string, dedup_text string")
+    for shingle, k in (("word", 2), ("char", 4)):
+        cfg = DedupConfig(shingle=shingle, ngram=k, per_field_threshold=False)
+        got = {r["record_id"]: r["shingles"] for r in df.transform(lambda d: add_shingles(d, cfg)).collect()}
+        want = shingle_hashes(["the cat sat on the mat", "hi"], shingle, k)
+        assert got == {"a": want[0].tolist(), "b": want[1].tolist()}
+
+
+def test_minhash_estimates_jaccard():
+    a, b = permutations(256, 1)
+    x = np.arange(0, 300, dtype=np.int64)
+    y = np.arange(100, 400, dtype=np.int64)  # Jaccard = 200 / 400 = 0.5
+    sig = minhash_signatures([x, y, x.copy(), np.array([], dtype=np.int64)], a, b)
+    assert sig.shape == (4, 256)
+    assert np.array_equal(sig[0], sig[2])
+    assert abs((sig[0] == sig[1]).mean() - 0.5) < 0.1
+    assert (sig[3] == 0xFFFFFFFF).all()
+    # Chunking must not change the result: one row at a time gives the same signatures.
+    assert np.array_equal(np.vstack([minhash_signatures([s], a, b) for s in (x, y)]), sig[:2])
+
+
+def test_add_signatures_in_spark_matches_numpy(spark):
+    cfg = DedupConfig(num_perm=16, seed=3)
+    df = spark.createDataFrame([("a", [1, 2, 3]), ("b", [5, -7])], "record_id string, shingles array<long>")
+    got = {r["record_id"]: r["signature"] for r in df.transform(lambda d: add_signatures(d, cfg)).collect()}
+    a, b = permutations(16, 3)
+    want = minhash_signatures([np.array([1, 2, 3]), np.array([5, -7])], a, b).view(np.int32)
+    assert got == {"a": want[0].tolist(), "b": want[1].tolist()}
+
+
+# --- LSH: buckets, candidates, verification ---------------------------------------------------
+
+
+def test_band_buckets_one_row_per_band_and_equal_bands_collide(spark):
+    s1 = list(range(12))
+    s2 = list(range(6)) + [99] * 6  # same first two bands (rows=3), different last two
+    df = spark.createDataFrame([("a", s1), ("b", s2)], "record_id string, signature array<int>")
+    rows = band_buckets(df, bands=4, rows=3).collect()
+    assert len(rows) == 8
+    bucket = {(r["record_id"], r["band"]): r["bucket"] for r in rows}
+    assert [bucket[("a", i)] == bucket[("b", i)] for i in range(4)] == [True, True, False, False]
+    assert band_hashes(np.array([s1], dtype=np.uint32), 4, 3).shape == (1, 4)
+
+
+def test_candidate_pairs_from_shared_buckets_with_cap(spark):
+    buckets = spark.createDataFrame(
+        [("a", 0, 1), ("b", 0, 1), ("c", 0, 1), ("d", 0, 2), ("a", 1, 5), ("d", 1, 5), ("e", 1, 6)],
+        "record_id string, band int, bucket long",
+    )
+    shared = shared_buckets(buckets)
+    assertDataFrameEqual(
+        candidate_pairs(shared, 10), [("a", "b"), ("a", "c"), ("b", "c"), ("a", "d")]
+    )
+    # Cap 2: only the two lowest ids of the 3-member bucket pair up; one bucket, one member capped.
+    assertDataFrameEqual(candidate_pairs(shared, 2), [("a", "b"), ("a", "d")])
+    assert capped_bucket_stats(shared, 2) == {"capped_buckets": 1, "capped_members": 1}
+
+
+def test_verify_pairs_keeps_pairs_at_or_above_threshold(spark):
+    shingled = spark.createDataFrame(
+        [("a", [1, 2, 3, 4]), ("b", [1, 2, 3, 5]), ("c", [7, 8])], "record_id string, shingles array<long>"
+    )
+    pairs = spark.createDataFrame([("a", "b"), ("a", "c")], "id_a string, id_b string")
+    assertDataFrameEqual(verify_pairs(pairs, shingled, 0.6), [("a", "b", 0.6)])
+    assert verify_pairs(pairs, shingled, 0.61).count() == 0
+
+
+def test_verify_pairs_per_field_threshold(spark):
+    shingled = spark.createDataFrame(
+        [("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1], [2, 3, 4, 5, 6, 7, 8, 9, 10]),
+         ("b", [0, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0], [2, 3, 4, 5, 6, 7, 8, 9, 10])],
+        "record_id string, shingles array<long>, shingles_instruction array<long>, shingles_context array<long>",
+    )
+    pairs = spark.createDataFrame([("a", "b")], "id_a string, id_b string")
+    # Whole text: 9/11 >= 0.7, but the instructions share nothing.
+    assert verify_pairs(pairs, shingled, 0.7).count() == 1
+    assert verify_pairs(pairs, shingled, 0.7, ["shingles_instruction", "shingles_context"]).count() == 0
+    assert verify_pairs(pairs, shingled, 0.7, ["shingles_context"]).count() == 1
+
+
+PASSAGE = (
+    "Violet Constance Jessop was an Argentine born Irish ocean liner stewardess memoirist and nurse in the "
+    "early 20th century who survived the sinking of both the RMS Titanic in 1912 and of her sister ship "
+    "HMHS Britannic in 1916 and was on board the RMS Olympic when it collided with a warship in 1911"
+)
+
+
+def test_different_questions_about_one_passage_are_kept_by_default(spark):
+    df = silver(
+        spark,
+        [("q1", "Which ships did Violet Jessop survive?", PASSAGE, "a"),
+         ("q2", "What was Violet Jessop's job?", PASSAGE, "b")],
+    )
+    counts = {}
+    for per_field in (True, False):
+        result = deduplicate(df, DedupConfig(fields="instruction_context", per_field_threshold=per_field))
+        try:
+            counts[per_field] = result.duplicates.count()
+        finally:
+            result.cleanup()
+    assert counts == {True: 0, False: 1}
+
+
+# --- connected components ---------------------------------------------------------------------
+
+# Two components: a long chain (needs several propagation rounds) and a star; labels are min ids.
+EDGES = [("n05", "n06"), ("n04", "n05"), ("n03", "n04"), ("n02", "n03"), ("n01", "n02"), ("n07", "n06"),
+         ("x3", "x1"), ("x3", "x2"), ("x9", "x3")]
+
+
+def test_union_find_and_label_propagation_give_identical_clusters(spark, tmp_path):
+    edges = spark.createDataFrame(EDGES, "id_a string, id_b string")
+    uf = clusters_union_find(edges)
+    lp = clusters_label_propagation(edges, DedupConfig(work_dir=str(tmp_path)))
+    expected = [(f"n0{i}", "n01") for i in range(1, 8)] + [(x, "x1") for x in ("x1", "x2", "x3", "x9")]
+    assertDataFrameEqual(uf, expected)
+    assertDataFrameEqual(lp, expected)
+
+
+def test_clusters_chooses_by_edge_count(spark, tmp_path):
+    edges = spark.createDataFrame(EDGES, "id_a string, id_b string")
+    _, small = clusters(edges, DedupConfig(union_find_max_edges=100))
+    _, large = clusters(edges, DedupConfig(union_find_max_edges=3, work_dir=str(tmp_path)))
+    assert (small, large) == ("union_find", "label_propagation")
+
+
+def test_label_propagation_raises_when_not_converged(spark, tmp_path):
+    edges = spark.createDataFrame(EDGES, "id_a string, id_b string")
+    with pytest.raises(RuntimeError, match="did not converge"):
+        clusters_label_propagation(edges, DedupConfig(max_iterations=1, work_dir=str(tmp_path)))
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+ROWS = [
+    ("r1", "Who wrote the novel War and Peace and when was it first published", "", "Tolstoy", "open_qa"),
+    ("r2", "who wrote the novel war and peace, and when was it first published?", "", "Leo Tolstoy", "open_qa"),
+    ("r3", "Who wrote the famous novel War and Peace and when was it first published", "", "Tolstoy.", "general_qa"),
+    ("r4", "Name three primary colours used in painting", "", "red, yellow, blue", "brainstorming"),
+    ("r5", "Explain how a bicycle gear works to a child", "", "gears...", "open_qa"),
+    ("r6", "name three primary colours used in painting", "", "RYB", "classification"),
+]
+
+
+def test_deduplicate_partitions_rows_with_lineage(spark):
+    df = silver(spark, ROWS)
+    result = deduplicate(df, DedupConfig(fields="instruction_context"))
+    try:
+        assert result.kept.columns == df.columns
+        assert tuple(result.duplicates.columns) == DUPLICATES_COLUMNS
+        assert [f.dataType.simpleString() for f in result.duplicates.schema.fields] == [
+            "string", "string", "string", "string", "double", "string"
+        ]
+        kept = {r["record_id"] for r in result.kept.collect()}
+        dups = {r["record_id"]: r for r in result.duplicates.collect()}
+        assert kept | set(dups) == {r[0] for r in ROWS} and not kept & set(dups)
+        assert kept == {"r1", "r4", "r5"}
+        assert dups["r2"]["method"] == "exact" and dups["r2"]["jaccard"] == 1.0
+        assert dups["r6"]["kept_record_id"] == "r4" and dups["r6"]["method"] == "exact"
+        assert dups["r3"]["method"] == "minhash" and dups["r3"]["kept_record_id"] == "r1"
+        assert 0.7 <= dups["r3"]["jaccard"] < 1.0
+        assert dups["r3"]["category"] == "general_qa"
+        m = dedup_metrics(result)
+        json.dumps(m)
+        assert m["removed_by_method"] == {"exact": 2, "minhash": 1}
+        assert m["removed_by_category"] == {"classification": 1, "general_qa": 1, "open_qa": 1}
+        assert (m["exact_groups"], m["near_clusters"]) == (2, 1)
+        assert m["bands"] * m["rows"] <= 128 and m["candidate_pairs"] >= m["verified_pairs"] >= 1
+    finally:
+        result.cleanup()
+
+
+def test_default_counts_the_answer_too(spark):
+    """Default fields="all": a repeated prompt with a different answer is kept; with the same
+    answer it is removed."""
+    rows = ROWS[:2] + [("r7", ROWS[0][1] + "!", "", "Tolstoy", "open_qa")]
+    result = deduplicate(silver(spark, rows), DedupConfig())
+    try:
+        assert [(r["record_id"], r["kept_record_id"]) for r in result.duplicates.collect()] == [("r7", "r1")]
+    finally:
+        result.cleanup()
+
+
+def test_exact_duplicate_of_a_near_duplicate_points_at_the_final_survivor(spark):
+    rows = ROWS[:3] + [("r0", "Who wrote the famous novel war and peace and when was it first published!", "", "x")]
+    result = deduplicate(silver(spark, rows), DedupConfig(fields="instruction_context", keep="lowest_record_id"))
+    try:
+        dups = {r["record_id"]: r for r in result.duplicates.collect()}
+        kept = [r["record_id"] for r in result.kept.collect()]
+        # r3 is an exact duplicate of r0, r2 of r1; r1 is a near duplicate of r0, kept as lowest id.
+        assert kept == ["r0"]
+        assert {k: (d["method"], d["kept_record_id"]) for k, d in dups.items()} == {
+            "r1": ("minhash", "r0"), "r2": ("exact", "r0"), "r3": ("exact", "r0")
+        }
+    finally:
+        result.cleanup()
+
+
+def test_deduplicate_is_deterministic(spark):
+    df = silver(spark, ROWS)
+    cfg = DedupConfig(fields="instruction_context", keep="longest_response")
+    a, b = deduplicate(df, cfg), deduplicate(df, cfg)
+    try:
+        assertDataFrameEqual(a.duplicates, b.duplicates)
+        assertDataFrameEqual(a.kept, b.kept)
+        assert {r["record_id"] for r in a.kept.collect()} == {"r2", "r4", "r5"}  # longest responses
+    finally:
+        a.cleanup()
+        b.cleanup()
+
+
+WORDS = st.sampled_from("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split())
+TEXTS = st.lists(WORDS, min_size=1, max_size=12).map(" ".join)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXTS, min_size=1, max_size=5, unique=True), copies=st.lists(st.integers(1, 4), min_size=5, max_size=5))
+def test_identical_texts_always_share_a_minhash_cluster(spark, texts, copies):
+    """Through the MinHash stages alone (no exact stage): copies of a text share every bucket."""
+    cfg = DedupConfig(num_perm=32, per_field_threshold=False)
+    rows = [(f"t{i}c{c}", t) for i, t in enumerate(texts) for c in range(copies[i])]
+    df = spark.createDataFrame(rows, "record_id string, dedup_text string")
+    b, r = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    shingled = df.transform(lambda d: add_shingles(d, cfg))
+    shared = shingled.transform(lambda d: add_signatures(d, cfg)).transform(lambda d: band_buckets(d, b, r))
+    edges = verify_pairs(candidate_pairs(shared_buckets(shared), cfg.max_bucket_size), shingled, cfg.threshold)
+    label = {row["record_id"]: row["cluster"] for row in clusters_union_find(edges).collect()}
+    for i, t in enumerate(texts):
+        ids = [f"t{i}c{c}" for c in range(copies[i])]
+        if len(ids) > 1:
+            assert len({label.get(x) for x in ids}) == 1 and None not in {label.get(x) for x in ids}
+
+
+@pytest.mark.skipif(not DOLLY_JSONL.exists(), reason="real dolly-15k not available")
+def test_real_dolly_sample_accounting(spark):
+    lines = DOLLY_JSONL.read_text().splitlines()[:2000]
+    rows = []
+    for i, line in enumerate(lines):
+        r = json.loads(line)
+        rows.append((f"l{i:05d}", r["instruction"], r["context"], r["response"], r["category"]))
+    df = silver(spark, rows)
+    result = deduplicate(df, DedupConfig(fields="instruction_context"))  # the first 2k have repeated prompts
+    try:
+        n_kept, n_dup = result.kept.count(), result.duplicates.count()
+        assert n_kept + n_dup == 2000 and n_dup > 0
+        # Every duplicate points at a record that was kept.
+        orphans = result.duplicates.join(
+            result.kept.select(F.col("record_id").alias("kept_record_id")), "kept_record_id", "left_anti"
+        )
+        assert orphans.count() == 0
+        m = dedup_metrics(result)
+        assert sum(m["removed_by_method"].values()) == n_dup == sum(m["removed_by_category"].values())
+    finally:
+        result.cleanup()
