@@ -351,7 +351,8 @@ def length_stats(gold: DataFrame, pack_budget: int = 2048) -> DataFrame:
     )
 
 
-def write_gold(spark, names, candidates: DataFrame, cfg: GoldConfig, silver_version: int | None) -> dict:
+def write_gold(spark, names, candidates: DataFrame, cfg: GoldConfig, silver_version: int | None,
+               other_quarantine: "pa.Table | None" = None) -> dict:
     """Write gold (overwrite), put its rejects in quarantine (stage ``gold``), write gold_stats.
 
     The full tokenization runs once, for the gold write. Rejects are then the candidates missing
@@ -372,9 +373,12 @@ def write_gold(spark, names, candidates: DataFrame, cfg: GoldConfig, silver_vers
     rejected = gold_quarantine_rows(build_gold(missing, cfg, silver_version)).toArrow()  # a handful of rows
     # Rewrite quarantine as (other stages' rows + these) in one commit: re-running gold alone
     # replaces its earlier rejects instead of appending them twice. Quarantine is small.
-    kept = None
-    if tables.table_exists(spark, names.quarantine):
+    # ``other_quarantine``: the earlier stages' rejects of this same run, not yet committed, so
+    # the quarantine table gets exactly one commit per prepare run (old or new, never between).
+    kept = other_quarantine
+    if kept is None and tables.table_exists(spark, names.quarantine):
         kept = tables.read_table(spark, names.quarantine).where(F.col("stage") != "gold").toArrow()
+    if kept is not None:
         rejected = rejected.select(kept.column_names).cast(kept.schema)
     combined = rejected if kept is None else pa.concat_tables([kept, rejected])
     frame = spark.createDataFrame(combined) if combined.num_rows else spark.createDataFrame([], QUARANTINE_SCHEMA)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 HF_DATASET_ID = "databricks/databricks-dolly-15k"
+_SCHEME = re.compile(r"^(?:file|dbfs):(?://)?(?=/)")
 FIELDS = ("instruction", "context", "response", "category")
 
 BRONZE_SCHEMA = (
@@ -124,14 +126,43 @@ def _parse_line(text: str) -> tuple[dict, str | None, list[str], list[str]]:
         else:
             values[f] = None
             field_errors.append(f"wrong_type:{f}")
-    extra = sorted(k for k in obj if k not in FIELDS)
+    # A "\ud800" escape parses to a lone surrogate, which no UTF-8 column can hold.
+    if any(isinstance(v, str) and not _utf8_encodable(v) for v in values.values()):
+        return {}, "lone_surrogate", [], []
+    extra = sorted(_printable_key(k) for k in obj if k not in FIELDS)
     return values, None, field_errors, extra
 
 
-def split_file(path: str, content: bytes) -> dict[str, list]:
-    """All rows of one file, as Arrow-ready columns."""
+def _utf8_encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable_key(key: str) -> str:
+    return key if _utf8_encodable(key) else key.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def source_name(source: str, root: str | None) -> str:
+    """The file's path relative to the input root (its base name for a single-file input).
+
+    Record ids hash this name, so files with the same base name in different folders of one
+    input get different ids, while the ids stay the same wherever the input folder lives.
+    """
+    plain = _SCHEME.sub("", source)
+    if root:
+        base = _SCHEME.sub("", root).rstrip("/") + "/"
+        if plain.startswith(base):
+            return plain[len(base):]
+    return os.path.basename(plain)
+
+
+def split_file(path: str, content: bytes, root: str | None = None) -> dict[str, list]:
+    """All rows of one file, as Arrow-ready columns. ``root``: the input folder, if any."""
     source = path if path.startswith(("/", "dbfs:", "s3:", "abfss:", "gs:")) else "/" + path
-    name = os.path.basename(source)
+    name = source_name(source, root)
     lines, _ = _decode_lines(content)
     # A file ending in a newline yields one empty last piece: that is not a line.
     if lines and lines[-1][0] == b"" and lines[-1][2] is None:
@@ -155,11 +186,24 @@ def split_file(path: str, content: bytes) -> dict[str, list]:
     return cols
 
 
-def _split_batches(batches):
-    for batch in batches:
-        d = batch.to_pydict()
-        for path, content in zip(d["path"], d["content"]):
-            yield pa.RecordBatch.from_pydict(split_file(path, content), schema=_ARROW_SCHEMA)
+def _splitter(root: str | None):
+    # A factory rather than a default argument: the root is bound when the plan is built.
+    def split_batches(batches):
+        for batch in batches:
+            d = batch.to_pydict()
+            for path, content in zip(d["path"], d["content"]):
+                yield pa.RecordBatch.from_pydict(split_file(path, content, root), schema=_ARROW_SCHEMA)
+
+    return split_batches
+
+
+def skipped_files(input_dir: str) -> list[str]:
+    """Files the reader ignores by Spark convention: names starting with '_' or '.' (own or parent)."""
+    root = Path(input_dir)
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*")
+        if p.is_file() and any(part.startswith(("_", ".")) for part in p.relative_to(root).parts)
+    )
 
 
 def read_bronze(spark, input_path: str):
@@ -168,7 +212,12 @@ def read_bronze(spark, input_path: str):
 
     resolved = resolve_input(input_path)
     reader = spark.read.format("binaryFile")
+    root = None
     if Path(resolved).is_dir():
         reader = reader.option("recursiveFileLookup", "true")
+        root = resolved
+        hidden = skipped_files(resolved)
+        if hidden:
+            log.warning("ignoring %d hidden or '_'-prefixed file(s) under %s: %s", len(hidden), resolved, hidden[:10])
     files = reader.load(resolved).select("path", "content").dropDuplicates(["path"])
-    return files.mapInArrow(_split_batches, BRONZE_SCHEMA).withColumn("ingested_at", F.current_timestamp())
+    return files.mapInArrow(_splitter(root), BRONZE_SCHEMA).withColumn("ingested_at", F.current_timestamp())

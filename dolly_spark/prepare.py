@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -137,12 +138,19 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
         versions["silver"] = tables.write_table(
             spark, silver_rows(validated), names.silver, comment="cleaned, validated dolly-15k records"
         )
-        versions["quarantine"] = tables.write_table(
-            spark, quarantine_rows(validated, "silver"), names.quarantine,
-            comment="rejected rows, one per record, with the first failing rule as reason",
-        )
+        silver_q = quarantine_rows(validated, "silver")
+        if cfg.until == "gold":
+            # Held back: gold writes quarantine once, with its own rejects, so a killed run leaves
+            # the table at the old version or the new one (rejects are few; they fit the driver).
+            silver_q_rows = silver_q.toArrow()
+            by_reason = dict(Counter(silver_q_rows["reason"].to_pylist()))
+        else:
+            versions["quarantine"] = tables.write_table(
+                spark, silver_q, names.quarantine,
+                comment="rejected rows, one per record, with the first failing rule as reason",
+            )
+            by_reason = _reason_counts(tables.read_table(spark, names.quarantine))
         silver_n = tables.read_table(spark, names.silver).count()
-        by_reason = _reason_counts(tables.read_table(spark, names.quarantine))
         quarantined = sum(by_reason.values())
         counts.append(StageCount("silver", raw_rows, silver_n, quarantined, details={"quarantined_by_reason": by_reason}))
         progress(2, "silver", t0, f"{silver_n} rows, {quarantined} quarantined")
@@ -181,7 +189,8 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
         from dolly_spark.views import create_views
 
         t0 = time.time()
-        g = write_gold(spark, names, tables.read_table(spark, names.candidates), cfg.gold_config(), versions.get("silver"))
+        g = write_gold(spark, names, tables.read_table(spark, names.candidates), cfg.gold_config(), versions.get("silver"),
+                       other_quarantine=silver_q_rows)
         versions.update(g["versions"])
         gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]
         counts.append(StageCount("gold", g["input_rows"], gold_n, q_gold_n,

@@ -61,6 +61,7 @@ class ScoreConfig:
     limit: int | None = field(default=None, metadata={"help": "score at most this many rows (the first by row_key)"})
     num_partitions: int | None = field(default=None, metadata={"help": "repartition before generating (e.g. one per GPU)"})
     download_dir: str | None = field(default=None, metadata={"help": "where MLflow models are downloaded (on a multi-node cluster: a Volume the workers can read)"})
+    stale_staging_hours: float = field(default=6.0, metadata={"help": "drop staging tables of killed runs older than this"})
     udf_mode: str = field(default="pandas_iter", metadata={"help": "generation UDF", "choices": UDF_MODES})
     experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (used by the tracking wrapper)"})
 
@@ -327,6 +328,23 @@ def drop_staging(spark, ref: tables.TableRef) -> None:
         spark.sql(f"DROP TABLE IF EXISTS {ref.sql}")
 
 
+def remove_stale_staging(spark, target: tables.TableRef, older_than_hours: float) -> list[str]:
+    """Drop staging tables a killed run left behind (local roots). Only old ones: a concurrent
+    job's fresh staging table is still in use."""
+    if target.path is None:
+        return []
+    cutoff = time.time() - older_than_hours * 3600
+    prefix = f"{target.name.split('.')[-1]}__staging_"
+    removed = []
+    for d in Path(target.path).parent.glob(prefix + "*"):
+        newest = max((p.stat().st_mtime for p in d.rglob("*")), default=d.stat().st_mtime)
+        if newest < cutoff:
+            drop_staging(spark, tables.TableRef(target.logical, d.name, tables.validate_path(str(d))))
+            removed.append(d.name)
+            log.warning("removed stale staging table %s (last written %.1f h ago)", d, (time.time() - newest) / 3600)
+    return removed
+
+
 def _is_conflict(err: Exception) -> bool:
     text = str(err).lower()
     # Sail says "Failed to commit transaction"; Databricks raises Concurrent*Exception.
@@ -421,6 +439,7 @@ def run(cfg: ScoreConfig, spark) -> ScoreResult:
         F.current_timestamp().alias("scored_at"),
     )
     # Stage first: the UDF runs exactly once, and a MERGE retry does not regenerate.
+    remove_stale_staging(spark, target, cfg.stale_staging_hours)
     staged = staging_ref(target, uuid.uuid4().hex[:12])
     try:
         tables.write_table(spark, scored, staged, mode="overwrite")

@@ -26,9 +26,10 @@ LOGICAL_TABLES = (
     "predictions",
     "eval_generations",
 )
-_IDENT = re.compile(r"^[A-Za-z0-9_]+$")
-# Characters a local path may not contain: it is quoted inside SQL ('...' and `...`).
-_BAD_PATH_CHARS = re.compile(r"['`;\\\x00-\x1f]")
+_IDENT = re.compile(r"[A-Za-z0-9_]+")  # used with fullmatch: "$" would accept a trailing newline
+# Characters a local path may hold. It is quoted inside SQL ('...' and `...`), and the engine
+# URL-encodes or cuts paths at others (Sail writes '/r/a b' to '/r/a%20b', '/r/a?b' to '/r/a').
+_SAFE_PATH = re.compile(r"[A-Za-z0-9._/+=@,-]+")
 
 
 class InvalidIdentifierError(ValueError):
@@ -36,7 +37,7 @@ class InvalidIdentifierError(ValueError):
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
-    if not isinstance(name, str) or not _IDENT.match(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise InvalidIdentifierError(
             f"invalid {what} {name!r}: only letters, digits and underscore ([A-Za-z0-9_]) are allowed"
         )
@@ -44,10 +45,10 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
 
 
 def validate_path(path: str) -> str:
-    if _BAD_PATH_CHARS.search(path):
+    if not isinstance(path, str) or not _SAFE_PATH.fullmatch(path):
         raise InvalidIdentifierError(
-            f"invalid table path {path!r}: quotes, backticks, semicolons, backslashes and control "
-            "characters are not allowed"
+            f"invalid table path {path!r}: only letters, digits and . _ / + = @ , - are allowed "
+            "(quotes, spaces, '?', '#', '%' and non-ASCII would be rewritten by the engine or break SQL)"
         )
     return path
 

@@ -160,10 +160,54 @@ def configure(output_root=None, catalog=None, experiment: str | None = None) -> 
     import mlflow
 
     tracking_uri, registry_uri = resolve_tracking(output_root, catalog)
+    for uri in {tracking_uri, registry_uri}:
+        init_sqlite_store(uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
     artifact_root = local_artifact_root(output_root) if tracking_uri.startswith("sqlite:") and output_root else None
     return ensure_experiment(experiment or default_experiment(), artifact_root)
+
+
+def init_sqlite_store(uri: str) -> None:
+    """Create a local sqlite store atomically.
+
+    MLflow builds its schema by running migrations in place: two jobs starting together on a fresh
+    root both migrate (one fails), and a job killed mid-migration leaves a half-built database that
+    every later job fails on. So: build it in a temporary file under a file lock, then rename it in.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if db.exists():
+        return
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if db.exists():  # another job built it while we waited
+            return
+        tmp = db.with_name(f".{db.name}.init-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp_uri = f"sqlite:///{tmp}"
+        MlflowClient(tracking_uri=tmp_uri, registry_uri=tmp_uri).search_experiments(max_results=1)
+        _dispose_sqlite_engines(tmp_uri)
+        os.replace(tmp, db)
+
+
+def _dispose_sqlite_engines(uri: str) -> None:
+    """Close MLflow's cached SQLAlchemy connections to ``uri`` before the file is renamed."""
+    try:
+        from mlflow.store.db import utils as db_utils
+
+        cache = getattr(db_utils, "_engine_cache", None) or {}
+        for key, engine in list(cache.items()):
+            if uri in str(key):
+                engine.dispose()
+    except Exception:  # best effort: sqlite tolerates a rename under an open handle on POSIX
+        pass
 
 
 def git_commit(start: str | os.PathLike | None = None) -> str | None:

@@ -62,3 +62,38 @@ def test_hub_download_offline_names_the_input_option(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="--input"):
         resolve_input("databricks/databricks-dolly-15k")
+
+
+def test_lone_surrogate_escape_is_an_ingest_error_not_a_crash():
+    import pyarrow as pa
+
+    from dolly_spark.ingest import _ARROW_SCHEMA
+
+    bad = b'{"instruction": "\\ud800", "response": "x", "category": "open_qa", "\\udc00k": 1}'
+    cols = split_file("a.jsonl", line() + b"\n" + bad + b"\n")
+    assert cols["ingest_error"] == [None, "lone_surrogate"]
+    pa.RecordBatch.from_pydict(cols, schema=_ARROW_SCHEMA)  # encodable: the job would not crash
+    pair = split_file("a.jsonl", b'{"instruction": "\\ud83d\\ude00", "response": "x", "category": "open_qa"}')
+    assert pair["instruction"] == ["\U0001f600"] and pair["ingest_error"] == [None]
+
+
+def test_record_ids_use_the_path_below_the_input_root():
+    from dolly_spark.ingest import source_name
+
+    a = split_file("/in/a/part.jsonl", line(), root="/in")
+    b = split_file("/in/b/part.jsonl", line(), root="/in")
+    assert a["record_id"] != b["record_id"]
+    assert a["record_id"] == [record_id_for("a/part.jsonl", 1, line())]
+    # a single-file input keeps the base name, wherever the file lives
+    assert split_file("/x/y/a.jsonl", line())["record_id"] == [record_id_for("a.jsonl", 1, line())]
+    assert source_name("dbfs:/Volumes/c/s/v/in/a.jsonl", "/Volumes/c/s/v/in") == "a.jsonl"
+    assert source_name("file:///in/sub/a.jsonl", "/in") == "sub/a.jsonl"
+
+
+def test_skipped_files_lists_hidden_and_underscore_files(tmp_path):
+    from dolly_spark.ingest import skipped_files
+
+    for rel in ("_SUCCESS", ".x.crc", "_tmp/p.jsonl", "ok/p.jsonl"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}\n")
+    assert skipped_files(str(tmp_path)) == [".x.crc", "_SUCCESS", "_tmp/p.jsonl"]

@@ -296,3 +296,21 @@ def test_unknown_alias_is_a_clear_error(registered):
         score.resolve_model("models:/dolly_tiny@nope")
     resolved = score.resolve_model(registered[0])
     assert resolved.version == registered[1] and resolved.pyfunc_uri == f"models:/{registered[1]}"
+
+
+def test_stale_staging_tables_of_killed_runs_are_removed(spark, tmp_path):
+    import os
+    import time as _time
+
+    from dolly_spark import tables as _tables
+    from dolly_spark.score import remove_stale_staging, staging_ref
+
+    target = _tables.TableNames(root=str(tmp_path)).predictions
+    old, fresh = staging_ref(target, "oldrun"), staging_ref(target, "freshrun")
+    for ref in (old, fresh):
+        _tables.write_table(spark, spark.createDataFrame([(1,)], "x int"), ref)
+    week_ago = _time.time() - 7 * 24 * 3600
+    for p in [*Path(old.path).rglob("*"), Path(old.path)]:
+        os.utime(p, (week_ago, week_ago))
+    assert remove_stale_staging(spark, target, older_than_hours=6) == [old.name]
+    assert not Path(old.path).exists() and Path(fresh.path).exists()
