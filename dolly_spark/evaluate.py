@@ -47,11 +47,7 @@ class EvaluateConfig:
     experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (used by the tracking wrapper)"})
 
     def table_names(self) -> tables.TableNames:
-        if self.catalog:
-            return tables.TableNames(catalog=self.catalog, schema=self.schema)
-        if not self.output_root:
-            raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
-        return tables.TableNames(root=self.output_root)
+        return tables.table_names_for(self.output_root, self.catalog, self.schema)
 
     def generation_config(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, greedy=self.greedy,

@@ -64,11 +64,7 @@ class PrepareConfig:
     pack_separator_tokens: int = field(default=0, metadata={"help": "tokens the collator adds per packed record"})
 
     def table_names(self) -> tables.TableNames:
-        if self.catalog:
-            return tables.TableNames(catalog=self.catalog, schema=self.schema)
-        if not self.output_root:
-            raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
-        return tables.TableNames(root=self.output_root)
+        return tables.table_names_for(self.output_root, self.catalog, self.schema)
 
     def clean_config(self) -> CleanConfig:
         return CleanConfig(

@@ -33,11 +33,7 @@ class ReportConfig:
     create_views: bool = field(default=True, metadata={"help": "also (re)create the SQL views"})
 
     def table_names(self) -> tables.TableNames:
-        if self.catalog:
-            return tables.TableNames(catalog=self.catalog, schema=self.schema)
-        if not self.output_root:
-            raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
-        return tables.TableNames(root=self.output_root)
+        return tables.table_names_for(self.output_root, self.catalog, self.schema)
 
     def report_dir(self) -> Path:
         if self.out_dir:

@@ -105,6 +105,15 @@ class TableNames:
         raise AttributeError(item)
 
 
+def table_names_for(output_root: str | None, catalog: str | None, schema: str | None) -> TableNames:
+    """The tables of a job config: Unity Catalog when a catalog is given, else a local root."""
+    if catalog:
+        return TableNames(catalog=catalog, schema=schema)
+    if not output_root:
+        raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
+    return TableNames(root=output_root)
+
+
 def table_exists(spark, ref: TableRef) -> bool:
     if ref.path is not None:
         return (Path(ref.path) / "_delta_log").is_dir()

@@ -67,11 +67,7 @@ class TrainConfig:
             raise ValueError("save_total_limit must be >= 1")
 
     def table_names(self) -> tables.TableNames:
-        if self.catalog:
-            return tables.TableNames(catalog=self.catalog, schema=self.schema)
-        if not self.output_root:
-            raise ValueError("give --output-root DIR (local) or --catalog and --schema (Databricks)")
-        return tables.TableNames(root=self.output_root)
+        return tables.table_names_for(self.output_root, self.catalog, self.schema)
 
     @property
     def train_root(self) -> Path:
