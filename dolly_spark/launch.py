@@ -16,7 +16,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,15 +41,55 @@ WORKER_MODULE = "dolly_spark.train.worker"
 ROWS_PER_SHARD = 4096
 
 
+# The deepspeed launcher names the first rank to fail by its command line; torchrun by a report block.
+_DEEPSPEED_EXIT = re.compile(r"--local_rank=(\d+)\b.*\bexits with return code = (-?\d+)")
+_TORCHRUN_EXIT = re.compile(r"^\s*rank\s*:\s*(\d+)\b.*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
+
+
+def dead_ranks(log_tail: str) -> dict[int, int]:
+    """Rank -> exit code of the ranks the launcher reports as failed; a negative code is a signal.
+
+    A rank killed by a signal (SIGKILL, the OOM killer) writes no traceback, so the launcher's
+    line is the only trace of the cause. Single node: the deepspeed launcher's local rank is the rank.
+    """
+    found: dict[int, int] = {}
+    for pattern in (_DEEPSPEED_EXIT, _TORCHRUN_EXIT):
+        for m in pattern.finditer(log_tail):
+            found[int(m.group(1))] = int(m.group(2))
+    return found
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"killed by {name} (signal {-code})"
+    return f"exited with code {code}"
+
+
+def _rank_order(who: str) -> tuple[int, str]:
+    digits = who[len("rank"):]
+    return (int(digits), who) if who.startswith("rank") and digits.isdigit() else (1 << 30, who)
+
+
 class TrainingFailed(RuntimeError):
-    def __init__(self, returncode: int | None, tracebacks: dict[str, str], tail: list[str]):
+    def __init__(self, returncode: int | None, tracebacks: dict[str, str], tail: list[str],
+                 dead: dict[int, int] | None = None):
         self.returncode = returncode
         self.tracebacks = tracebacks
         self.tail = tail
+        self.dead = dict(dead or {})
+        # A rank that died without a traceback is the cause; the survivors' tracebacks
+        # ("Connection closed by peer") are its consequence, so it comes first.
+        silent = [f"--- rank{r} --- {_exit_description(code)} without a traceback"
+                  for r, code in sorted(self.dead.items()) if f"rank{r}" not in tracebacks]
+        parts = silent + [f"--- {who} ---\n{tb}" for who, tb in sorted(tracebacks.items(), key=lambda kv: _rank_order(kv[0]))]
         if tracebacks:
-            detail = "\n".join(f"--- {who} ---\n{tb}" for who, tb in sorted(tracebacks.items()))
+            detail = "\n".join(parts)
         else:
-            detail = "no rank wrote a traceback; last output lines:\n" + "\n".join(tail[-40:])
+            detail = "\n".join(silent + ["no rank wrote a traceback; last output lines:", *tail[-40:]])
         super().__init__(f"training failed (exit code {returncode}):\n{detail}")
 
 
@@ -240,12 +282,10 @@ def run_subprocess(cmd: list[str], env: dict[str, str], run_dir: Path, echo=prin
     finally:
         progress.close()
     if rc != 0:
-        raise TrainingFailed(rc, _read_tracebacks(run_dir), list(tail))
+        raise TrainingFailed(rc, _read_tracebacks(run_dir), list(tail), dead_ranks("\n".join(tail)))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    import signal
-
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the launcher and its ranks
     except ProcessLookupError:
@@ -265,7 +305,7 @@ def run_distributor(cfg: TrainConfig, nproc: int, family: str, job_path: Path, d
     try:
         distributor.run(worker.__file__, "--job", str(job_path))
     except Exception as err:
-        raise TrainingFailed(None, _read_tracebacks(run_dir), [str(err)]) from err
+        raise TrainingFailed(None, _read_tracebacks(run_dir), [str(err)], dead_ranks(str(err))) from err
 
 
 # ---------------------------------------------------------------- results

@@ -189,3 +189,67 @@ def test_metrics_go_to_an_active_mlflow_run(tmp_path, monkeypatch):
         assert client.get_metric_history(run.info.run_id, "eval_loss_open_qa")[0].step == 2
     finally:
         mlflow.set_tracking_uri(previous_uri)  # a module global: do not leak into other tests
+
+
+DEEPSPEED_KILLED = (
+    "[2025-01-01 10:00:00,000] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 7568\n"
+    "[2025-01-01 10:00:00,001] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 7569\n"
+    "[2025-01-01 10:00:00,002] [ERROR] [launch.py:259:sigkill_handler] ['/usr/bin/python3', '-u', '-m', "
+    "'dolly_spark.train.worker', '--local_rank=1', '--job', '/s/run/job.json', '--deepspeed_config', "
+    "'/s/run/ds_config.json'] exits with return code = -9\n")
+
+TORCHRUN_FAILED = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+dolly_spark.train.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2025-01-01_10:00:01
+  host      : node-a
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 4100)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2025-01-01_10:00:00
+  host      : node-a
+  rank      : 3 (local_rank: 1)
+  exitcode  : -9 (pid: 4101)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 4101
+============================================================
+"""
+
+
+def test_dead_ranks_reads_the_deepspeed_launcher_line():
+    assert launch.dead_ranks(DEEPSPEED_KILLED) == {1: -9}
+    assert launch.dead_ranks(DEEPSPEED_KILLED.replace("= -9", "= 1")) == {1: 1}
+
+
+def test_dead_ranks_reads_torchruns_failure_report():
+    # the global rank, not the local one
+    assert launch.dead_ranks(TORCHRUN_FAILED) == {0: 1, 3: -9}
+
+
+def test_dead_ranks_ignores_ordinary_output():
+    text = "step 7 rank 1 loss 2.3\nexitcode of nothing\n--local_rank=0 started\nexits with return code = -9\n"
+    assert launch.dead_ranks(text) == {}
+
+
+def test_training_failed_puts_a_silent_dead_rank_before_the_survivors_tracebacks():
+    err = launch.TrainingFailed(247, {"rank0": "RuntimeError: Connection closed by peer",
+                                      "rank10": "RuntimeError: x", "rank2": "RuntimeError: y"},
+                                [], dead={1: -9, 2: 1})
+    message = str(err)
+    killed = message.index("--- rank1 --- killed by SIGKILL (signal 9) without a traceback")
+    # rank 2 wrote a traceback: shown as such, not as a silent death; tracebacks in numeric rank order
+    assert "rank2 --- exited" not in message
+    assert killed < message.index("--- rank0 ---") < message.index("--- rank2 ---") < message.index("--- rank10 ---")
+
+
+def test_training_failed_without_tracebacks_names_the_dead_rank_and_keeps_the_tail():
+    message = str(launch.TrainingFailed(-9, {}, ["last line"], dead={0: -9}))
+    assert message.index("rank0 --- killed by SIGKILL") < message.index("no rank wrote a traceback") < message.index("last line")

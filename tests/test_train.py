@@ -158,3 +158,77 @@ def test_worker_job_round_trips(tmp_path):
                     checkpoint_dir="c", model_dir="m", metrics_path="x.jsonl", run_dir="r", attempt="z")
     back = WorkerJob.read(job.write(tmp_path / "job.json"))
     assert back == job and back.train_config().tiny is True
+
+
+def _marked_ckpt(root: Path, step: int, big: int = 0) -> Path:
+    p = root / f"checkpoint-{step}"
+    (p / "global_step1").mkdir(parents=True)
+    (p / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (p / "global_step1" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(bytes(range(256)) * 16)
+    if big:
+        (p / "model.safetensors").write_bytes(b"\1" * big)
+    checkpoints.mark_complete(p, step)
+    return p
+
+
+def test_marker_lists_sizes_and_hashes_but_not_itself(tmp_path):
+    p = _marked_ckpt(tmp_path, 1, big=3 << 20)
+    marker = json.loads((p / checkpoints.MARKER).read_text())
+    shard = "global_step1/zero_pp_rank_0_mp_rank_00_model_states.pt"
+    assert marker["files"] == {"trainer_state.json": len(json.dumps({"global_step": 1})), shard: 4096,
+                               "model.safetensors": 3 << 20}
+    assert set(marker["sha256"]) == {"trainer_state.json", shard}  # small files: whole-file hash
+    assert set(marker["sha256_head_tail"]) == {"model.safetensors"}  # large: first + last MiB only
+    assert checkpoints.is_complete(p)
+
+
+@pytest.mark.parametrize("where", ["head", "middle", "tail"])
+def test_large_file_change_is_caught_in_its_hashed_edges_only(tmp_path, where):
+    p = _marked_ckpt(tmp_path, 1, big=3 << 20)
+    offset = {"head": 10, "middle": (3 << 20) // 2, "tail": (3 << 20) - 10}[where]
+    with open(p / "model.safetensors", "r+b") as f:
+        f.seek(offset)
+        f.write(b"\2")
+    # The middle of a multi-GB shard is not read (size checks still apply): a deliberate trade-off.
+    assert checkpoints.is_complete(p) is (where == "middle")
+
+
+def test_same_size_edit_of_a_small_file_is_caught(tmp_path):
+    p = _marked_ckpt(tmp_path, 1)
+    (p / "trainer_state.json").write_text(json.dumps({"global_step": 9}))  # same length, other bytes
+    assert "SHA-256" in checkpoints.checkpoint_problem(p)
+
+
+def test_corrupt_latest_is_skipped_and_removed_on_resume(tmp_path, caplog):
+    good = _marked_ckpt(tmp_path, 3)
+    bad = _marked_ckpt(tmp_path, 6)
+    (bad / "global_step1" / "zero_pp_rank_0_mp_rank_00_model_states.pt").unlink()
+    with caplog.at_level("WARNING", logger=checkpoints.__name__):
+        assert checkpoints.latest_complete_checkpoint(tmp_path) == good
+    assert "checkpoint-6" in caplog.text and "is missing" in caplog.text
+    assert checkpoints.remove_incomplete_after(tmp_path, good) == [bad]
+
+
+def test_old_marker_without_file_list_is_accepted_with_a_warning(tmp_path, caplog):
+    p = tmp_path / "checkpoint-4"
+    p.mkdir()
+    (p / "trainer_state.json").write_text("{}")
+    (p / checkpoints.MARKER).write_text(json.dumps({"step": 4, "time": 0}))
+    with caplog.at_level("WARNING", logger=checkpoints.__name__):
+        assert checkpoints.latest_complete_checkpoint(tmp_path) == p
+    assert "without a file list" in caplog.text
+    (p / checkpoints.MARKER).write_text('{"step": 4, "fi')  # a torn marker is never accepted
+    assert checkpoints.latest_complete_checkpoint(tmp_path) is None
+
+
+def test_pickle_only_model_dir_is_refused_not_random_init(tmp_path):
+    from dolly_spark.train.model import model_source_kind
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "training_args.bin").write_bytes(b"x")  # Trainer metadata alone is not weights
+    assert model_source_kind(str(tmp_path)) == "config"
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="safetensors"):
+        model_source_kind(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert model_source_kind(str(tmp_path)) == "local"

@@ -34,14 +34,30 @@ def tiny_config(vocab_size: int, max_positions: int = 2048):
     )
 
 
+# Pickle checkpoints (torch.load runs code from the file): never loaded, but never mistaken for a
+# bare config either. training_args.bin is Trainer metadata, not weights.
+PICKLE_WEIGHT_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "pytorch_model.bin.index.json")
+NOT_WEIGHTS = {"training_args.bin"}
+
+
 def model_source_kind(base_model: str) -> str:
-    """'config' (random init), 'local' (weights in a dir) or 'hub'."""
+    """'config' (random init), 'local' (weights in a dir) or 'hub'.
+
+    A directory with pickle weights (``pytorch_model.bin``) and no safetensors raises ValueError:
+    classing it as a config would silently train from random init.
+    """
     p = Path(base_model)
     if p.is_file() and p.suffix == ".json":
         return "config"
     if p.is_dir():
-        if any((p / f).exists() for f in WEIGHT_FILES):
+        if any((p / f).exists() for f in WEIGHT_FILES) or any(p.glob("*.safetensors")):
             return "local"
+        pickles = sorted({f.name for g in PICKLE_WEIGHT_GLOBS for f in p.glob(g)} - NOT_WEIGHTS)
+        if pickles:
+            raise ValueError(
+                f"{base_model}: has pickle weights ({', '.join(pickles[:3])}) but no safetensors; only "
+                "safetensors weights are loaded. Convert them to model.safetensors in a trusted environment "
+                "(save_pretrained(..., safe_serialization=True)) or pass the hub id.")
         if (p / "config.json").exists():
             return "config"
         raise FileNotFoundError(f"{base_model}: a directory with neither safetensors weights nor config.json")

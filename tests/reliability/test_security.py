@@ -75,9 +75,6 @@ def test_prepare_rejects_bad_identifiers_before_any_sql(field, value):
     assert spy.calls == []
 
 
-TABLES_FIX = ("needs the tables.py fix from the reliability report: validate_identifier must use "
-              "fullmatch, and validate_path must whitelist [A-Za-z0-9._/+=@,-] (Sail URL-encodes or "
-              "truncates local paths with other characters). Delete this marker when applied.")
 
 
 def test_identifier_with_trailing_newline_is_rejected():
@@ -374,11 +371,6 @@ def test_training_loader_never_runs_remote_code(pickle_only_and_remote_code_mode
     tok = load_hf_tokenizer(str(TOKENIZER_DIR))
     _load_never_runs_custom_code(lambda d: build_model(str(d), tok), remote_dir, sentinel)
 
-
-TRAIN_MODEL_FIX = ("needs the train/model.py fix from the reliability report: a --base-model directory with "
-                   "pytorch_model.bin (pickle) weights and no safetensors is treated as a bare config and "
-                   "silently trains from random init; it must raise naming safetensors instead. Delete this "
-                   "marker when applied.")
 
 
 def test_training_loader_refuses_pickle_only_weights(pickle_only_and_remote_code_models):
