@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from dolly_spark import tables
 from dolly_spark.config import parse_config
 from dolly_spark.generate import GenerationConfig
-from dolly_spark.score import RESULT_COLUMNS, cached_model, configure_mlflow, resolve_model, with_generation
+from dolly_spark.score import RESULT_COLUMNS, cached_model, resolve_model, with_generation
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_config(EvaluateConfig, argv, prog="dolly-spark evaluate", description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.model_uri.startswith(("models:/", "runs:/")):
-        configure_mlflow(cfg)
     from dolly_spark.stages import tracked_evaluate
 
     result, _ = tracked_evaluate(cfg, get_spark())

@@ -352,7 +352,7 @@ def length_stats(gold: DataFrame, pack_budget: int = 2048) -> DataFrame:
 
 
 def write_gold(spark, names, candidates: DataFrame, cfg: GoldConfig, silver_version: int | None,
-               other_quarantine: "pa.Table | None" = None) -> dict:
+               other_quarantine: "pa.Table | None" = None, input_rows: int | None = None) -> dict:
     """Write gold (overwrite), put its rejects in quarantine (stage ``gold``), write gold_stats.
 
     The full tokenization runs once, for the gold write. Rejects are then the candidates missing
@@ -391,7 +391,7 @@ def write_gold(spark, names, candidates: DataFrame, cfg: GoldConfig, silver_vers
     by_split = {r["split"]: int(r["count"]) for r in gold.groupBy("split").count().collect()}
     result = {
         "versions": versions,
-        "input_rows": int(candidates.count()),
+        "input_rows": int(candidates.count()) if input_rows is None else int(input_rows),  # caller's count saves a job
         "gold_rows": sum(by_split.values()),
         "quarantined_rows": sum(reasons.values()),
         "quarantined_by_reason": reasons,

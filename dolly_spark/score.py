@@ -171,18 +171,6 @@ def _mlflow_version(uri: str) -> tuple[str, str]:
     return uri, uri
 
 
-def configure_mlflow(cfg) -> None:
-    """Point MLflow at the project's store (sqlite under --output-root, or Databricks) when the
-    caller has not already (tracking.job_run does the same)."""
-    import mlflow
-
-    from dolly_spark.tracking import resolve_tracking
-
-    tracking_uri, registry_uri = resolve_tracking(cfg.output_root, cfg.catalog)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri)
-
-
 # ---------------------------------------------------------------------------------------------
 # Generation inside Spark: the model is loaded once per Python worker and reused across tasks.
 
@@ -468,8 +456,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_config(ScoreConfig, argv, prog="dolly-spark score", description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.model_uri.startswith(("models:/", "runs:/")):
-        configure_mlflow(cfg)
     from dolly_spark.stages import tracked_score
 
     result = tracked_score(cfg, get_spark())

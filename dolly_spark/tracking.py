@@ -198,16 +198,12 @@ def init_sqlite_store(uri: str) -> None:
 
 
 def _dispose_sqlite_engines(uri: str) -> None:
-    """Close MLflow's cached SQLAlchemy connections to ``uri`` before the file is renamed."""
-    try:
-        from mlflow.store.db import utils as db_utils
+    """Drop MLflow's cached SQLAlchemy engine for ``uri``: the file is renamed, never reused."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        cache = getattr(db_utils, "_engine_cache", None) or {}
-        for key, engine in list(cache.items()):
-            if uri in str(key):
-                engine.dispose()
-    except Exception:  # best effort: sqlite tolerates a rename under an open handle on POSIX
-        pass
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def git_commit(start: str | os.PathLike | None = None) -> str | None:
