@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup run test bundle-check
+.PHONY: setup run test lint bundle-check
 setup: $(STAMP)
 
 $(STAMP): requirements.lock constraints.txt setup.py
@@ -19,7 +19,11 @@ run: setup
 	$(VENV)/bin/dolly-spark run --input $(SHARED)/databricks-dolly-15k.jsonl --output-root $(OUT) --tokenizer $(SHARED)/tokenizer/gpt-neox-20b
 
 bundle-check: setup
-	$(VENV)/bin/python -m dolly_spark.bundle_check bundles/
+	$(VENV)/bin/python -m tools.bundle_check bundles/
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(VENV)/bin/python -m pytest -q tests

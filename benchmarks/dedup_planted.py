@@ -1,4 +1,4 @@
-"""Planted-duplicate benchmark for ``dolly_spark.dedup``: precision and recall of found pairs.
+"""Planted-duplicate benchmark for ``dolly_spark.prep.dedup``: precision and recall of found pairs.
 
 Takes N real dolly-15k records, plants one near-duplicate for each of a known subset (case,
 whitespace, punctuation, 1-3 word edits, sentence reordering, or a mix), runs ``deduplicate``
@@ -30,13 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dolly_spark.clean import normalize_text_value  # noqa: E402
-from dolly_spark.dedup import (  # noqa: E402
+from dolly_spark.prep.clean import normalize_text_value  # noqa: E402
+from dolly_spark.prep.dedup import (  # noqa: E402
     DedupConfig,
     add_shingles,
     deduplicate,
     field_shingle_columns,
-    normalize_text,
+    normalize_for_matching,
 )
 
 DEFAULT_DATA = Path(os.environ.get("DOLLY_SHARED_DATA", ROOT.parent / "shared" / "data")) / "databricks-dolly-15k.jsonl"
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         **{k: getattr(args, k) for k in TUNABLE},
     )
 
-    from dolly_spark.session import get_spark
+    from dolly_spark.ops.session import get_spark
 
     spark = get_spark("dedup_planted")
     base = load_records(Path(args.data), args.n, args.seed)
@@ -209,12 +209,12 @@ def main(argv=None) -> int:
     cols = ["shingles", *field_shingle_columns(cfg)]
     sh = {
         r["record_id"]: [set(r[c]) for c in cols]
-        for r in all_df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: add_shingles(d, cfg))
-        .select("record_id", *cols).collect()
+        for r in all_df.transform(lambda d: normalize_for_matching(d, cfg))
+        .transform(lambda d: add_shingles(d, cfg))
+        .select("record_id", *cols)
+        .collect()
     }
-    true_j = {
-        (a, b): min(len(x & y) / len(x | y) for x, y in zip(sh[a], sh[b])) for a, b, _ in planted
-    }
+    true_j = {(a, b): min(len(x & y) / len(x | y) for x, y in zip(sh[a], sh[b])) for a, b, _ in planted}
 
     natural = deduplicate(base_df, cfg)
     natural_groups = groups_of(natural.duplicates.collect())
@@ -252,8 +252,10 @@ def main(argv=None) -> int:
     print(f"bands x rows: {result.stats['bands']} x {result.stats['rows']}")
     print(f"records: {len(base)} real + {len(variants)} planted variants; dedup took {seconds:.1f}s")
     print(f"natural duplicate groups among the {len(base)} originals: {len(set(natural_groups.values()))}")
-    print(f"removed: {dict(methods)}  candidate pairs: {result.stats['candidate_pairs']}  "
-          f"verified: {result.stats['verified_pairs']}")
+    print(
+        f"removed: {dict(methods)}  candidate pairs: {result.stats['candidate_pairs']}  "
+        f"verified: {result.stats['verified_pairs']}"
+    )
     what = "min of text and per-field jaccard" if cfg.per_field_threshold else "jaccard"
     print(f"planted pairs within threshold ({what} >= {cfg.threshold}): {len(within)} of {len(planted)}")
     print(f"recall (within threshold): {rec_within:.4f}")

@@ -1,4 +1,4 @@
-"""Scaling benchmark for ``dolly_spark.dedup.deduplicate`` on synthetic data made from dolly-15k.
+"""Scaling benchmark for ``dolly_spark.prep.dedup.deduplicate`` on synthetic data made from dolly-15k.
 
 For each size N (default 15k, 150k, 1.5M) it builds N rows from the real records: copy 0 of each
 record is the record itself; every further copy has about 40% of its instruction, context and response words
@@ -35,8 +35,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dolly_spark.clean import normalize_text_value  # noqa: E402
-from dolly_spark.dedup import (  # noqa: E402
+from dolly_spark.prep.clean import normalize_text_value  # noqa: E402
+from dolly_spark.prep.dedup import (  # noqa: E402
     FIELD_SEPARATOR,
     FIELDS,
     DedupConfig,
@@ -182,8 +182,12 @@ def python_minhash(real: pd.DataFrame, cfg: DedupConfig) -> tuple[float, int]:
 
     # per_field_threshold: each counted field, shingled on its own, must reach the threshold too.
     per_field = (
-        [shingle_hashes([_normalise(real[c].iloc[int(rid[1:])], cfg) for rid, _ in survivors], cfg.shingle, cfg.ngram)
-         for c in cols]
+        [
+            shingle_hashes(
+                [_normalise(real[c].iloc[int(rid[1:])], cfg) for rid, _ in survivors], cfg.shingle, cfg.ngram
+            )
+            for c in cols
+        ]
         if cfg.per_field_threshold
         else []
     )
@@ -239,7 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="scratch dir for synthetic data (deleted at the end)")
     args = p.parse_args(argv)
 
-    from dolly_spark.session import get_spark
+    from dolly_spark.ops.session import get_spark
 
     spark = get_spark("dedup_scaling")
     work = Path(args.work or tempfile.mkdtemp(prefix="dedup_scaling_"))
@@ -250,17 +254,23 @@ def main(argv=None) -> int:
     c0 = time.process_time()
     base_s, base_removed = python_minhash(real, cfg)
     base_cpu = time.process_time() - c0
-    print(f"baseline single-process Python MinHash, {len(real)} real rows: {base_s:.1f}s "
-          f"({len(real) / base_s:,.0f} rows/s, cpu {base_cpu:.1f}s), removed {base_removed}", flush=True)
+    print(
+        f"baseline single-process Python MinHash, {len(real)} real rows: {base_s:.1f}s "
+        f"({len(real) / base_s:,.0f} rows/s, cpu {base_cpu:.1f}s), removed {base_removed}",
+        flush=True,
+    )
     real_path = str(work / "real")
     spark.createDataFrame(real, SILVER_SCHEMA).write.mode("overwrite").parquet(real_path)
     warm_path = str(work / "warmup")  # untimed: starts the UDF workers
     spark.createDataFrame(real.head(2000), SILVER_SCHEMA).write.mode("overwrite").parquet(warm_path)
     time_spark(spark, warm_path, cfg, str(work / "out_warmup"))
     real_s, real_stats = time_spark(spark, real_path, cfg, str(work / "out_real"))
-    print(f"spark deduplicate, {len(real)} real rows: {real_s:.1f}s ({len(real) / real_s:,.0f} rows/s, "
-          f"cpu {real_stats['cpu_seconds']:.1f}s), "
-          f"removed {real_stats['removed']}; spark / python = {real_s / base_s:.2f}x", flush=True)
+    print(
+        f"spark deduplicate, {len(real)} real rows: {real_s:.1f}s ({len(real) / real_s:,.0f} rows/s, "
+        f"cpu {real_stats['cpu_seconds']:.1f}s), "
+        f"removed {real_stats['removed']}; spark / python = {real_s / base_s:.2f}x",
+        flush=True,
+    )
 
     results = []
     for n in args.sizes:
@@ -269,12 +279,15 @@ def main(argv=None) -> int:
         make_synthetic(spark, real, n, data)
         gen_s = time.perf_counter() - t0
         seconds, stats = time_spark(spark, data, cfg, str(work / f"out_{n}"))
-        results.append((n, seconds, stats['cpu_seconds']))
+        results.append((n, seconds, stats["cpu_seconds"]))
         stages = stats.get("stage_seconds", {})
-        print(f"size {n:>9,}: {seconds:8.1f}s  {n / seconds:>9,.0f} rows/s  cpu {stats['cpu_seconds']:.1f}s  "
-              f"removed {stats['removed']:,}  "
-              f"candidates {stats['candidate_pairs']:,}  capped buckets {stats['capped_buckets']}  "
-              f"(generation {gen_s:.1f}s)", flush=True)
+        print(
+            f"size {n:>9,}: {seconds:8.1f}s  {n / seconds:>9,.0f} rows/s  cpu {stats['cpu_seconds']:.1f}s  "
+            f"removed {stats['removed']:,}  "
+            f"candidates {stats['candidate_pairs']:,}  capped buckets {stats['capped_buckets']}  "
+            f"(generation {gen_s:.1f}s)",
+            flush=True,
+        )
         print(f"    stage seconds: {stages}", flush=True)
         shutil.rmtree(data, ignore_errors=True)
     print(f"{'step':<24}{'wall ratio':>12}{'cpu ratio':>12}   target: <= 12x per 10x rows")

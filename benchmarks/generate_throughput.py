@@ -1,7 +1,7 @@
 """Generated tokens/s for the same model, prompts and settings, in one process:
 
   udf_batched   the scoring path: Spark pandas iterator UDF, length-sorted left-padded batches
-  spark_udf     mlflow.pyfunc.spark_udf over the logged pyfunc (when dolly_spark.pyfunc_model exists)
+  spark_udf     mlflow.pyfunc.spark_udf over the logged pyfunc (when dolly_spark.serve.pyfunc_model exists)
   per_row       one prompt per generate() call (Dolly's original pipeline shape)
   hf_batched    plain HF generate in the same batches, no Spark (the ceiling for the UDF path)
 
@@ -39,7 +39,7 @@ def build_model(out: Path, model_config: str | None, tokenizer_dir: Path, max_po
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from dolly_spark.tokenizer import load_hf_tokenizer
+    from dolly_spark.text.tokenizer import load_hf_tokenizer
 
     tok = load_hf_tokenizer(str(tokenizer_dir))
     torch.manual_seed(0)
@@ -98,9 +98,9 @@ def main(argv=None) -> int:
 def run_benchmark(args, work: Path) -> int:
     import torch
 
-    from dolly_spark import generate as G
-    from dolly_spark import score as S
-    from dolly_spark.session import get_spark
+    from dolly_spark.ops.session import get_spark
+    from dolly_spark.serve import generate as G
+    from dolly_spark.serve import score as S
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,7 +175,7 @@ def run_benchmark(args, work: Path) -> int:
         elif mode == "spark_udf":
             pyfunc_dir = save_pyfunc(model_dir, work)
             if pyfunc_dir is None:
-                print("spark_udf    skipped: dolly_spark.pyfunc_model is not available")
+                print("spark_udf    skipped: dolly_spark.serve.pyfunc_model is not available")
                 continue
             timed(mode, via_spark("spark_udf", S.ResolvedModel(str(pyfunc_dir), str(model_dir), "bench",
                                                               pyfunc_uri=str(pyfunc_dir))))
@@ -204,7 +204,7 @@ def run_benchmark(args, work: Path) -> int:
 def save_pyfunc(model_dir: Path, work: Path) -> Path | None:
     """Save the project's pyfunc around ``model_dir`` (artifacts={"hf_model": dir}) for spark_udf."""
     try:
-        from dolly_spark import pyfunc_model
+        from dolly_spark.serve import pyfunc_model
     except ImportError:
         return None
     import mlflow.pyfunc

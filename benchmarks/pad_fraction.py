@@ -25,9 +25,10 @@ os.environ.setdefault("DOLLY_TOKENIZER", str(SHARED / "tokenizer" / "gpt-neox-20
 
 def prepared(root: str, build: bool):
     """(spark, TableNames) with silver and gold present under ``root`` (built when asked)."""
-    from dolly_spark import gold, tables
-    from dolly_spark.prepare import PrepareConfig, run
-    from dolly_spark.session import get_spark
+    from dolly_spark.ops import tables
+    from dolly_spark.ops.session import get_spark
+    from dolly_spark.prep import gold
+    from dolly_spark.prep.prepare import PrepareConfig, run
 
     spark = get_spark("dolly_gold_bench")
     names = tables.TableNames(root=root)
@@ -37,8 +38,13 @@ def prepared(root: str, build: bool):
     if not tables.table_exists(spark, names.silver):
         run(PrepareConfig(input=str(SHARED / "databricks-dolly-15k.jsonl"), output_root=root, until="silver"), spark)
     if not tables.table_exists(spark, names.gold):
-        gold.write_gold(spark, names, tables.read_table(spark, names.silver), gold.GoldConfig(),
-                        tables.table_version(spark, names.silver))
+        gold.write_gold(
+            spark,
+            names,
+            tables.read_table(spark, names.silver),
+            gold.GoldConfig(),
+            tables.table_version(spark, names.silver),
+        )
     return spark, names
 
 
@@ -51,7 +57,7 @@ def pad_stats(rows: list[int], batch_size: int, multiple: int) -> tuple[int, int
     real = sum(rows)
     slots = 0
     for i in range(0, len(rows), batch_size):
-        batch = rows[i:i + batch_size]
+        batch = rows[i : i + batch_size]
         slots += len(batch) * padded(max(batch), multiple)
     return real, slots
 
@@ -67,7 +73,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from dolly_spark import tables
+    from dolly_spark.ops import tables
 
     spark, names = prepared(args.output_root, args.build)
     pdf = tables.read_table(spark, names.gold).where(f"split = '{args.split}'").select("seq_len", "pack_id").toPandas()
@@ -88,16 +94,22 @@ def main(argv=None) -> int:
     grouped_real, grouped_slots = pad_stats(sorted(lengths), b, m)
     grouped = 1 - grouped_real / grouped_slots
     packed = averaged(packs)
-    print(f"gold split={args.split}: {len(lengths)} records, {sum(lengths)} tokens, {len(packs)} packed rows "
-          f"(batch {b}, pad_to_multiple_of {m}, {args.seeds} random orders)")
+    print(
+        f"gold split={args.split}: {len(lengths)} records, {sum(lengths)} tokens, {len(packs)} packed rows "
+        f"(batch {b}, pad_to_multiple_of {m}, {args.seeds} random orders)"
+    )
     print(f"{'policy':<42}{'pad fraction':>14}")
     print(f"{'dolly: random batches, pad to longest':<42}{dolly:>14.2%}")
     print(f"{'length-grouped batches, pad to longest':<42}{grouped:>14.2%}")
     print(f"{'ours: packed rows (pack_id), pad to longest':<42}{packed:>14.2%}")
     total = sum(lengths)
-    print(f"tokens processed incl. padding: dolly {total / (1 - dolly):,.0f}, ours {total / (1 - packed):,.0f} "
-          f"({(1 - packed) / (1 - dolly):.2f}x fewer)")
-    print(f"ratio dolly/ours (pad fraction): {dolly / packed:.1f}x; target ours <= 5%: {'met' if packed <= 0.05 else 'NOT met'}")
+    print(
+        f"tokens processed incl. padding: dolly {total / (1 - dolly):,.0f}, ours {total / (1 - packed):,.0f} "
+        f"({(1 - packed) / (1 - dolly):.2f}x fewer)"
+    )
+    print(
+        f"ratio dolly/ours (pad fraction): {dolly / packed:.1f}x; target ours <= 5%: {'met' if packed <= 0.05 else 'NOT met'}"
+    )
     return 0
 
 

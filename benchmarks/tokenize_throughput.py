@@ -23,9 +23,9 @@ os.environ.setdefault("DOLLY_TOKENIZER", str(SHARED / "tokenizer" / "gpt-neox-20
 
 
 def silver(root: str, build: bool):
-    from dolly_spark import tables
-    from dolly_spark.prepare import PrepareConfig, run
-    from dolly_spark.session import get_spark
+    from dolly_spark.ops import tables
+    from dolly_spark.ops.session import get_spark
+    from dolly_spark.prep.prepare import PrepareConfig, run
 
     spark = get_spark("dolly_tokenize_bench")
     names = tables.TableNames(root=root)
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
 
     from pyspark.sql import functions as F
 
-    from dolly_spark import gold
-    from dolly_spark.tokenizer import load_fast_tokenizer
+    from dolly_spark.prep import gold
+    from dolly_spark.text.tokenizer import load_fast_tokenizer
 
     cfg = gold.GoldConfig()
     spark, df = silver(args.output_root, args.build)

@@ -43,8 +43,8 @@ def measure_peak_flops(device, dtype, n: int, iters: int) -> float:
 
 
 def packed_rows(tokenizer_dir: Path, seq_len: int, max_records: int):
-    from dolly_spark.prompts import format_prompt, format_text
-    from dolly_spark.tokenizer import load_fast_tokenizer
+    from dolly_spark.text.prompts import format_prompt, format_text
+    from dolly_spark.text.tokenizer import load_fast_tokenizer
     from dolly_spark.train.data import build_examples
 
     tok = load_fast_tokenizer(str(tokenizer_dir))

@@ -2,7 +2,7 @@
 
 import sys
 
-from dolly_spark.evaluate import main
+from dolly_spark.commands.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 
 import sys
 
-from dolly_spark.register import main
+from dolly_spark.commands.register import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

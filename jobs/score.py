@@ -2,7 +2,7 @@
 
 import sys
 
-from dolly_spark.score import main
+from dolly_spark.commands.score import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

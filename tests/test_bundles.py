@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dolly_spark import bundle_check as bc
-from dolly_spark import cli
-from tests.conftest import SHARED
+from dolly_spark.commands import cli
+from tests.shared_data import SHARED
+from tools import bundle_check as bc
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles"
@@ -64,8 +64,12 @@ def _cluster(job: dict, task: dict) -> dict:
 def test_every_bundle_file_validates_against_the_official_schema(bundle):
     assert SCHEMA.exists(), f"bundle schema missing: {SCHEMA}"
     names = sorted(bundle.rel(f.path) for f in bundle.files)
-    assert names == ["bundles/databricks.yml", "bundles/resources/dolly_pipeline.yml",
-                     "bundles/resources/dolly_score.yml", "bundles/resources/volume.yml"]
+    assert names == [
+        "bundles/databricks.yml",
+        "bundles/resources/dolly_pipeline.yml",
+        "bundles/resources/dolly_score.yml",
+        "bundles/resources/volume.yml",
+    ]
     problems = bc.schema_problems(bundle, SCHEMA)
     assert problems == [], "\n".join(map(str, problems))
 
@@ -104,8 +108,9 @@ def real_parameter_problems(bundle) -> list[bc.Problem]:
     return bc.parameter_problems(bundle, SETUP_PY)
 
 
-@pytest.mark.parametrize("entry_point", ["dolly-prepare", "dolly-report", "dolly-train", "dolly-register",
-                                         "dolly-evaluate", "dolly-score"])
+@pytest.mark.parametrize(
+    "entry_point", ["dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-evaluate", "dolly-score"]
+)
 def test_task_parameters_are_accepted_by_the_real_parser(real_parameter_problems, entry_point):
     # Modules not written yet fail here with "cannot build the argument parser ... ModuleNotFoundError".
     problems = [p for p in real_parameter_problems if entry_point in p.message]
@@ -122,18 +127,29 @@ def test_parse_error_accepts_known_flags_and_rejects_unknown_ones():
 
 def test_depends_on_forms_the_expected_dag(bundle):
     assert bc.dag_problems(bundle) == []
-    edges = {key: [d["task_key"] for d in t.get("depends_on", [])]
-             for key, t in _tasks(_jobs(bundle)["dolly_pipeline"]).items()}
-    assert edges == {"prepare": [], "report": ["prepare"], "train": ["prepare"], "register": ["train"],
-                     "evaluate": ["register"], "score": ["evaluate"]}
+    edges = {
+        key: [d["task_key"] for d in t.get("depends_on", [])]
+        for key, t in _tasks(_jobs(bundle)["dolly_pipeline"]).items()
+    }
+    assert edges == {
+        "prepare": [],
+        "report": ["prepare"],
+        "train": ["prepare"],
+        "register": ["train"],
+        "evaluate": ["register"],
+        "score": ["evaluate"],
+    }
     assert list(_tasks(_jobs(bundle)["dolly_score"])) == ["score"]
 
 
 def test_train_and_score_run_on_dedicated_gpu_clusters_and_prepare_on_cpu(bundle):
     jobs = _jobs(bundle)
     pipeline = jobs["dolly_pipeline"]
-    gpu_tasks = [(pipeline, _tasks(pipeline)["train"]), (pipeline, _tasks(pipeline)["score"]),
-                 (jobs["dolly_score"], _tasks(jobs["dolly_score"])["score"])]
+    gpu_tasks = [
+        (pipeline, _tasks(pipeline)["train"]),
+        (pipeline, _tasks(pipeline)["score"]),
+        (jobs["dolly_score"], _tasks(jobs["dolly_score"])["score"]),
+    ]
     for job, task in gpu_tasks:
         cluster = _cluster(job, task)
         assert cluster["spark_version"] == "${var.gpu_spark_version}"
@@ -168,7 +184,10 @@ def test_tasks_pass_tables_alias_and_volume_paths_through_parameters(bundle):
     assert bundle.variables()["model_alias"] == "champion"
     volume = bundle.files[-1].data["resources"]["volumes"]["dolly_files"]
     assert (volume["catalog_name"], volume["schema_name"], volume["name"]) == (
-        "${var.catalog}", "${var.schema}", "${var.volume}")
+        "${var.catalog}",
+        "${var.schema}",
+        "${var.volume}",
+    )
 
 
 def test_score_job_is_scheduled_and_its_tables_are_job_parameters(bundle):
@@ -182,7 +201,7 @@ def test_score_job_is_scheduled_and_its_tables_are_job_parameters(bundle):
 
 
 def test_wheel_libraries_point_at_the_wheel_the_artifact_builds(bundle):
-    (_, name, artifact), = bundle.artifacts()
+    ((_, name, artifact),) = bundle.artifacts()
     assert artifact["type"] == "whl"
     assert (BUNDLE / artifact["path"]).resolve() == REPO and (REPO / "setup.py").exists()
     assert bc.find_setup_py(bundle) == SETUP_PY
@@ -246,8 +265,10 @@ def test_unmodified_copy_passes_the_structural_checks(broken):
 def test_unknown_key_in_a_task_is_rejected_by_the_schema_with_file_and_path(broken):
     root = broken("resources/dolly_pipeline.yml", lambda d: _pipeline_task(d, "train").update(retries=3))
     msgs = _only(_check(root), "schema")
-    assert msgs == ["bundles/resources/dolly_pipeline.yml: resources.jobs.dolly_pipeline.tasks[2]: "
-                    "Additional properties are not allowed ('retries' was unexpected) [schema]"]
+    assert msgs == [
+        "bundles/resources/dolly_pipeline.yml: resources.jobs.dolly_pipeline.tasks[2]: "
+        "Additional properties are not allowed ('retries' was unexpected) [schema]"
+    ]
 
 
 def test_unknown_top_level_key_and_bad_enum_are_rejected(broken):
@@ -275,9 +296,11 @@ def test_cyclic_depends_on_is_rejected_showing_the_cycle(broken):
         _pipeline_task(d, "prepare")["depends_on"] = [{"task_key": "score"}]
 
     msgs = _only(_check(broken("resources/dolly_pipeline.yml", edit)), "dag")
-    assert msgs == ["bundles/resources/dolly_pipeline.yml: resources.jobs.dolly_pipeline.tasks: depends_on has a "
-                    "cycle: prepare -> score -> evaluate -> register -> train -> prepare (task -> task it depends on)"
-                    " [dag]"]
+    assert msgs == [
+        "bundles/resources/dolly_pipeline.yml: resources.jobs.dolly_pipeline.tasks: depends_on has a "
+        "cycle: prepare -> score -> evaluate -> register -> train -> prepare (task -> task it depends on)"
+        " [dag]"
+    ]
 
 
 def test_dangling_depends_on_and_cluster_key_are_rejected(broken):
@@ -294,8 +317,10 @@ def test_dangling_depends_on_and_cluster_key_are_rejected(broken):
 def test_job_key_defined_in_two_files_is_rejected(broken):
     shutil.copy(broken.root / "resources" / "dolly_score.yml", broken.root / "resources" / "dolly_score_copy.yml")
     msgs = _only(_check(broken.root), "dag")
-    assert msgs == ["bundles/resources/dolly_score_copy.yml: resources.jobs.dolly_score: job key 'dolly_score' is "
-                    "also defined in bundles/resources/dolly_score.yml [dag]"]
+    assert msgs == [
+        "bundles/resources/dolly_score_copy.yml: resources.jobs.dolly_score: job key 'dolly_score' is "
+        "also defined in bundles/resources/dolly_score.yml [dag]"
+    ]
 
 
 def test_invalid_mode_and_production_without_root_path_are_rejected(broken):
@@ -351,8 +376,10 @@ def test_unknown_flag_is_rejected_by_the_real_prepare_parser(broken):
 
 
 def test_cli_exits_1_with_readable_problems_and_0_on_the_real_bundle(broken, capsys):
-    root = broken("resources/dolly_pipeline.yml", lambda d: _pipeline_task(d, "prepare").update(
-        depends_on=[{"task_key": "score"}]))
+    root = broken(
+        "resources/dolly_pipeline.yml",
+        lambda d: _pipeline_task(d, "prepare").update(depends_on=[{"task_key": "score"}]),
+    )
     assert bc.main([str(root), "--schema", str(SCHEMA), "--setup-py", str(SETUP_PY), "--skip-parameters"]) == 1
     err = capsys.readouterr().err
     assert "1 problem(s) in bundle" in err and "depends_on has a cycle: prepare -> score" in err
@@ -379,10 +406,9 @@ def _stand_in_parser_for(flags_by_module: dict[str, dict[str, dict]]):
 
 
 def _score_only_flags(**overrides) -> dict[str, dict[str, dict]]:
-    flags = {f: {} for f in ("--catalog", "--schema", "--model-uri", "--input-table", "--output-table",
-                             "--experiment")}
+    flags = {f: {} for f in ("--catalog", "--schema", "--model-uri", "--input-table", "--output-table", "--experiment")}
     flags.update({"--batch-size": {"type": int}, "--max-new-tokens": {"type": int}}, **overrides)
-    return {"dolly_spark.score": flags}
+    return {"dolly_spark.serve.score": flags}
 
 
 def test_stand_in_parsers_resolve_variables_and_job_parameters_per_target():
@@ -391,18 +417,27 @@ def test_stand_in_parsers_resolve_variables_and_job_parameters_per_target():
     score = [p for p in problems if "dolly-score" in p.message]
     assert score == []
     others = {p.message.split(" (")[0] for p in problems if "dolly-score" not in p.message}
-    assert others == {f"cannot build the argument parser of {ep}" for ep in
-                      ("dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-evaluate")}
+    assert others == {
+        f"cannot build the argument parser of {ep}"
+        for ep in ("dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-evaluate")
+    }
 
 
 def test_stand_in_parser_missing_a_flag_or_choice_reports_the_target(broken):
     root = broken("databricks.yml", lambda d: d["targets"]["dev"]["variables"].update(catalog="dev_cat"))
     flags = _score_only_flags(**{"--catalog": {"choices": ["main"]}})
-    del flags["dolly_spark.score"]["--max-new-tokens"]
-    problems = [str(p) for p in bc.parameter_problems(bc.load_bundle(root), SETUP_PY, _stand_in_parser_for(flags))
-                if "dolly-score" in p.message]
+    del flags["dolly_spark.serve.score"]["--max-new-tokens"]
+    problems = [
+        str(p)
+        for p in bc.parameter_problems(bc.load_bundle(root), SETUP_PY, _stand_in_parser_for(flags))
+        if "dolly-score" in p.message
+    ]
     # Both score tasks: dev fails on the choice first, prod on the missing flag.
-    assert any("(target dev): dolly_spark.score: error: argument --catalog: invalid choice: 'dev_cat'" in m
-               for m in problems)
-    assert any("(target prod): dolly_spark.score: error: unrecognized arguments: --max-new-tokens 256" in m
-               for m in problems)
+    assert any(
+        "(target dev): dolly_spark.serve.score: error: argument --catalog: invalid choice: 'dev_cat'" in m
+        for m in problems
+    )
+    assert any(
+        "(target prod): dolly_spark.serve.score: error: unrecognized arguments: --max-new-tokens 256" in m
+        for m in problems
+    )

@@ -1,7 +1,7 @@
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from dolly_spark import clean
+from dolly_spark.prep import clean
 
 SCHEMA = (
     "record_id string, instruction string, context string, response string, category string, "
@@ -10,8 +10,18 @@ SCHEMA = (
 
 
 def frame(spark, rows):
-    full = [(r.get("id", "r"), r.get("i", "Q?"), r.get("c", ""), r.get("r", "A."), r.get("cat", "open_qa"),
-             r.get("err"), r.get("fe", [])) for r in rows]
+    full = [
+        (
+            r.get("id", "r"),
+            r.get("i", "Q?"),
+            r.get("c", ""),
+            r.get("r", "A."),
+            r.get("cat", "open_qa"),
+            r.get("err"),
+            r.get("fe", []),
+        )
+        for r in rows
+    ]
     return spark.createDataFrame(full, SCHEMA)
 
 
@@ -33,33 +43,57 @@ def test_normalize_text_value_rules():
 def test_normalize_text_on_frame(spark):
     df = frame(spark, [{"id": "1", "i": " Hi  there ", "c": None, "r": "Yes.[12]"}])
     out = clean.normalize_text(df).select("record_id", "instruction", "context", "response")
-    assertDataFrameEqual(out, spark.createDataFrame([("1", "Hi there", "", "Yes.")], "record_id string, instruction string, context string, response string"))
+    assertDataFrameEqual(
+        out,
+        spark.createDataFrame(
+            [("1", "Hi there", "", "Yes.")], "record_id string, instruction string, context string, response string"
+        ),
+    )
 
 
 def test_flag_ingest_errors_and_wrong_types(spark):
     df = frame(spark, [{"id": "1"}, {"id": "2", "err": "malformed_json"}, {"id": "3", "fe": ["wrong_type:context"]}])
     out = reasons_of(df.transform(clean.flag_ingest_errors).transform(clean.flag_wrong_types))
-    assertDataFrameEqual(out, spark.createDataFrame([("1", []), ("2", ["malformed_json"]), ("3", ["wrong_type"])], "record_id string, reasons array<string>"))
+    assertDataFrameEqual(
+        out,
+        spark.createDataFrame(
+            [("1", []), ("2", ["malformed_json"]), ("3", ["wrong_type"])], "record_id string, reasons array<string>"
+        ),
+    )
 
 
 def test_flag_missing_fields(spark):
-    df = frame(spark, [{"id": "1"}, {"id": "2", "i": None}, {"id": "3", "r": None, "c": None}, {"id": "4", "cat": None}])
+    df = frame(
+        spark, [{"id": "1"}, {"id": "2", "i": None}, {"id": "3", "r": None, "c": None}, {"id": "4", "cat": None}]
+    )
     out = reasons_of(df.transform(clean.flag_missing_fields))
     expected = [("1", []), ("2", ["missing_field"]), ("3", ["missing_field"]), ("4", ["missing_field"])]
     assertDataFrameEqual(out, spark.createDataFrame(expected, "record_id string, reasons array<string>"))
 
 
 def test_flag_control_characters(spark):
-    df = frame(spark, [{"id": "1", "i": "tab\tand\nnewline ok"}, {"id": "2", "r": "nul\x00"}, {"id": "3", "c": "bell\x07"}])
+    df = frame(
+        spark, [{"id": "1", "i": "tab\tand\nnewline ok"}, {"id": "2", "r": "nul\x00"}, {"id": "3", "c": "bell\x07"}]
+    )
     out = reasons_of(df.transform(clean.flag_control_characters))
     expected = [("1", []), ("2", ["control_characters"]), ("3", ["control_characters"])]
     assertDataFrameEqual(out, spark.createDataFrame(expected, "record_id string, reasons array<string>"))
 
 
 def test_empty_fields_and_category(spark):
-    df = frame(spark, [{"id": "1", "r": "   "}, {"id": "2", "i": "\n\t"}, {"id": "3", "cat": " Open_QA "}, {"id": "4", "cat": "poetry"}])
+    df = frame(
+        spark,
+        [
+            {"id": "1", "r": "   "},
+            {"id": "2", "i": "\n\t"},
+            {"id": "3", "cat": " Open_QA "},
+            {"id": "4", "cat": "poetry"},
+        ],
+    )
     out = reasons_of(
-        df.transform(clean.normalize_text).transform(clean.normalize_category).transform(clean.flag_empty_fields)
+        df.transform(clean.normalize_text)
+        .transform(clean.normalize_category)
+        .transform(clean.flag_empty_fields)
         .transform(clean.flag_unknown_category)
     )
     expected = [("1", ["empty_response"]), ("2", ["empty_instruction"]), ("3", []), ("4", ["unknown_category"])]
@@ -68,9 +102,15 @@ def test_empty_fields_and_category(spark):
 
 def test_length_limits_and_template_keys(spark):
     cfg = clean.CleanConfig(max_instruction_chars=5, max_context_chars=5, max_response_chars=5)
-    df = frame(spark, [{"id": "1", "i": "Q?", "r": "ok"}, {"id": "2", "c": "x" * 6, "r": "ok"},
-                       {"id": "3", "i": "Q?", "r": "## a ### End"}])
-    out = reasons_of(df.transform(lambda d: clean.flag_too_long(d, cfg)).transform(clean.flag_template_keys))
+    df = frame(
+        spark,
+        [
+            {"id": "1", "i": "Q?", "r": "ok"},
+            {"id": "2", "c": "x" * 6, "r": "ok"},
+            {"id": "3", "i": "Q?", "r": "## a ### End"},
+        ],
+    )
+    out = reasons_of(df.transform(lambda d: clean.flag_too_many_chars(d, cfg)).transform(clean.flag_template_keys))
     expected = [("1", []), ("2", ["context_too_long"]), ("3", ["response_too_long", "template_key_in_text"])]
     assertDataFrameEqual(out, spark.createDataFrame(expected, "record_id string, reasons array<string>"))
 
@@ -83,4 +123,6 @@ def test_validate_keeps_first_reason_and_all_reasons(spark):
     assertDataFrameEqual(out, spark.createDataFrame(expected, "record_id string, reason string, reasons array<string>"))
     assert clean.silver_rows(clean.validate(df)).count() == 1
     q = clean.quarantine_rows(clean.validate(df), "silver").select("record_id", "stage", "reason")
-    assertDataFrameEqual(q, spark.createDataFrame([("2", "silver", "empty_response")], "record_id string, stage string, reason string"))
+    assertDataFrameEqual(
+        q, spark.createDataFrame([("2", "silver", "empty_response")], "record_id string, stage string, reason string")
+    )

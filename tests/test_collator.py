@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dolly_spark.prompts import RESPONSE_KEY
+from dolly_spark.text.prompts import RESPONSE_KEY
 from dolly_spark.train.data import IGNORE_INDEX, PackedCollator, build_examples, record_labels
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows
 
 
@@ -27,7 +27,7 @@ def tiny_model():
 
 
 def test_labels_mask_exactly_the_prompt_from_prompt_len(rows):
-    from dolly_spark.tokenizer import load_fast_tokenizer
+    from dolly_spark.text.tokenizer import load_fast_tokenizer
 
     tok = load_fast_tokenizer(str(TOKENIZER_DIR))
     response_key_id = tok.token_to_id(RESPONSE_KEY)
@@ -58,8 +58,10 @@ def test_packing_follows_pack_id_and_resets_positions(rows):
 
 
 def test_oversized_pack_is_split_and_long_record_truncated():
-    recs = [{"record_id": f"x{i}", "category": "c", "input_ids": list(range(1, 101)), "prompt_len": 10, "pack_id": 0}
-            for i in range(3)]
+    recs = [
+        {"record_id": f"x{i}", "category": "c", "input_ids": list(range(1, 101)), "prompt_len": 10, "pack_id": 0}
+        for i in range(3)
+    ]
     examples, stats = build_examples(recs, pack=True, max_seq_len=250)
     assert [len(e["record_ids"]) for e in examples] == [2, 1]
     assert stats.split_packs == 1
@@ -68,18 +70,22 @@ def test_oversized_pack_is_split_and_long_record_truncated():
 
 
 def test_record_without_response_tokens_is_counted_not_silently_dropped():
-    recs = [{"record_id": "a", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 3, "pack_id": 0},
-            {"record_id": "b", "category": "c", "input_ids": [1, 2, 3, 4], "prompt_len": 2, "pack_id": 0}]
+    recs = [
+        {"record_id": "a", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 3, "pack_id": 0},
+        {"record_id": "b", "category": "c", "input_ids": [1, 2, 3, 4], "prompt_len": 2, "pack_id": 0},
+    ]
     examples, stats = build_examples(recs, pack=True, max_seq_len=100)
     assert stats.dropped == {"no_response_tokens": 1}
     assert examples[0]["record_ids"] == ["b"]
 
 
 def test_collator_pads_with_ignored_labels_and_a_separate_position_run():
-    batch = PackedCollator(pad_token_id=0)([
-        {"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8], "position_ids": [0, 1, 0, 1], "sample_index": 3},
-        {"input_ids": [9, 10], "labels": [-100, 10], "position_ids": [0, 1], "sample_index": 4},
-    ])
+    batch = PackedCollator(pad_token_id=0)(
+        [
+            {"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8], "position_ids": [0, 1, 0, 1], "sample_index": 3},
+            {"input_ids": [9, 10], "labels": [-100, 10], "position_ids": [0, 1], "sample_index": 4},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7, 8], [-100, 10, -100, -100]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 0, 1]]
@@ -130,8 +136,10 @@ def test_packed_batch_loss_equals_the_unpacked_records(rows, tiny_model):
 
 
 def test_row_without_pack_id_trains_alone():
-    recs = [{"record_id": "a", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 1, "pack_id": 0},
-            {"record_id": "b", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 1, "pack_id": None},
-            {"record_id": "c", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 1, "pack_id": 0}]
+    recs = [
+        {"record_id": "a", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 1, "pack_id": 0},
+        {"record_id": "b", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 1, "pack_id": None},
+        {"record_id": "c", "category": "c", "input_ids": [1, 2, 3], "prompt_len": 1, "pack_id": 0},
+    ]
     examples, _ = build_examples(recs, pack=True, max_seq_len=100)
     assert [e["record_ids"] for e in examples] == [["a", "c"], ["b"]]

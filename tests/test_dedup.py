@@ -1,5 +1,4 @@
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from dolly_spark.dedup import (
+from dolly_spark.prep.dedup import (
     DUPLICATES_COLUMNS,
     DedupConfig,
     add_shingles,
@@ -17,23 +16,20 @@ from dolly_spark.dedup import (
     band_hashes,
     candidate_pairs,
     capped_bucket_stats,
-    clusters,
-    clusters_label_propagation,
-    clusters_union_find,
     dedup_metrics,
     deduplicate,
     exact_groups,
-    false_negative_probability,
-    false_positive_probability,
     minhash_signatures,
-    normalize_text,
+    normalize_for_matching,
     optimal_bands_rows,
     permutations,
     shared_buckets,
     shingle_hashes,
     verify_pairs,
 )
-from tests.conftest import DOLLY_JSONL
+from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
+from dolly_spark.prep.dedup_clusters import WorkDir, clusters, clusters_label_propagation, clusters_union_find
+from tests.shared_data import DOLLY_JSONL
 
 SILVER_SCHEMA = (
     "record_id string, instruction string, context string, response string, category string, "
@@ -68,6 +64,7 @@ def test_optimal_bands_rows_properties():
     assert b * r <= 128
     # A higher threshold needs more rows per band (stricter buckets).
     assert optimal_bands_rows(0.9, 128)[1] > optimal_bands_rows(0.5, 128)[1]
+
     # Weighting false negatives more raises the candidate probability at the threshold.
     def p_at(t, br):
         return 1 - (1 - t ** br[1]) ** br[0]
@@ -91,7 +88,7 @@ def test_exact_groups_ignore_case_whitespace_and_punctuation(spark):
         ],
     )
     cfg = DedupConfig(fields="instruction_context")
-    out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+    out = df.transform(lambda d: normalize_for_matching(d, cfg)).transform(lambda d: exact_groups(d, cfg))
     got = out.select("record_id", "exact_rep", "exact_group_size")
     assertDataFrameEqual(got, [("a", "a", 3), ("b", "a", 3), ("c", "a", 3), ("d", "d", 1)])
 
@@ -99,10 +96,10 @@ def test_exact_groups_ignore_case_whitespace_and_punctuation(spark):
 def test_normalisation_flags_are_respected(spark):
     df = silver(spark, [("a", "Hello world", "", "x"), ("b", "hello world!", "", "y")])
     cfg = DedupConfig(lowercase=False, strip_punctuation=False)
-    out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+    out = df.transform(lambda d: normalize_for_matching(d, cfg)).transform(lambda d: exact_groups(d, cfg))
     assert [r["exact_group_size"] for r in out.collect()] == [1, 1]
     cfg = DedupConfig(fields="instruction_context")
-    texts = {r["record_id"]: r["dedup_text"] for r in df.transform(lambda d: normalize_text(d, cfg)).collect()}
+    texts = {r["record_id"]: r["dedup_text"] for r in df.transform(lambda d: normalize_for_matching(d, cfg)).collect()}
     assert texts["a"] == texts["b"] == "hello world \u241e"  # empty context still leaves its separator
 
 
@@ -110,7 +107,7 @@ def test_keep_rule_longest_response(spark):
     df = silver(spark, [("a", "Same prompt", "", "short"), ("b", "same prompt", "", "a much longer response")])
     for keep, expected in [("lowest_record_id", "a"), ("longest_response", "b")]:
         cfg = DedupConfig(fields="instruction_context", keep=keep)
-        out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+        out = df.transform(lambda d: normalize_for_matching(d, cfg)).transform(lambda d: exact_groups(d, cfg))
         assert {r["exact_rep"] for r in out.collect()} == {expected}
 
 
@@ -119,7 +116,7 @@ def test_fields_option_decides_whether_response_counts(spark):
     sizes = {}
     for fields in ("instruction_context", "all"):
         cfg = DedupConfig(fields=fields)
-        out = df.transform(lambda d: normalize_text(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+        out = df.transform(lambda d: normalize_for_matching(d, cfg)).transform(lambda d: exact_groups(d, cfg))
         sizes[fields] = sorted(r["exact_group_size"] for r in out.collect())
     assert sizes == {"instruction_context": [2, 2], "all": [1, 1]}
 
@@ -188,9 +185,7 @@ def test_candidate_pairs_from_shared_buckets_with_cap(spark):
         "record_id string, band int, bucket long",
     )
     shared = shared_buckets(buckets)
-    assertDataFrameEqual(
-        candidate_pairs(shared, 10), [("a", "b"), ("a", "c"), ("b", "c"), ("a", "d")]
-    )
+    assertDataFrameEqual(candidate_pairs(shared, 10), [("a", "b"), ("a", "c"), ("b", "c"), ("a", "d")])
     # Cap 2: only the two lowest ids of the 3-member bucket pair up; one bucket, one member capped.
     assertDataFrameEqual(candidate_pairs(shared, 2), [("a", "b"), ("a", "d")])
     assert capped_bucket_stats(shared, 2) == {"capped_buckets": 1, "capped_members": 1}
@@ -207,8 +202,10 @@ def test_verify_pairs_keeps_pairs_at_or_above_threshold(spark):
 
 def test_verify_pairs_per_field_threshold(spark):
     shingled = spark.createDataFrame(
-        [("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1], [2, 3, 4, 5, 6, 7, 8, 9, 10]),
-         ("b", [0, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0], [2, 3, 4, 5, 6, 7, 8, 9, 10])],
+        [
+            ("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1], [2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            ("b", [0, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0], [2, 3, 4, 5, 6, 7, 8, 9, 10]),
+        ],
         "record_id string, shingles array<long>, shingles_instruction array<long>, shingles_context array<long>",
     )
     pairs = spark.createDataFrame([("a", "b")], "id_a string, id_b string")
@@ -228,8 +225,10 @@ PASSAGE = (
 def test_different_questions_about_one_passage_are_kept_by_default(spark):
     df = silver(
         spark,
-        [("q1", "Which ships did Violet Jessop survive?", PASSAGE, "a"),
-         ("q2", "What was Violet Jessop's job?", PASSAGE, "b")],
+        [
+            ("q1", "Which ships did Violet Jessop survive?", PASSAGE, "a"),
+            ("q2", "What was Violet Jessop's job?", PASSAGE, "b"),
+        ],
     )
     counts = {}
     for per_field in (True, False):
@@ -244,14 +243,23 @@ def test_different_questions_about_one_passage_are_kept_by_default(spark):
 # --- connected components ---------------------------------------------------------------------
 
 # Two components: a long chain (needs several propagation rounds) and a star; labels are min ids.
-EDGES = [("n05", "n06"), ("n04", "n05"), ("n03", "n04"), ("n02", "n03"), ("n01", "n02"), ("n07", "n06"),
-         ("x3", "x1"), ("x3", "x2"), ("x9", "x3")]
+EDGES = [
+    ("n05", "n06"),
+    ("n04", "n05"),
+    ("n03", "n04"),
+    ("n02", "n03"),
+    ("n01", "n02"),
+    ("n07", "n06"),
+    ("x3", "x1"),
+    ("x3", "x2"),
+    ("x9", "x3"),
+]
 
 
 def test_union_find_and_label_propagation_give_identical_clusters(spark, tmp_path):
     edges = spark.createDataFrame(EDGES, "id_a string, id_b string")
     uf = clusters_union_find(edges)
-    lp = clusters_label_propagation(edges, DedupConfig(work_dir=str(tmp_path)))
+    lp = clusters_label_propagation(edges, 50, WorkDir(str(tmp_path)))
     expected = [(f"n0{i}", "n01") for i in range(1, 8)] + [(x, "x1") for x in ("x1", "x2", "x3", "x9")]
     assertDataFrameEqual(uf, expected)
     assertDataFrameEqual(lp, expected)
@@ -259,15 +267,15 @@ def test_union_find_and_label_propagation_give_identical_clusters(spark, tmp_pat
 
 def test_clusters_chooses_by_edge_count(spark, tmp_path):
     edges = spark.createDataFrame(EDGES, "id_a string, id_b string")
-    _, small = clusters(edges, DedupConfig(union_find_max_edges=100))
-    _, large = clusters(edges, DedupConfig(union_find_max_edges=3, work_dir=str(tmp_path)))
+    _, small = clusters(edges, 100, 50, WorkDir(str(tmp_path)))
+    _, large = clusters(edges, 3, 50, WorkDir(str(tmp_path)))
     assert (small, large) == ("union_find", "label_propagation")
 
 
 def test_label_propagation_raises_when_not_converged(spark, tmp_path):
     edges = spark.createDataFrame(EDGES, "id_a string, id_b string")
     with pytest.raises(RuntimeError, match="did not converge"):
-        clusters_label_propagation(edges, DedupConfig(max_iterations=1, work_dir=str(tmp_path)))
+        clusters_label_propagation(edges, 1, WorkDir(str(tmp_path)))
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -289,7 +297,12 @@ def test_deduplicate_partitions_rows_with_lineage(spark):
         assert result.kept.columns == df.columns
         assert tuple(result.duplicates.columns) == DUPLICATES_COLUMNS
         assert [f.dataType.simpleString() for f in result.duplicates.schema.fields] == [
-            "string", "string", "string", "string", "double", "string"
+            "string",
+            "string",
+            "string",
+            "string",
+            "double",
+            "string",
         ]
         kept = {r["record_id"] for r in result.kept.collect()}
         dups = {r["record_id"]: r for r in result.duplicates.collect()}
@@ -330,7 +343,9 @@ def test_exact_duplicate_of_a_near_duplicate_points_at_the_final_survivor(spark)
         # r3 is an exact duplicate of r0, r2 of r1; r1 is a near duplicate of r0, kept as lowest id.
         assert kept == ["r0"]
         assert {k: (d["method"], d["kept_record_id"]) for k, d in dups.items()} == {
-            "r1": ("minhash", "r0"), "r2": ("exact", "r0"), "r3": ("exact", "r0")
+            "r1": ("minhash", "r0"),
+            "r2": ("exact", "r0"),
+            "r3": ("exact", "r0"),
         }
     finally:
         result.cleanup()
@@ -354,7 +369,10 @@ TEXTS = st.lists(WORDS, min_size=1, max_size=12).map(" ".join)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(TEXTS, min_size=1, max_size=5, unique=True), copies=st.lists(st.integers(1, 4), min_size=5, max_size=5))
+@given(
+    texts=st.lists(TEXTS, min_size=1, max_size=5, unique=True),
+    copies=st.lists(st.integers(1, 4), min_size=5, max_size=5),
+)
 def test_identical_texts_always_share_a_minhash_cluster(spark, texts, copies):
     """Through the MinHash stages alone (no exact stage): copies of a text share every bucket."""
     cfg = DedupConfig(num_perm=32, per_field_threshold=False)

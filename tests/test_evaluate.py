@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dolly_spark import evaluate, tables
-from dolly_spark.evaluate import EvaluateConfig
-from dolly_spark.generate import load_for_generation
-from dolly_spark.gold import tokenize_texts
-from dolly_spark.prompts import format_text
-from dolly_spark.tokenizer import load_fast_tokenizer
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from dolly_spark.ops import tables
+from dolly_spark.prep.gold import tokenize_texts
+from dolly_spark.serve import evaluate
+from dolly_spark.serve.evaluate import EvaluateConfig
+from dolly_spark.serve.generate import load_for_generation
+from dolly_spark.text.prompts import format_text
+from dolly_spark.text.tokenizer import load_fast_tokenizer
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 
 CATEGORIES = ("open_qa", "classification", "closed_qa")
 PER_CATEGORY = 6  # eval rows per category; as many again go to train and must be ignored
@@ -35,14 +36,27 @@ def gold_rows() -> list[dict]:
         texts = [format_text(r["instruction"], r["context"] or None, r["response"]) for _, r in recs]
         ids, prompt_lens = tokenize_texts(tok, texts)
         for k, ((i, r), text, seq, plen) in enumerate(zip(recs, texts, ids, prompt_lens)):
-            rows.append(dict(record_id=f"dolly-{i}", category=c, split="eval" if k < PER_CATEGORY else "train",
-                             instruction=r["instruction"], context=r["context"] or None, response=r["response"],
-                             text=text, input_ids=list(seq), prompt_len=int(plen), seq_len=len(seq)))
+            rows.append(
+                dict(
+                    record_id=f"dolly-{i}",
+                    category=c,
+                    split="eval" if k < PER_CATEGORY else "train",
+                    instruction=r["instruction"],
+                    context=r["context"] or None,
+                    response=r["response"],
+                    text=text,
+                    input_ids=list(seq),
+                    prompt_len=int(plen),
+                    seq_len=len(seq),
+                )
+            )
     return rows
 
 
-SCHEMA = ("record_id string, category string, split string, instruction string, context string, response string, "
-          "text string, input_ids array<int>, prompt_len int, seq_len int")
+SCHEMA = (
+    "record_id string, category string, split string, instruction string, context string, response string, "
+    "text string, input_ids array<int>, prompt_len int, seq_len int"
+)
 
 
 def hf_loss(model, ids: list[int], prompt_len: int) -> tuple[float, int]:
@@ -68,7 +82,9 @@ def test_sequence_losses_match_hf_loss(tiny_model_dir, gold):
     _, rows = gold
     model, _ = load_for_generation(str(tiny_model_dir))
     sample = rows[:5]
-    got = evaluate.sequence_losses(model, [r["input_ids"] for r in sample], [r["prompt_len"] for r in sample], batch_size=3)
+    got = evaluate.sequence_losses(
+        model, [r["input_ids"] for r in sample], [r["prompt_len"] for r in sample], batch_size=3
+    )
     for r, (s, n) in zip(sample, got):
         ref_s, ref_n = hf_loss(model, r["input_ids"], r["prompt_len"])
         assert n == ref_n and n > 0
@@ -96,17 +112,20 @@ def test_fixed_sample_is_deterministic_and_seeded(spark):
 def test_evaluate_writes_generations_and_logs_to_mlflow(spark, gold, tiny_model_dir):
     import mlflow
 
-    from dolly_spark import tracking
+    from dolly_spark.commands import mlflow_logging
 
     root, rows = gold
-    cfg = EvaluateConfig(model_uri=str(tiny_model_dir), output_root=str(root), sample_size=8, max_new_tokens=6,
-                         batch_size=4)
-    with tracking.job_run("evaluate", cfg, engine="test") as active:
+    cfg = EvaluateConfig(
+        model_uri=str(tiny_model_dir), output_root=str(root), sample_size=8, max_new_tokens=6, batch_size=4
+    )
+    with mlflow_logging.job_run("evaluate", cfg, engine="test") as active:
         res = evaluate.run(cfg, spark)
     # loss per category from the UDF equals HF's loss summed over the eval rows, category by category
     model, _ = load_for_generation(str(tiny_model_dir))
     for c in CATEGORIES:
-        parts = [hf_loss(model, r["input_ids"], r["prompt_len"]) for r in rows if r["category"] == c and r["split"] == "eval"]
+        parts = [
+            hf_loss(model, r["input_ids"], r["prompt_len"]) for r in rows if r["category"] == c and r["split"] == "eval"
+        ]
         assert res.loss_by_category[c] == pytest.approx(sum(s for s, _ in parts) / sum(n for _, n in parts), rel=1e-4)
         assert res.ppl_by_category[c] == pytest.approx(math.exp(res.loss_by_category[c]), rel=1e-6)
     assert res.records == len(CATEGORIES) * PER_CATEGORY

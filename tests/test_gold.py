@@ -4,9 +4,11 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from dolly_spark import gold, prompts, tables
-from dolly_spark.tokenizer import load_fast_tokenizer
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from dolly_spark.ops import tables
+from dolly_spark.prep import gold
+from dolly_spark.text import prompts
+from dolly_spark.text.tokenizer import load_fast_tokenizer
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 
 CANDIDATE_SCHEMA = (
     "record_id string, instruction string, context string, response string, category string, "
@@ -67,7 +69,9 @@ def test_formatted_text_is_byte_identical_to_dolly():
 
 
 def test_format_prompts_on_frame(spark):
-    df = candidates(spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare."), ("b", "Name a colour.", "", "Blue.")])
+    df = candidates(
+        spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare."), ("b", "Name a colour.", "", "Blue.")]
+    )
     out = df.transform(gold.format_prompts).select("record_id", "prompt", "text")
     expected = [
         ("a", WITH_CONTEXT[: WITH_CONTEXT.index("Shakespeare.")], WITH_CONTEXT),
@@ -87,14 +91,16 @@ def test_response_key_is_one_special_token_then_newline(tok):
 
 
 def test_tokenize_on_frame_matches_the_tokenizer(spark, tok):
-    df = candidates(spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare."), ("b", "Name a colour.", "", "Blue.")])
+    df = candidates(
+        spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare."), ("b", "Name a colour.", "", "Blue.")]
+    )
     out = df.transform(gold.format_prompts).transform(lambda d: gold.tokenize(d, cfg())).orderBy("record_id").collect()
     for row, text in zip(out, (WITH_CONTEXT, WITHOUT_CONTEXT)):
         ids = tok.encode(text, add_special_tokens=False).ids
         assert row.input_ids == ids
         assert row.seq_len == len(ids)
         assert ids[-1] == END_ID  # no EOS or pad appended
-        assert row.input_ids[row.prompt_len - 2: row.prompt_len] == [RESPONSE_ID, NEWLINE_ID]
+        assert row.input_ids[row.prompt_len - 2 : row.prompt_len] == [RESPONSE_ID, NEWLINE_ID]
         assert row.input_ids[: row.prompt_len] == tok.encode(row.prompt, add_special_tokens=False).ids
 
 
@@ -111,7 +117,10 @@ def test_too_long_goes_to_quarantine_untruncated(spark):
     q = gold.gold_quarantine_rows(built)
     assertDataFrameEqual(
         q.select("record_id", "stage", "reason", "reasons"),
-        spark.createDataFrame([("long", "gold", "too_long", ["too_long"])], "record_id string, stage string, reason string, reasons array<string>"),
+        spark.createDataFrame(
+            [("long", "gold", "too_long", ["too_long"])],
+            "record_id string, stage string, reason string, reasons array<string>",
+        ),
     )
     assert q.columns == list(gold.QUARANTINE_SCHEMA.replace(",", "").split()[::2])
     long_row = built.where("record_id = 'long'").first()
@@ -142,7 +151,9 @@ def test_assign_split_is_stable_when_records_are_added(spark):
     first = spark.createDataFrame([(f"a{i}", "open_qa") for i in range(400)], "record_id string, category string")
     more = spark.createDataFrame([(f"b{i}", "closed_qa") for i in range(400)], "record_id string, category string")
     before = first.transform(lambda d: gold.assign_split(d, c))
-    after = first.unionByName(more).transform(lambda d: gold.assign_split(d, c)).where(F.col("record_id").startswith("a"))
+    after = (
+        first.unionByName(more).transform(lambda d: gold.assign_split(d, c)).where(F.col("record_id").startswith("a"))
+    )
     assertDataFrameEqual(before, after)
     expected_eval = {r for r in (f"a{i}" for i in range(400)) if gold.split_unit(r, c.split_seed) < 0.2}
     assert {r.record_id for r in before.where("split = 'eval'").collect()} == expected_eval
@@ -181,7 +192,12 @@ def test_best_fit_decreasing_packs_within_budget_deterministically():
     assert len(totals) <= lower_bound * 11 // 9 + 1
     shuffled = list(zip(ids, lengths))
     rng.shuffle(shuffled)
-    again = dict(zip([i for i, _ in shuffled], gold.best_fit_decreasing([i for i, _ in shuffled], [n for _, n in shuffled], 100, 1)))
+    again = dict(
+        zip(
+            [i for i, _ in shuffled],
+            gold.best_fit_decreasing([i for i, _ in shuffled], [n for _, n in shuffled], 100, 1),
+        )
+    )
     assert again == dict(zip(ids, packs))  # input order does not matter
 
 
@@ -195,7 +211,9 @@ def test_plan_packing_per_split_skips_rejected(spark):
     rows = [("a", "train", 6, None), ("b", "train", 4, None), ("c", "eval", 5, None), ("d", "train", 9, "too_long")]
     df = spark.createDataFrame(rows, "record_id string, split string, seq_len int, reason string")
     out = gold.plan_packing(df, cfg(max_seq_len=10)).select("record_id", "pack_id")
-    assertDataFrameEqual(out, spark.createDataFrame([("a", 0), ("b", 0), ("c", 0), ("d", None)], "record_id string, pack_id long"))
+    assertDataFrameEqual(
+        out, spark.createDataFrame([("a", 0), ("b", 0), ("c", 0), ("d", None)], "record_id string, pack_id long")
+    )
 
 
 # ---- 4. assembly and stats ---------------------------------------------------------------------
@@ -208,14 +226,29 @@ def test_build_gold_schema_and_version(spark):
     assert [(f.name, f.dataType) for f in g.schema.fields] == [(f.name, f.dataType) for f in contract.fields]
     assert gold.GOLD_SCHEMA.startswith("record_id string, category string, split string")
     row = g.first()
-    assert (row.record_id, row.category, row.silver_version, row.pack_id, row.context) == ("a", "closed_qa", 5, 0, "Hamlet is a play.")
+    assert (row.record_id, row.category, row.silver_version, row.pack_id, row.context) == (
+        "a",
+        "closed_qa",
+        5,
+        0,
+        "Hamlet is a play.",
+    )
     assert row.text == WITH_CONTEXT and row.split in gold.SPLITS
 
 
 def test_length_stats_on_literal_frame(spark):
-    rows = [("a", "train", "x", 10, 4, 0), ("b", "train", "x", 30, 6, 0), ("c", "train", "y", 20, 5, 1), ("d", "eval", "x", 8, 3, 0)]
-    g = spark.createDataFrame(rows, "record_id string, split string, category string, seq_len int, prompt_len int, pack_id long")
-    out = gold.length_stats(g, pack_budget=40).select("split", "category", "records", "tokens", "min_seq_len", "max_seq_len", "packs", "packing_efficiency")
+    rows = [
+        ("a", "train", "x", 10, 4, 0),
+        ("b", "train", "x", 30, 6, 0),
+        ("c", "train", "y", 20, 5, 1),
+        ("d", "eval", "x", 8, 3, 0),
+    ]
+    g = spark.createDataFrame(
+        rows, "record_id string, split string, category string, seq_len int, prompt_len int, pack_id long"
+    )
+    out = gold.length_stats(g, pack_budget=40).select(
+        "split", "category", "records", "tokens", "min_seq_len", "max_seq_len", "packs", "packing_efficiency"
+    )
     expected = [
         ("train", "x", 2, 40, 10, 30, 1, None),
         ("train", "y", 1, 20, 20, 20, 1, None),
@@ -230,7 +263,8 @@ def test_length_stats_on_literal_frame(spark):
 def test_write_gold_keeps_other_stages_and_is_idempotent(spark, tmp_path):
     names = tables.TableNames(root=str(tmp_path))
     silver_reject = spark.createDataFrame(
-        [("bad", "silver", "empty_response", ["empty_response"], "f.jsonl", 9, '{"x": 1}', "open_qa")], gold.QUARANTINE_SCHEMA
+        [("bad", "silver", "empty_response", ["empty_response"], "f.jsonl", 9, '{"x": 1}', "open_qa")],
+        gold.QUARANTINE_SCHEMA,
     )
     tables.write_table(spark, silver_reject, names.quarantine)
     df = candidates(spark, [("short", "Q?", "", "A."), ("long", "Q?", "", "word " * 200)])
@@ -238,8 +272,13 @@ def test_write_gold_keeps_other_stages_and_is_idempotent(spark, tmp_path):
         result = gold.write_gold(spark, names, df, cfg(max_seq_len=64), silver_version=1)
     assert (result["gold_rows"], result["quarantined_rows"], result["quarantined_by_reason"]) == (1, 1, {"too_long": 1})
     q = tables.read_table(spark, names.quarantine).select("record_id", "stage", "reason", "line_number")
-    assertDataFrameEqual(q, spark.createDataFrame([("bad", "silver", "empty_response", 9), ("long", "gold", "too_long", 1)],
-                                                  "record_id string, stage string, reason string, line_number long"))
+    assertDataFrameEqual(
+        q,
+        spark.createDataFrame(
+            [("bad", "silver", "empty_response", 9), ("long", "gold", "too_long", 1)],
+            "record_id string, stage string, reason string, line_number long",
+        ),
+    )
     stats = tables.read_table(spark, names.gold_stats).where("category = '*'").first()
     assert (stats.records, stats.pack_budget) == (1, 64)
 
@@ -257,7 +296,7 @@ def real_gold(spark, tmp_path_factory):
     Memoised in the module so test_report (which imports this fixture) reuses the same build.
     """
     if "built" not in _REAL_GOLD:
-        from dolly_spark.prepare import PrepareConfig, run
+        from dolly_spark.prep.prepare import PrepareConfig, run
 
         root = tmp_path_factory.mktemp("gold_real")
         run(PrepareConfig(input=str(DOLLY_JSONL), output_root=str(root), until="silver"), spark)
@@ -287,12 +326,16 @@ def test_real_gold_counts_split_and_packing(spark, real_gold, tok):
 
     # Rejected rows really are longer than max_seq_len (not truncated: their text is intact).
     q = tables.read_table(spark, names.quarantine).where("stage = 'gold'").select("record_id")
-    long_texts = [r.text for r in gold.format_prompts(tables.read_table(spark, names.silver).join(q, "record_id")).collect()]
+    long_texts = [
+        r.text for r in gold.format_prompts(tables.read_table(spark, names.silver).join(q, "record_id")).collect()
+    ]
     assert len(long_texts) == result["quarantined_rows"]
     assert all(len(tok.encode(t, add_special_tokens=False).ids) > 2048 for t in long_texts)
 
     # Packing plan: no pack over budget; the padding target (<= 5% pad tokens) is met.
-    packs = g.groupBy("split", "pack_id").agg(F.sum("seq_len").alias("n")).agg(F.max("n"), F.sum("n"), F.count("*")).first()
+    packs = (
+        g.groupBy("split", "pack_id").agg(F.sum("seq_len").alias("n")).agg(F.max("n"), F.sum("n"), F.count("*")).first()
+    )
     assert packs[0] <= 2048
     assert 1 - packs[1] / (packs[2] * 2048) <= 0.05
 
@@ -302,6 +345,6 @@ def test_real_gold_tokens_match_prompts(spark, real_gold, tok):
     sample = tables.read_table(spark, names.gold).orderBy("record_id").limit(1500).collect()
     for r in sample:
         assert r.seq_len == len(r.input_ids) <= 2048 and r.input_ids[-1] == END_ID
-        assert r.input_ids[r.prompt_len - 2: r.prompt_len] == [RESPONSE_ID, NEWLINE_ID]
+        assert r.input_ids[r.prompt_len - 2 : r.prompt_len] == [RESPONSE_ID, NEWLINE_ID]
         assert r.input_ids[: r.prompt_len] == tok.encode(r.prompt, add_special_tokens=False).ids
         assert r.text == prompts.format_text(r.instruction, r.context, r.response)

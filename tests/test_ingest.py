@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dolly_spark.ingest import record_id_for, resolve_input, split_file
+from dolly_spark.prep.ingest import record_id_for, resolve_input, split_file
 
 GOOD = {"instruction": "Q?", "context": "", "response": "A.", "category": "open_qa"}
 
@@ -67,7 +67,7 @@ def test_hub_download_offline_names_the_input_option(monkeypatch):
 def test_lone_surrogate_escape_is_an_ingest_error_not_a_crash():
     import pyarrow as pa
 
-    from dolly_spark.ingest import _ARROW_SCHEMA
+    from dolly_spark.prep.ingest import _ARROW_SCHEMA
 
     bad = b'{"instruction": "\\ud800", "response": "x", "category": "open_qa", "\\udc00k": 1}'
     cols = split_file("a.jsonl", line() + b"\n" + bad + b"\n")
@@ -78,7 +78,7 @@ def test_lone_surrogate_escape_is_an_ingest_error_not_a_crash():
 
 
 def test_record_ids_use_the_path_below_the_input_root():
-    from dolly_spark.ingest import source_name
+    from dolly_spark.prep.ingest import source_name
 
     a = split_file("/in/a/part.jsonl", line(), root="/in")
     b = split_file("/in/b/part.jsonl", line(), root="/in")
@@ -91,7 +91,7 @@ def test_record_ids_use_the_path_below_the_input_root():
 
 
 def test_skipped_files_lists_hidden_and_underscore_files(tmp_path):
-    from dolly_spark.ingest import skipped_files
+    from dolly_spark.prep.ingest import skipped_files
 
     for rel in ("_SUCCESS", ".x.crc", "_tmp/p.jsonl", "ok/p.jsonl"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -10,15 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark import launch
+from dolly_spark.commands import train as train_cmd
+from dolly_spark.launch import launcher as launch
 from dolly_spark.train.config import TrainConfig
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows, write_gold
 
 STEPS = 30
-COMMON = dict(tiny=True, gpu_family="cpu", tokenizer=str(TOKENIZER_DIR), lr=2e-3, warmup_steps=3,
-              per_device_batch_size=1, max_seq_len=256, eval_steps=10, save_steps=10, save_total_limit=2,
-              max_eval_records=2)
+COMMON = dict(
+    tiny=True,
+    gpu_family="cpu",
+    tokenizer=str(TOKENIZER_DIR),
+    lr=2e-3,
+    warmup_steps=3,
+    per_device_batch_size=1,
+    max_seq_len=256,
+    eval_steps=10,
+    save_steps=10,
+    save_total_limit=2,
+    max_eval_records=2,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,7 +89,7 @@ def test_saved_model_is_safetensors_reloads_generates_and_weights_changed(traine
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dolly_spark.prompts import format_prompt
+    from dolly_spark.text.prompts import format_prompt
 
     _, result = trained
     model_dir = Path(result.model_dir)
@@ -114,7 +125,9 @@ def test_checkpoints_are_complete_and_rotated(trained):
     assert all(checkpoints.is_complete(p) for _, p in ckpts)
 
 
-def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data_order(spark, gold_root, trained, tmp_path, monkeypatch):
+def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data_order(
+    spark, gold_root, trained, tmp_path, monkeypatch
+):
     """Rank 1 crashes at step 8 (after checkpoint-5); the resumed run ends at its final step with
     the same batches and (near-)identical losses as the uninterrupted reference run."""
     root, _ = gold_root
@@ -132,7 +145,9 @@ def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data
     assert "injected fault on rank 1 at step 8" in str(err.value)
     monkeypatch.delenv("DOLLY_TRAIN_FAULT")
 
-    resumed_cfg = TrainConfig(output_root=str(root), max_steps=steps, launcher="torchrun", resume=True, **dirs, **common)
+    resumed_cfg = TrainConfig(
+        output_root=str(root), max_steps=steps, launcher="torchrun", resume=True, **dirs, **common
+    )
     resumed = launch.run(resumed_cfg, spark)
     assert resumed.final_step == steps
     assert resumed.resumed_from.endswith("checkpoint-5")
@@ -152,19 +167,27 @@ def test_launch_commands_put_the_worker_module_under_each_launcher(tmp_path):
     assert ds_cmd[:4] == [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
     assert ds_cmd[ds_cmd.index("--module") + 1] == launch.WORKER_MODULE and "--deepspeed_config" in ds_cmd
     tr_cmd = launch.launch_command("torchrun", 2, 1234, job, ds)
-    assert tr_cmd[tr_cmd.index("--nproc_per_node") + 1] == "2" and tr_cmd[tr_cmd.index("-m", 4) + 1] == launch.WORKER_MODULE
+    assert (
+        tr_cmd[tr_cmd.index("--nproc_per_node") + 1] == "2"
+        and tr_cmd[tr_cmd.index("-m", 4) + 1] == launch.WORKER_MODULE
+    )
     assert launch.choose_launcher(TrainConfig(output_root="/r", num_nodes=2)) == "distributor"
     assert launch.choose_launcher(TrainConfig(output_root="/r")) == "deepspeed"
 
 
 def test_read_metrics_keeps_the_latest_row_per_step(tmp_path):
     p = tmp_path / "m.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in [
-        {"kind": "train", "step": 1, "loss": 3.0, "attempt": "a"},
-        {"kind": "train", "step": 2, "loss": 2.0, "attempt": "a"},
-        {"kind": "train", "step": 2, "loss": 2.5, "attempt": "b"},
-        {"kind": "eval", "step": 2, "category": "open_qa", "eval_loss": 4.0, "attempt": "b"},
-    ]))
+    p.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"kind": "train", "step": 1, "loss": 3.0, "attempt": "a"},
+                {"kind": "train", "step": 2, "loss": 2.0, "attempt": "a"},
+                {"kind": "train", "step": 2, "loss": 2.5, "attempt": "b"},
+                {"kind": "eval", "step": 2, "category": "open_qa", "eval_loss": 4.0, "attempt": "b"},
+            ]
+        )
+    )
     rows = launch.read_metrics(p)
     assert [(r["kind"], r["step"]) for r in rows] == [("train", 1), ("eval", 2), ("train", 2)]
     assert [r["loss"] for r in rows if r["kind"] == "train"] == [3.0, 2.5]
@@ -178,12 +201,14 @@ def test_metrics_go_to_an_active_mlflow_run(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
         exp = mlflow.create_experiment("t", artifact_location=str(tmp_path / "art"))
-        rows = [{"kind": "train", "step": 1, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
-                {"kind": "train", "step": 2, "loss": 2.0, "lr": 1e-3, "tokens_per_s": 110.0},
-                {"kind": "eval", "step": 2, "category": "open_qa", "eval_loss": 4.0}]
-        assert launch.log_metrics_to_mlflow(rows) == 0  # no active run: nothing logged
+        rows = [
+            {"kind": "train", "step": 1, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
+            {"kind": "train", "step": 2, "loss": 2.0, "lr": 1e-3, "tokens_per_s": 110.0},
+            {"kind": "eval", "step": 2, "category": "open_qa", "eval_loss": 4.0},
+        ]
+        assert train_cmd.log_step_metrics(rows) == 0  # no active run: nothing logged
         with mlflow.start_run(experiment_id=exp) as run:
-            assert launch.log_metrics_to_mlflow(rows) == 7
+            assert train_cmd.log_step_metrics(rows) == 7
         client = mlflow.MlflowClient()
         assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [3.0, 2.0]
         assert client.get_metric_history(run.info.run_id, "eval_loss_open_qa")[0].step == 2
@@ -196,7 +221,8 @@ DEEPSPEED_KILLED = (
     "[2025-01-01 10:00:00,001] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 7569\n"
     "[2025-01-01 10:00:00,002] [ERROR] [launch.py:259:sigkill_handler] ['/usr/bin/python3', '-u', '-m', "
     "'dolly_spark.train.worker', '--local_rank=1', '--job', '/s/run/job.json', '--deepspeed_config', "
-    "'/s/run/ds_config.json'] exits with return code = -9\n")
+    "'/s/run/ds_config.json'] exits with return code = -9\n"
+)
 
 TORCHRUN_FAILED = """\
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
@@ -240,9 +266,12 @@ def test_dead_ranks_ignores_ordinary_output():
 
 
 def test_training_failed_puts_a_silent_dead_rank_before_the_survivors_tracebacks():
-    err = launch.TrainingFailed(247, {"rank0": "RuntimeError: Connection closed by peer",
-                                      "rank10": "RuntimeError: x", "rank2": "RuntimeError: y"},
-                                [], dead={1: -9, 2: 1})
+    err = launch.TrainingFailed(
+        247,
+        {"rank0": "RuntimeError: Connection closed by peer", "rank10": "RuntimeError: x", "rank2": "RuntimeError: y"},
+        [],
+        dead={1: -9, 2: 1},
+    )
     message = str(err)
     killed = message.index("--- rank1 --- killed by SIGKILL (signal 9) without a traceback")
     # rank 2 wrote a traceback: shown as such, not as a silent death; tracebacks in numeric rank order
@@ -252,4 +281,8 @@ def test_training_failed_puts_a_silent_dead_rank_before_the_survivors_tracebacks
 
 def test_training_failed_without_tracebacks_names_the_dead_rank_and_keeps_the_tail():
     message = str(launch.TrainingFailed(-9, {}, ["last line"], dead={0: -9}))
-    assert message.index("rank0 --- killed by SIGKILL") < message.index("no rank wrote a traceback") < message.index("last line")
+    assert (
+        message.index("rank0 --- killed by SIGKILL")
+        < message.index("no rank wrote a traceback")
+        < message.index("last line")
+    )

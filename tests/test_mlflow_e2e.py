@@ -5,9 +5,11 @@ DataFrame of instructions."""
 import pandas as pd
 import pytest
 
-from dolly_spark import register, tables, tracking
-from dolly_spark.prompts import END_KEY
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from dolly_spark.commands import mlflow_logging
+from dolly_spark.ops import tables, tracking
+from dolly_spark.serve import registry
+from dolly_spark.text.prompts import END_KEY
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -20,24 +22,34 @@ def no_env_overrides(monkeypatch):
 def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     from mlflow import MlflowClient
 
-    from dolly_spark import launch
+    from dolly_spark.launch import launcher as launch
     from dolly_spark.train.config import TrainConfig
     from tests.train_fixtures import gold_rows, write_gold
 
     rows = gold_rows(DOLLY_JSONL, TOKENIZER_DIR, n=24, max_tokens=128, max_seq_len=256)
     write_gold(spark, tmp_path, rows[:12])
     gold_version = write_gold(spark, tmp_path, rows)  # version 1: lineage must not say 0
-    cfg = TrainConfig(output_root=str(tmp_path), tiny=True, max_steps=2, gpu_family="cpu", num_processes=1, launcher="torchrun",
-                      eval_steps=2, save_steps=100, max_seq_len=256, max_eval_records=4,
-                      tokenizer=str(TOKENIZER_DIR))
+    cfg = TrainConfig(
+        output_root=str(tmp_path),
+        tiny=True,
+        max_steps=2,
+        gpu_family="cpu",
+        num_processes=1,
+        launcher="torchrun",
+        eval_steps=2,
+        save_steps=100,
+        max_seq_len=256,
+        max_eval_records=4,
+        tokenizer=str(TOKENIZER_DIR),
+    )
 
     # What the train job does: its run holds per-step metrics, lineage and the model.
-    with tracking.job_run("train", cfg, engine="sail") as run:
+    with mlflow_logging.job_run("train", cfg, engine="sail") as run:
         result = launch.run(cfg, spark)
-        info = tracking.log_training_run(cfg, result, spark=spark, names=cfg.table_names())
+        info = mlflow_logging.log_training_run(cfg, result, spark=spark, names=cfg.table_names())
     assert result.final_step == 2 and result.gold_version == gold_version == 1
 
-    registered = register.run(register.RegisterConfig(output_root=str(tmp_path)))
+    registered = registry.register(registry.RegisterConfig(output_root=str(tmp_path)))
     assert registered.run_id == run.info.run_id and registered.model_uri == "models:/dolly@champion"
 
     # The version leads back to gold@version, checked against the table's own history.
@@ -50,17 +62,23 @@ def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     assert float(mv.tags["dolly.metric.eval_loss"]) == pytest.approx(result.eval_loss)
     assert info.model_uri.startswith("models:/m-")
 
-    model = register.load_model_by_alias(registered.model_uri)
-    instructions = pd.DataFrame({"instruction": ["What is Apache Spark?", "Name three colors.", ""],
-                                 "context": [None, "", None]})
+    model = registry.load_model_by_alias(registered.model_uri)
+    instructions = pd.DataFrame(
+        {"instruction": ["What is Apache Spark?", "Name three colors.", ""], "context": [None, "", None]}
+    )
     out = model.predict(instructions, params={"max_new_tokens": 8, "seed": 0})
-    assert len(out) == 3 and list(out.columns) == ["response", "prompt_tokens", "completion_tokens",
-                                                   "finish_reason", "error"]
+    assert len(out) == 3 and list(out.columns) == [
+        "response",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "error",
+    ]
     ok = out.iloc[:2]
     assert ok["error"].isna().all() and ok["finish_reason"].isin(["end_key", "length"]).all()
     assert (ok["completion_tokens"] <= 8).all() and (ok["prompt_tokens"] > 0).all()
     assert not ok["response"].str.contains(END_KEY, regex=False).any()
     assert out.loc[2, "error"] == "empty_instruction"
 
-    with pytest.raises(register.AliasNotFoundError, match="existing aliases: @champion"):
-        register.load_model_by_alias("models:/dolly@candidate")
+    with pytest.raises(registry.AliasNotFoundError, match="existing aliases: @champion"):
+        registry.load_model_by_alias("models:/dolly@candidate")

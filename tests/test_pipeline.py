@@ -4,24 +4,29 @@ import itertools
 
 import pytest
 
-from dolly_spark import tables
-from dolly_spark.cli import parser_for
-from dolly_spark.pipeline import PIPELINE_STAGES, RunConfig, run, selected_stages
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
+from dolly_spark.commands.cli import parser_for
+from dolly_spark.commands.run import PIPELINE_STAGES, RunConfig, run, selected_stages
+from dolly_spark.ops import tables
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 
 
 def test_stage_selection_keeps_dag_order_and_rejects_unknown():
     assert selected_stages(RunConfig(output_root="x")) == list(PIPELINE_STAGES)
     assert selected_stages(RunConfig(output_root="x", stages=("score", "prepare"))) == ["prepare", "score"]
     assert selected_stages(RunConfig(output_root="x", skip=("train", "register"))) == [
-        "prepare", "report", "evaluate", "score"]
+        "prepare",
+        "report",
+        "evaluate",
+        "score",
+    ]
     with pytest.raises(ValueError, match="unknown stages"):
         selected_stages(RunConfig(output_root="x", skip=("deploy",)))
 
 
 def test_run_parser_accepts_readme_flags():
     ns = parser_for("run").parse_args(
-        ["--input", "a.jsonl", "--output-root", "out", "--tokenizer", "tok", "--skip", "train", "--max-steps", "3"])
+        ["--input", "a.jsonl", "--output-root", "out", "--tokenizer", "tok", "--skip", "train", "--max-steps", "3"]
+    )
     assert ns.skip == ["train"] and ns.max_steps == 3 and ns.tokenizer == "tok"
 
 
@@ -30,8 +35,16 @@ def test_pipeline_end_to_end_on_a_sample_then_score_rerun_is_a_noop(spark, tmp_p
     with open(DOLLY_JSONL) as src:
         sample.write_text("".join(itertools.islice(src, 400)))
     root = tmp_path / "root"
-    cfg = RunConfig(input=str(sample), output_root=str(root), tokenizer=str(TOKENIZER_DIR), max_steps=4,
-                    train_max_eval_records=4, eval_sample_size=4, score_limit=16, max_new_tokens=4)
+    cfg = RunConfig(
+        input=str(sample),
+        output_root=str(root),
+        tokenizer=str(TOKENIZER_DIR),
+        max_steps=4,
+        train_max_eval_records=4,
+        eval_sample_size=4,
+        score_limit=16,
+        max_new_tokens=4,
+    )
     outcomes = {o.stage: o.summary for o in run(cfg, spark)}
     assert list(outcomes) == list(PIPELINE_STAGES)
 

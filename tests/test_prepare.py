@@ -1,7 +1,7 @@
 import deltalake
 
-from dolly_spark.prepare import PrepareConfig, run
-from tests.conftest import DOLLY_JSONL
+from dolly_spark.prep.prepare import PrepareConfig, run
+from tests.shared_data import DOLLY_JSONL
 
 
 def _rows(root, name):
@@ -19,12 +19,18 @@ def test_prepare_real_data_accounts_for_every_row(spark, tmp_path):
     duplicates, gold = _rows(tmp_path, "duplicates"), _rows(tmp_path, "gold")
     assert gold.num_rows + quarantine.num_rows + duplicates.num_rows == 15011
     assert silver.num_rows == gold.num_rows + duplicates.num_rows + quarantine.num_rows  # no silver rejects here
-    ids = set(gold["record_id"].to_pylist()) | set(quarantine["record_id"].to_pylist()) | set(duplicates["record_id"].to_pylist())
+    ids = (
+        set(gold["record_id"].to_pylist())
+        | set(quarantine["record_id"].to_pylist())
+        | set(duplicates["record_id"].to_pylist())
+    )
     assert len(ids) == 15011  # each record in exactly one place
     assert set(quarantine["reason"].to_pylist()) <= {"too_long"}  # the real data is clean apart from length
     assert counts["gold"].details["split_counts"]["eval"] > 800
 
     rows = spark.sql("SELECT category, count(*) AS n FROM silver GROUP BY category").collect()
     assert len(rows) == 8 and sum(r["n"] for r in rows) == silver.num_rows
-    metrics = spark.sql(f"SELECT stage, input_rows, output_rows FROM metrics WHERE run_id = '{result.run_id}'").collect()
+    metrics = spark.sql(
+        f"SELECT stage, input_rows, output_rows FROM metrics WHERE run_id = '{result.run_id}'"
+    ).collect()
     assert {r["stage"] for r in metrics} == {"bronze", "silver", "dedup", "gold"}

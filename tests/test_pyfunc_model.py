@@ -8,11 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from dolly_spark import pyfunc_model, tracking
-from dolly_spark.generate import GenerationConfig, special_token_id
-from dolly_spark.prompts import END_KEY, format_prompt
-from dolly_spark.tokenizer import load_hf_tokenizer
-from tests.conftest import TOKENIZER_DIR
+from dolly_spark.commands import mlflow_logging
+from dolly_spark.ops import tracking
+from dolly_spark.serve import pyfunc_model
+from dolly_spark.serve.generate import GenerationConfig, special_token_id
+from dolly_spark.text.prompts import END_KEY, format_prompt
+from dolly_spark.text.tokenizer import load_hf_tokenizer
+from tests.shared_data import TOKENIZER_DIR
 
 
 def save_scripted_model(path: Path) -> Path:
@@ -29,9 +31,16 @@ def save_scripted_model(path: Path) -> Path:
     hello = tok.encode(" hello", add_special_tokens=False)[0]
     world = tok.encode(" world", add_special_tokens=False)[0]
     end = special_token_id(tok, END_KEY)
-    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=512,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    cfg = GPTNeoXConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     model = GPTNeoXForCausalLM(cfg)
     with torch.no_grad():
         for layer in model.gpt_neox.layers:
@@ -77,8 +86,15 @@ def test_signature_has_inputs_outputs_and_dolly_param_defaults():
     assert sig.inputs.input_names() == ["instruction", "context"]
     assert sig.outputs.input_names() == list(pyfunc_model.OUTPUT_COLUMNS)
     defaults = {p.name: p.default for p in sig.params.params}
-    assert defaults == {"max_new_tokens": 256, "top_p": 0.92, "top_k": 0, "temperature": 1.0, "greedy": False,
-                        "batch_size": 8, "seed": -1}
+    assert defaults == {
+        "max_new_tokens": 256,
+        "top_p": 0.92,
+        "top_k": 0,
+        "temperature": 1.0,
+        "greedy": False,
+        "batch_size": 8,
+        "seed": -1,
+    }
 
 
 def test_requirements_are_pinned_to_installed_release_versions():
@@ -99,9 +115,11 @@ def test_model_dir_without_weights_is_refused(tmp_path):
 def test_predict_in_process_stops_at_end_key(scripted_model_dir):
     model = pyfunc_model.DollyInstructionModel()
     model.load_context(SimpleNamespace(artifacts={"hf_model": str(scripted_model_dir)}))
-    out = model.predict(None, pd.DataFrame({"instruction": ["Say something", "", "Again"],
-                                            "context": [None, None, "some context"]}),
-                        params={"greedy": True, "max_new_tokens": 10})
+    out = model.predict(
+        None,
+        pd.DataFrame({"instruction": ["Say something", "", "Again"], "context": [None, None, "some context"]}),
+        params={"greedy": True, "max_new_tokens": 10},
+    )
     assert list(out.columns) == list(pyfunc_model.OUTPUT_COLUMNS)
     assert out["response"].tolist() == ["hello world", None, "hello world"]
     assert out["finish_reason"].tolist() == ["end_key", None, "end_key"]
@@ -117,7 +135,7 @@ def test_predict_in_process_stops_at_end_key(scripted_model_dir):
 def test_logged_model_round_trip_stops_at_end_key(scripted_model_dir, tmp_path):
     import mlflow
 
-    with tracking.job_run("train", {"output_root": str(tmp_path)}, output_root=tmp_path, engine="test"):
+    with mlflow_logging.job_run("train", {"output_root": str(tmp_path)}, output_root=tmp_path, engine="test"):
         info = pyfunc_model.log_dolly_model(scripted_model_dir, lineage={"dolly.gold_version": 4})
     assert info.signature.inputs is not None and info.signature.outputs is not None
     assert info.metadata["stop_token"] == END_KEY and info.metadata["dolly.gold_version"] == "4"
@@ -134,7 +152,7 @@ def test_logged_model_round_trip_stops_at_end_key(scripted_model_dir, tmp_path):
 
 
 def test_logging_copies_the_directory_without_loading_the_model(scripted_model_dir, tmp_path, monkeypatch):
-    import dolly_spark.generate as generate
+    import dolly_spark.serve.generate as generate
 
     real, loads = generate.load_for_generation, []
 
@@ -143,7 +161,7 @@ def test_logging_copies_the_directory_without_loading_the_model(scripted_model_d
         return real(*args, **kwargs)
 
     monkeypatch.setattr(generate, "load_for_generation", counting_load)
-    with tracking.job_run("train", {}, output_root=tmp_path, engine="test"):
+    with mlflow_logging.job_run("train", {}, output_root=tmp_path, engine="test"):
         pyfunc_model.log_dolly_model(scripted_model_dir)
         assert loads == []  # large checkpoints: weights copied, never loaded at log time
         pyfunc_model.log_dolly_model(scripted_model_dir, name="validated", validate_example=True)

@@ -5,8 +5,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from dolly_spark import register, tables, tracking
-from dolly_spark.config import parse_config
+from dolly_spark.commands import mlflow_logging
+from dolly_spark.commands import register as register_cmd
+from dolly_spark.ops import tables, tracking
+from dolly_spark.ops.config import parse_config
+from dolly_spark.serve import registry
 
 
 @dataclass
@@ -30,17 +33,33 @@ def trained(spark, tiny_model_dir, tmp_path_factory):
     names = tables.TableNames(root=str(root))
     ddl = "record_id string, split string, instruction string, response string"
     tables.write_table(spark, spark.createDataFrame([("r1", "train", "q", "a")], ddl), names.gold)
-    gold_version = tables.write_table(spark, spark.createDataFrame([("r1", "train", "q", "a"), ("r2", "eval", "q2", "b")], ddl),
-                                      names.gold)
-    result = {"model_dir": str(tiny_model_dir), "gold_table": names.gold.path, "gold_version": gold_version,
-              "silver_version": 5, "final_step": 4, "train_loss_first": 10.5, "train_loss_last": 9.75,
-              "eval_loss": 9.5, "eval_loss_by_category": {"open_qa": 9.25}, "metrics_path": str(root / "none.jsonl")}
-    with tracking.job_run("train", FakeTrainConfig(str(root))) as run:
-        info = tracking.log_training_run(FakeTrainConfig(str(root)), result, spark=spark, names=names)
-    with tracking.job_run("evaluate", FakeTrainConfig(str(root))) as eval_run:
+    gold_version = tables.write_table(
+        spark, spark.createDataFrame([("r1", "train", "q", "a"), ("r2", "eval", "q2", "b")], ddl), names.gold
+    )
+    result = {
+        "model_dir": str(tiny_model_dir),
+        "gold_table": names.gold.path,
+        "gold_version": gold_version,
+        "silver_version": 5,
+        "final_step": 4,
+        "train_loss_first": 10.5,
+        "train_loss_last": 9.75,
+        "eval_loss": 9.5,
+        "eval_loss_by_category": {"open_qa": 9.25},
+        "metrics_path": str(root / "none.jsonl"),
+    }
+    with mlflow_logging.job_run("train", FakeTrainConfig(str(root))) as run:
+        info = mlflow_logging.log_training_run(FakeTrainConfig(str(root)), result, spark=spark, names=names)
+    with mlflow_logging.job_run("evaluate", FakeTrainConfig(str(root))) as eval_run:
         mlflow.log_metrics({"eval_bleu": 0.25, "latency_s": 1.5})
-    return {"root": root, "names": names, "run_id": run.info.run_id, "eval_run_id": eval_run.info.run_id,
-            "info": info, "gold_version": gold_version}
+    return {
+        "root": root,
+        "names": names,
+        "run_id": run.info.run_id,
+        "eval_run_id": eval_run.info.run_id,
+        "info": info,
+        "gold_version": gold_version,
+    }
 
 
 def test_training_run_logs_lineage_metrics_and_model(trained):
@@ -57,7 +76,7 @@ def test_training_run_logs_lineage_metrics_and_model(trained):
 def test_register_latest_train_run_tags_lineage_from_delta_history(trained):
     from mlflow import MlflowClient
 
-    result = register.run(register.RegisterConfig(output_root=str(trained["root"])))
+    result = registry.register(registry.RegisterConfig(output_root=str(trained["root"])))
     assert (result.model_name, result.alias, result.run_id) == ("dolly", "champion", trained["run_id"])
     assert result.model_uri == "models:/dolly@champion"
     mv = MlflowClient().get_model_version_by_alias("dolly", "champion")
@@ -67,7 +86,7 @@ def test_register_latest_train_run_tags_lineage_from_delta_history(trained):
     assert mv.tags[tracking.TAG_GOLD_TABLE] == gold.path
     assert int(mv.tags[tracking.TAG_GOLD_VERSION]) == max(h["version"] for h in history) == 1
     assert mv.tags[tracking.TAG_SILVER_VERSION] == "5"
-    assert mv.tags[register.TAG_SOURCE_RUN] == trained["run_id"]
+    assert mv.tags[registry.TAG_SOURCE_RUN] == trained["run_id"]
     assert float(mv.tags["dolly.metric.eval_loss"]) == 9.5
     assert float(mv.tags["dolly.metric.eval_loss_open_qa"]) == 9.25
     assert "dolly.metric.train_loss_last" not in mv.tags
@@ -76,9 +95,20 @@ def test_register_latest_train_run_tags_lineage_from_delta_history(trained):
 def test_cli_registers_candidate_with_eval_run_metrics(trained, capsys):
     from mlflow import MlflowClient
 
-    argv = ["--output-root", str(trained["root"]), "--run-id", trained["run_id"], "--alias", "candidate",
-            "--eval-run-id", trained["eval_run_id"], "--eval-metrics", "eval_bleu", "latency_s"]
-    assert register.main(argv) == 0
+    argv = [
+        "--output-root",
+        str(trained["root"]),
+        "--run-id",
+        trained["run_id"],
+        "--alias",
+        "candidate",
+        "--eval-run-id",
+        trained["eval_run_id"],
+        "--eval-metrics",
+        "eval_bleu",
+        "latency_s",
+    ]
+    assert register_cmd.main(argv) == 0
     assert "models:/dolly@candidate" in capsys.readouterr().out
     client = MlflowClient()
     mv = client.get_model_version_by_alias("dolly", "candidate")
@@ -87,47 +117,47 @@ def test_cli_registers_candidate_with_eval_run_metrics(trained, capsys):
     assert float(mv.tags["dolly.metric.eval_loss"]) == 9.5  # the train run's eval* metrics stay
     assert {"champion", "candidate"} <= set(client.get_registered_model("dolly").aliases)
     with pytest.raises(KeyError, match="no metrics \\['nope'\\]"):
-        register.metric_tags(trained["eval_run_id"], ("nope",))
+        registry.metric_tags(trained["eval_run_id"], ("nope",))
 
 
 def test_run_without_model_fails_naming_the_run(trained):
-    with tracking.job_run("train", FakeTrainConfig(str(trained["root"]))) as empty:
+    with mlflow_logging.job_run("train", FakeTrainConfig(str(trained["root"]))) as empty:
         pass
     run_id = empty.info.run_id
-    with pytest.raises(register.NoLoggedModelError, match=f"run {run_id} has no logged model named 'model'"):
-        register.run(register.RegisterConfig(output_root=str(trained["root"]), run_id=run_id))
-    with pytest.raises(register.NoLoggedModelError, match="does not exist"):
-        register.run(register.RegisterConfig(output_root=str(trained["root"]), run_id="0" * 32))
+    with pytest.raises(registry.NoLoggedModelError, match=f"run {run_id} has no logged model named 'model'"):
+        registry.register(registry.RegisterConfig(output_root=str(trained["root"]), run_id=run_id))
+    with pytest.raises(registry.NoLoggedModelError, match="does not exist"):
+        registry.register(registry.RegisterConfig(output_root=str(trained["root"]), run_id="0" * 32))
 
 
 def test_missing_alias_and_model_fail_clearly(trained):
     tracking.configure(trained["root"])
-    register.run(register.RegisterConfig(output_root=str(trained["root"]), run_id=trained["run_id"]))
-    with pytest.raises(register.AliasNotFoundError, match=r"no alias 'prod'; existing aliases: .*@champion -> v\d"):
-        register.load_model_by_alias("models:/dolly@prod")
-    with pytest.raises(register.AliasNotFoundError, match="no registered model 'nobody'"):
-        register.load_model_by_alias("models:/nobody@champion")
+    registry.register(registry.RegisterConfig(output_root=str(trained["root"]), run_id=trained["run_id"]))
+    with pytest.raises(registry.AliasNotFoundError, match=r"no alias 'prod'; existing aliases: .*@champion -> v\d"):
+        registry.load_model_by_alias("models:/dolly@prod")
+    with pytest.raises(registry.AliasNotFoundError, match="no registered model 'nobody'"):
+        registry.load_model_by_alias("models:/nobody@champion")
     with pytest.raises(ValueError, match="models:/NAME@ALIAS"):
-        register.load_model_by_alias("models:/dolly/1")
+        registry.load_model_by_alias("models:/dolly/1")
 
 
 def test_evaluate_metrics_tag_the_aliased_version(trained):
     from mlflow import MlflowClient
 
-    result = register.run(register.RegisterConfig(output_root=str(trained["root"]), run_id=trained["run_id"]))
-    register.tag_version_metrics(result.model_uri, {"rouge_l": 0.125})
+    result = registry.register(registry.RegisterConfig(output_root=str(trained["root"]), run_id=trained["run_id"]))
+    registry.tag_version_metrics(result.model_uri, {"rouge_l": 0.125})
     mv = MlflowClient().get_model_version(result.model_name, str(result.version))
     assert mv.tags["dolly.metric.rouge_l"] == "0.125"
-    with pytest.raises(register.AliasNotFoundError):
-        register.tag_version_metrics("models:/dolly@prod", {"x": 1})
+    with pytest.raises(registry.AliasNotFoundError):
+        registry.tag_version_metrics("models:/dolly@prod", {"x": 1})
 
 
 def test_model_names_local_and_unity_catalog():
-    assert register.RegisterConfig().resolved_model_name() == "dolly"
-    assert register.RegisterConfig(catalog="main", schema="ml").resolved_model_name() == "main.ml.dolly"
+    assert registry.RegisterConfig().resolved_model_name() == "dolly"
+    assert registry.RegisterConfig(catalog="main", schema="ml").resolved_model_name() == "main.ml.dolly"
     with pytest.raises(ValueError, match="catalog.schema.model"):
-        register.RegisterConfig(catalog="main", schema="ml", model_name="dolly").resolved_model_name()
+        registry.RegisterConfig(catalog="main", schema="ml", model_name="dolly").resolved_model_name()
     with pytest.raises(ValueError, match="invalid model name"):
-        register.RegisterConfig(model_name="dolly; drop").resolved_model_name()
+        registry.RegisterConfig(model_name="dolly; drop").resolved_model_name()
     with pytest.raises(SystemExit):
-        parse_config(register.RegisterConfig, ["--alias", "prod"], prog="x")
+        parse_config(registry.RegisterConfig, ["--alias", "prod"], prog="x")

@@ -10,11 +10,12 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from dolly_spark import score, tables
-from dolly_spark.generate import GenerationConfig, generate_responses, load_for_generation
-from dolly_spark.prompts import format_prompt
-from dolly_spark.score import ScoreConfig
-from tests.conftest import DOLLY_JSONL
+from dolly_spark.ops import tables
+from dolly_spark.serve import score
+from dolly_spark.serve.generate import GenerationConfig, generate_responses, load_for_generation
+from dolly_spark.serve.score import ScoreConfig
+from dolly_spark.text.prompts import format_prompt
+from tests.shared_data import DOLLY_JSONL
 
 N_EVAL = 500
 MAX_POSITIONS = 512  # the tiny model's context: dolly's longest prompts do not fit and must fail per row
@@ -27,17 +28,25 @@ def dolly_records(n: int, skip: int = 0) -> list[dict]:
             if i < skip:
                 continue
             r = json.loads(line)
-            out.append({"record_id": f"dolly-{i}", "category": r["category"], "instruction": r["instruction"],
-                        "context": r["context"] or None, "response": r["response"]})
+            out.append(
+                {
+                    "record_id": f"dolly-{i}",
+                    "category": r["category"],
+                    "instruction": r["instruction"],
+                    "context": r["context"] or None,
+                    "response": r["response"],
+                }
+            )
             if len(out) == n:
                 break
     return out
 
 
 def gold_like(spark, rows: list[dict], split: str):
-    return spark.createDataFrame([{**r, "split": split} for r in rows],
-                                 "record_id string, category string, instruction string, context string, "
-                                 "response string, split string")
+    return spark.createDataFrame(
+        [{**r, "split": split} for r in rows],
+        "record_id string, category string, instruction string, context string, response string, split string",
+    )
 
 
 def expected_key(record_id: str, instruction: str, context: str | None) -> str:
@@ -47,10 +56,15 @@ def expected_key(record_id: str, instruction: str, context: str | None) -> str:
 def test_row_key_is_sha256_of_id_instruction_context(spark):
     df = spark.createDataFrame(
         [("a", "Say hi", None), ("a", "Say hi", ""), ("b", "Say hi", None), ("a", "Say hi", "ctx")],
-        "record_id string, instruction string, context string")
+        "record_id string, instruction string, context string",
+    )
     keys = [r["row_key"] for r in score.with_row_key(df).collect()]
-    assert keys == [expected_key("a", "Say hi", None), expected_key("a", "Say hi", ""),
-                    expected_key("b", "Say hi", None), expected_key("a", "Say hi", "ctx")]
+    assert keys == [
+        expected_key("a", "Say hi", None),
+        expected_key("a", "Say hi", ""),
+        expected_key("b", "Say hi", None),
+        expected_key("a", "Say hi", "ctx"),
+    ]
     assert keys[0] == keys[1]  # null and empty context make the same prompt
     assert len(set(keys[1:])) == 3
     no_id = spark.createDataFrame([("Say hi", None)], "instruction string, context string")
@@ -59,14 +73,22 @@ def test_row_key_is_sha256_of_id_instruction_context(spark):
 
 def test_read_input_filters_split_drops_training_columns_and_adds_context(spark, tmp_path):
     names = tables.TableNames(root=str(tmp_path))
-    tables.write_table(spark, spark.createDataFrame(
-        [("1", "train", "a", 5), ("2", "eval", "b", 6)], "record_id string, split string, instruction string, seq_len int"),
-        names.gold)
+    tables.write_table(
+        spark,
+        spark.createDataFrame(
+            [("1", "train", "a", 5), ("2", "eval", "b", 6)],
+            "record_id string, split string, instruction string, seq_len int",
+        ),
+        names.gold,
+    )
     got = score.read_input(ScoreConfig(output_root=str(tmp_path)), spark, names)
-    expected = spark.createDataFrame([("2", "eval", "b", None)],
-                                     "record_id string, split string, instruction string, context string")
+    expected = spark.createDataFrame(
+        [("2", "eval", "b", None)], "record_id string, split string, instruction string, context string"
+    )
     assertDataFrameEqual(got, expected)
-    tables.write_table(spark, spark.createDataFrame([("a", "ref")], "instruction string, response string"), names.silver)
+    tables.write_table(
+        spark, spark.createDataFrame([("a", "ref")], "instruction string, response string"), names.silver
+    )
     renamed = score.read_input(ScoreConfig(output_root=str(tmp_path), input_table="silver"), spark, names)
     assert renamed.columns == ["instruction", "reference_response", "context"]
     with pytest.raises(tables.InvalidIdentifierError):
@@ -123,10 +145,11 @@ def registered(tmp_path_factory, tiny_model_dir):
     """The tiny model logged as the project's pyfunc and registered as dolly_tiny@champion."""
     import mlflow
 
-    from dolly_spark import pyfunc_model, tracking
+    from dolly_spark.commands import mlflow_logging
+    from dolly_spark.serve import pyfunc_model
 
     root = tmp_path_factory.mktemp("mlflow")
-    with tracking.job_run("train", {"output_root": str(root)}, output_root=root, engine="test"):
+    with mlflow_logging.job_run("train", {"output_root": str(root)}, output_root=root, engine="test"):
         info = pyfunc_model.log_dolly_model(tiny_model_dir, registered_model_name="dolly_tiny")
     mlflow.MlflowClient().set_registered_model_alias("dolly_tiny", "champion", info.registered_model_version)
     return "models:/dolly_tiny@champion", f"dolly_tiny/{info.registered_model_version}"
@@ -137,7 +160,9 @@ def scored_root(spark, tmp_path_factory, registered):
     """500 real eval prompts (and 20 train rows that must be ignored) scored once."""
     root = tmp_path_factory.mktemp("score")
     names = tables.TableNames(root=str(root))
-    frame = gold_like(spark, dolly_records(N_EVAL), "eval").unionByName(gold_like(spark, dolly_records(20, skip=N_EVAL), "train"))
+    frame = gold_like(spark, dolly_records(N_EVAL), "eval").unionByName(
+        gold_like(spark, dolly_records(20, skip=N_EVAL), "train")
+    )
     tables.write_table(spark, frame, names.gold)
     cfg = ScoreConfig(model_uri=registered[0], output_root=str(root), greedy=True, max_new_tokens=8, batch_size=32)
     first = score.run(cfg, spark)
@@ -145,8 +170,12 @@ def scored_root(spark, tmp_path_factory, registered):
 
 
 def prompt_too_long(tokenizer, rows) -> set[str]:
-    return {r["record_id"] for r in rows
-            if len(tokenizer.encode(format_prompt(r["instruction"], r["context"]), add_special_tokens=False)) >= MAX_POSITIONS}
+    return {
+        r["record_id"]
+        for r in rows
+        if len(tokenizer.encode(format_prompt(r["instruction"], r["context"]), add_special_tokens=False))
+        >= MAX_POSITIONS
+    }
 
 
 def test_scores_500_eval_prompts_from_the_registered_model(spark, scored_root, registered, tiny_model_dir):
@@ -156,9 +185,22 @@ def test_scores_500_eval_prompts_from_the_registered_model(spark, scored_root, r
     preds = tables.read_table(spark, names.predictions)
     assert preds.count() == N_EVAL
     assert preds.select("row_key", "model_version").distinct().count() == N_EVAL
-    assert set(preds.columns) >= {"record_id", "category", "instruction", "context", "response", "split", "row_key",
-                                  "prompt_tokens", "completion_tokens", "finish_reason", "error", "model_uri",
-                                  "model_version", "scored_at"}
+    assert set(preds.columns) >= {
+        "record_id",
+        "category",
+        "instruction",
+        "context",
+        "response",
+        "split",
+        "row_key",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "error",
+        "model_uri",
+        "model_version",
+        "scored_at",
+    }
     # Failed rows: exactly the prompts that do not fit the 512-token window, each with an error.
     _, tok = load_for_generation(str(tiny_model_dir))
     too_long = prompt_too_long(tok, dolly_records(N_EVAL))
@@ -175,14 +217,27 @@ def test_udf_output_equals_in_process_generation(spark, scored_root, tiny_model_
     _, names, _, _ = scored_root
     rows = dolly_records(12)
     model, tok = load_for_generation(str(tiny_model_dir))
-    direct = generate_responses(model, tok, [r["instruction"] for r in rows], [r["context"] for r in rows],
-                                GenerationConfig(greedy=True, max_new_tokens=8, batch_size=5))
-    got = {r["record_id"]: r for r in tables.read_table(spark, names.predictions)
-           .filter(F.col("record_id").isin([r["record_id"] for r in rows])).collect()}
+    direct = generate_responses(
+        model,
+        tok,
+        [r["instruction"] for r in rows],
+        [r["context"] for r in rows],
+        GenerationConfig(greedy=True, max_new_tokens=8, batch_size=5),
+    )
+    got = {
+        r["record_id"]: r
+        for r in tables.read_table(spark, names.predictions)
+        .filter(F.col("record_id").isin([r["record_id"] for r in rows]))
+        .collect()
+    }
     for r, d in zip(rows, direct):
         p = got[r["record_id"]]
-        assert (p["response"], p["prompt_tokens"], p["completion_tokens"], p["finish_reason"]) == \
-            (d["response"], d["prompt_tokens"], d["completion_tokens"], d["finish_reason"])
+        assert (p["response"], p["prompt_tokens"], p["completion_tokens"], p["finish_reason"]) == (
+            d["response"],
+            d["prompt_tokens"],
+            d["completion_tokens"],
+            d["finish_reason"],
+        )
 
 
 def test_rerun_is_a_noop(spark, scored_root):
@@ -196,8 +251,10 @@ def test_rerun_is_a_noop(spark, scored_root):
 def test_sql_over_predictions_by_name(spark, scored_root):
     _, names, _, first = scored_root
     tables.register_table(spark, names.predictions)
-    by_cat = spark.sql("SELECT category, count(*) AS n, sum(completion_tokens) AS tokens FROM predictions "
-                       "WHERE split = 'eval' GROUP BY category")
+    by_cat = spark.sql(
+        "SELECT category, count(*) AS n, sum(completion_tokens) AS tokens FROM predictions "
+        "WHERE split = 'eval' GROUP BY category"
+    )
     counts = {r["category"]: r["n"] for r in by_cat.collect()}
     expected: dict[str, int] = {}
     for r in dolly_records(N_EVAL):
@@ -226,11 +283,16 @@ def test_only_new_rows_and_new_model_versions_are_scored(spark, scored_root, tmp
 
 def test_duplicate_prompts_without_ids_are_scored_once(spark, tmp_path, tiny_model_dir):
     names = tables.TableNames(root=str(tmp_path))
-    tables.write_table(spark, spark.createDataFrame(
-        [("Name a color", None), ("Name a color", ""), ("Name a fruit", "x")], "instruction string, context string"),
-        names.silver)
-    cfg = ScoreConfig(model_uri=str(tiny_model_dir), input_table="silver", output_root=str(tmp_path),
-                      greedy=True, max_new_tokens=3)
+    tables.write_table(
+        spark,
+        spark.createDataFrame(
+            [("Name a color", None), ("Name a color", ""), ("Name a fruit", "x")], "instruction string, context string"
+        ),
+        names.silver,
+    )
+    cfg = ScoreConfig(
+        model_uri=str(tiny_model_dir), input_table="silver", output_root=str(tmp_path), greedy=True, max_new_tokens=3
+    )
     res = score.run(cfg, spark)
     assert (res.total, res.duplicates, res.scored, res.skipped) == (3, 1, 2, 0)
     assert tables.read_table(spark, names.predictions).count() == 2
@@ -268,17 +330,20 @@ def test_spark_udf_mode_matches_pandas_iter(spark, tmp_path, registered):
     for mode in score.UDF_MODES:
         names = tables.TableNames(root=str(tmp_path / mode))
         tables.write_table(spark, gold_like(spark, rows, "eval"), names.gold)
-        cfg = ScoreConfig(model_uri=registered[0], output_root=str(tmp_path / mode), greedy=True,
-                          max_new_tokens=5, udf_mode=mode)
+        cfg = ScoreConfig(
+            model_uri=registered[0], output_root=str(tmp_path / mode), greedy=True, max_new_tokens=5, udf_mode=mode
+        )
         assert score.run(cfg, spark).scored == 10
-        by_mode[mode] = {r["record_id"]: (r["response"], r["completion_tokens"], r["finish_reason"])
-                         for r in tables.read_table(spark, names.predictions).collect()}
+        by_mode[mode] = {
+            r["record_id"]: (r["response"], r["completion_tokens"], r["finish_reason"])
+            for r in tables.read_table(spark, names.predictions).collect()
+        }
     assert by_mode["spark_udf"] == by_mode["pandas_iter"]
     assert len(by_mode["pandas_iter"]) == 10
 
 
 def test_length_buckets_cap_batch_size_and_padding():
-    from dolly_spark.generate import length_buckets
+    from dolly_spark.serve.generate import length_buckets
 
     lens = [3, 4, 5, 40, 60, 70, 500, 900, 1000]
     encoded = [(i, [0] * n) for i, n in enumerate(lens)]
@@ -290,7 +355,7 @@ def test_length_buckets_cap_batch_size_and_padding():
 
 
 def test_unknown_alias_is_a_clear_error(registered):
-    from dolly_spark.register import AliasNotFoundError
+    from dolly_spark.serve.registry import AliasNotFoundError
 
     with pytest.raises(AliasNotFoundError, match="champion"):
         score.resolve_model("models:/dolly_tiny@nope")
@@ -302,8 +367,8 @@ def test_stale_staging_tables_of_killed_runs_are_removed(spark, tmp_path):
     import os
     import time as _time
 
-    from dolly_spark import tables as _tables
-    from dolly_spark.score import remove_stale_staging, staging_ref
+    from dolly_spark.ops import tables as _tables
+    from dolly_spark.serve.score import remove_stale_staging, staging_ref
 
     target = _tables.TableNames(root=str(tmp_path)).predictions
     old, fresh = staging_ref(target, "oldrun"), staging_ref(target, "freshrun")

@@ -1,4 +1,4 @@
-from dolly_spark import session
+from dolly_spark.ops import session
 
 
 def test_engine_detection(monkeypatch):

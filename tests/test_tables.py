@@ -1,6 +1,6 @@
 import pytest
 
-from dolly_spark.tables import InvalidIdentifierError, TableNames, read_table, table_version, write_table
+from dolly_spark.ops.tables import InvalidIdentifierError, TableNames, read_table, table_version, write_table
 
 BAD = ["a;b", "a'b", "a`b", "a b", "a.b", "", "drop table x--", 'a"b', "ä"]
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark import tables, tracking
-from dolly_spark.accounting import StageCount, metrics_frame
-from dolly_spark.paths import PathOutsideRootError
+from dolly_spark.commands import mlflow_logging
+from dolly_spark.ops import tables, tracking
+from dolly_spark.ops.paths import PathOutsideRootError
+from dolly_spark.prep.accounting import StageCount, metrics_frame
 
 
 @dataclass
@@ -71,31 +72,60 @@ def test_switching_roots_in_one_process_and_user_override_sticks(tmp_path, monke
 
 
 def test_flatten_params_nests_and_truncates_to_mlflow_limits():
-    flat = tracking.flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "s": "z" * 7000, "n": None, "e": {}})
+    flat = mlflow_logging.flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "s": "z" * 7000, "n": None, "e": {}})
     assert flat["a.b"] == "1" and flat["a.c.d"] == "[1, 2]" and flat["n"] == "null" and flat["e"] == "{}"
     assert len(flat["s"]) == tracking.MAX_PARAM_VALUE and flat["s"].endswith("...")
 
 
 def test_metrics_from_rows_latest_row_per_stage_wins():
     rows = [
-        {"stage": "silver", "input_rows": 10, "output_rows": 8, "quarantined_rows": 2, "removed_rows": 0,
-         "details": '{"quarantined_by_reason": {"empty response": 2}}', "created_at": 1},
-        {"stage": "silver", "input_rows": 12, "output_rows": 9, "quarantined_rows": 3, "removed_rows": 0,
-         "details": '{"quarantined_by_reason": {"empty response": 3}, "note": "x", "kept": 5}', "created_at": 2},
-        {"stage": "bronze", "input_rows": 12, "output_rows": 12, "quarantined_rows": 0, "removed_rows": 0,
-         "details": "{}", "created_at": 1},
+        {
+            "stage": "silver",
+            "input_rows": 10,
+            "output_rows": 8,
+            "quarantined_rows": 2,
+            "removed_rows": 0,
+            "details": '{"quarantined_by_reason": {"empty response": 2}}',
+            "created_at": 1,
+        },
+        {
+            "stage": "silver",
+            "input_rows": 12,
+            "output_rows": 9,
+            "quarantined_rows": 3,
+            "removed_rows": 0,
+            "details": '{"quarantined_by_reason": {"empty response": 3}, "note": "x", "kept": 5}',
+            "created_at": 2,
+        },
+        {
+            "stage": "bronze",
+            "input_rows": 12,
+            "output_rows": 12,
+            "quarantined_rows": 0,
+            "removed_rows": 0,
+            "details": "{}",
+            "created_at": 1,
+        },
     ]
-    m = tracking.metrics_from_rows(rows)
-    assert m == {"silver.input_rows": 12, "silver.output_rows": 9, "silver.quarantined_rows": 3,
-                 "silver.removed_rows": 0, "silver.quarantined.empty response": 3, "silver.kept": 5,
-                 "bronze.input_rows": 12, "bronze.output_rows": 12, "bronze.quarantined_rows": 0,
-                 "bronze.removed_rows": 0}
+    m = mlflow_logging.metrics_from_rows(rows)
+    assert m == {
+        "silver.input_rows": 12,
+        "silver.output_rows": 9,
+        "silver.quarantined_rows": 3,
+        "silver.removed_rows": 0,
+        "silver.quarantined.empty response": 3,
+        "silver.kept": 5,
+        "bronze.input_rows": 12,
+        "bronze.output_rows": 12,
+        "bronze.quarantined_rows": 0,
+        "bronze.removed_rows": 0,
+    }
 
 
 def test_job_run_logs_config_git_engine_and_nests(root):
     cfg = DemoConfig(output_root=str(root))
-    with tracking.job_run("pipeline", cfg, engine="sail") as parent:
-        with tracking.job_run("prepare", cfg) as child:
+    with mlflow_logging.job_run("pipeline", cfg, engine="sail") as parent:
+        with mlflow_logging.job_run("prepare", cfg) as child:
             pass
     pid, cid = parent.info.run_id, child.info.run_id
     p, c = client().get_run(pid), client().get_run(cid)
@@ -118,12 +148,12 @@ def test_job_run_logs_config_git_engine_and_nests(root):
 
 def test_subprocess_style_nesting_via_env_and_failed_status(root, monkeypatch):
     cfg = DemoConfig(output_root=str(root))
-    with tracking.job_run("pipeline", cfg) as parent:
+    with mlflow_logging.job_run("pipeline", cfg) as parent:
         pass
     # A child process has no active run, only the parent id in its environment.
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.info.run_id)
     with pytest.raises(RuntimeError, match="boom"):
-        with tracking.job_run("train", cfg, experiment="another_name") as child:
+        with mlflow_logging.job_run("train", cfg, experiment="another_name") as child:
             raise RuntimeError("boom")
     run = client().get_run(child.info.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -133,14 +163,14 @@ def test_subprocess_style_nesting_via_env_and_failed_status(root, monkeypatch):
 
 def test_stale_parent_env_starts_a_top_level_run(root, monkeypatch):
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, "f" * 32)
-    with tracking.job_run("score", DemoConfig(output_root=str(root))) as run:
+    with mlflow_logging.job_run("score", DemoConfig(output_root=str(root))) as run:
         pass
     assert "mlflow.parentRunId" not in client().get_run(run.info.run_id).data.tags
 
 
 def test_non_zero_rank_logs_nothing(root, monkeypatch):
     monkeypatch.setenv("RANK", "1")
-    with tracking.job_run("train", DemoConfig(output_root=str(root))) as run:
+    with mlflow_logging.job_run("train", DemoConfig(output_root=str(root))) as run:
         assert run is None
 
 
@@ -161,22 +191,32 @@ def test_metrics_table_and_report_artifacts(spark, root, tmp_path):
     names = tables.TableNames(root=str(tmp_path / "lake"))
     old = metrics_frame(spark, "run-a", [StageCount("bronze", 5, 5)])
     tables.write_table(spark, old, names.metrics, mode="append")
-    new = metrics_frame(spark, "run-b", [StageCount("bronze", 7, 7),
-                                          StageCount("silver", 7, 6, 1, details={"quarantined_by_reason": {"empty_response": 1}})])
+    new = metrics_frame(
+        spark,
+        "run-b",
+        [
+            StageCount("bronze", 7, 7),
+            StageCount("silver", 7, 6, 1, details={"quarantined_by_reason": {"empty_response": 1}}),
+        ],
+    )
     tables.write_table(spark, new, names.metrics, mode="append")
     report = tmp_path / "report"
     (report / "plots").mkdir(parents=True)
     (report / "plots" / "lengths.png").write_bytes(b"\x89PNG fake")
     (report / "report.md").write_text("# gold\n")
-    with tracking.job_run("prepare", DemoConfig(output_root=str(root))) as run:
-        logged = tracking.log_metrics_table(spark, names)
-        only_a = tracking.log_metrics_table(spark, names, run_id_filter="run-a")
-        files = tracking.log_dir_artifacts(report, "report")
+    with mlflow_logging.job_run("prepare", DemoConfig(output_root=str(root))) as run:
+        logged = mlflow_logging.log_metrics_table(spark, names)
+        only_a = mlflow_logging.log_metrics_table(spark, names, run_id_filter="run-a")
+        files = mlflow_logging.log_dir_artifacts(report, "report")
         with pytest.raises(FileNotFoundError):
-            tracking.log_dir_artifacts(tmp_path / "missing", "report")
+            mlflow_logging.log_dir_artifacts(tmp_path / "missing", "report")
     assert logged["bronze.input_rows"] == 7 and logged["silver.quarantined.empty_response"] == 1
-    assert only_a == {"bronze.input_rows": 5, "bronze.output_rows": 5, "bronze.quarantined_rows": 0,
-                      "bronze.removed_rows": 0}
+    assert only_a == {
+        "bronze.input_rows": 5,
+        "bronze.output_rows": 5,
+        "bronze.quarantined_rows": 0,
+        "bronze.removed_rows": 0,
+    }
     metrics = client().get_run(run.info.run_id).data.metrics
     assert metrics["silver.output_rows"] == 6 and metrics["silver.quarantined_rows"] == 1
     assert files == ["plots/lengths.png", "report.md"]
@@ -198,15 +238,16 @@ def test_gold_lineage_matches_delta_history(spark, root, tmp_path, with_spark):
     version = write_gold_like(spark, names)
     history_latest = max(h["version"] for h in tables.table_history(names.gold))
     assert version == tables.table_version(spark, names.gold) == history_latest == 1
-    with tracking.job_run("train", DemoConfig(output_root=str(root))) as run:
-        tags = tracking.log_gold_lineage(spark if with_spark else None, names.gold, version,
-                                         silver_version=3, raw_version=2)
+    with mlflow_logging.job_run("train", DemoConfig(output_root=str(root))) as run:
+        tags = mlflow_logging.log_gold_lineage(
+            spark if with_spark else None, names.gold, version, silver_version=3, raw_version=2
+        )
     r = client().get_run(run.info.run_id)
     assert r.data.tags[tracking.TAG_GOLD_TABLE] == names.gold.path
     assert r.data.tags[tracking.TAG_GOLD_VERSION] == str(history_latest)
     assert (r.data.tags[tracking.TAG_SILVER_VERSION], r.data.tags[tracking.TAG_RAW_VERSION]) == ("3", "2")
     assert tracking.TAG_BRONZE_VERSION not in r.data.tags
-    assert tracking.run_lineage(run.info.run_id) == tags
+    assert mlflow_logging.run_lineage(run.info.run_id) == tags
     (inp,) = r.inputs.dataset_inputs
     assert inp.dataset.name == "gold@v1" and inp.dataset.source_type == "delta_table"
     import json
@@ -221,4 +262,4 @@ def test_gold_lineage_matches_delta_history(spark, root, tmp_path, with_spark):
 
 def test_lineage_needs_an_active_run(tmp_path):
     with pytest.raises(RuntimeError, match="active MLflow run"):
-        tracking.log_gold_lineage(None, tmp_path / "gold", 0)
+        mlflow_logging.log_gold_lineage(None, tmp_path / "gold", 0)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark.config import parse_config
+from dolly_spark.ops.config import parse_config
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import (
@@ -14,7 +14,7 @@ from dolly_spark.train.hardware import (
     load_ds_config,
     precision_flags,
 )
-from tests.conftest import SHARED, TOKENIZER_DIR
+from tests.shared_data import SHARED, TOKENIZER_DIR
 
 
 def test_defaults_are_dollys_hyperparameters():
@@ -26,9 +26,32 @@ def test_defaults_are_dollys_hyperparameters():
 
 
 def test_flags_use_dashes_and_types():
-    cfg = parse_config(TrainConfig, ["--output-root", "/r", "--tiny", "--max-steps", "30", "--resume",
-                                     "--base-model", "/m", "--gpu-family", "cpu", "--lr", "1e-3"], prog="t")
-    assert (cfg.tiny, cfg.max_steps, cfg.resume, cfg.base_model, cfg.gpu_family, cfg.lr) == (True, 30, True, "/m", "cpu", 1e-3)
+    cfg = parse_config(
+        TrainConfig,
+        [
+            "--output-root",
+            "/r",
+            "--tiny",
+            "--max-steps",
+            "30",
+            "--resume",
+            "--base-model",
+            "/m",
+            "--gpu-family",
+            "cpu",
+            "--lr",
+            "1e-3",
+        ],
+        prog="t",
+    )
+    assert (cfg.tiny, cfg.max_steps, cfg.resume, cfg.base_model, cfg.gpu_family, cfg.lr) == (
+        True,
+        30,
+        True,
+        "/m",
+        "cpu",
+        1e-3,
+    )
     with pytest.raises(SystemExit):
         parse_config(TrainConfig, ["--gpu-family", "tpu"], prog="t")
 
@@ -39,10 +62,18 @@ def test_databricks_defaults_point_at_a_volume():
     assert cfg.table_names().gold.name == "main.dolly.gold"
 
 
-@pytest.mark.parametrize("name,family", [
-    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h100"),
-    ("NVIDIA A10G", "a10"), ("NVIDIA A10", "a10"), ("Tesla V100-SXM2-16GB", "v100"), ("Tesla T4", "v100"),
-])
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h100"),
+        ("NVIDIA A10G", "a10"),
+        ("NVIDIA A10", "a10"),
+        ("Tesla V100-SXM2-16GB", "v100"),
+        ("Tesla T4", "v100"),
+    ],
+)
 def test_family_from_device_name(name, family):
     assert family_from_device_name(name) == family
 
@@ -113,7 +144,7 @@ def test_checkpoints_sorted_numerically(tmp_path):
 
 
 def test_tiny_model_resizes_to_dolly_tokenizer_and_stops_at_end():
-    from dolly_spark.prompts import END_KEY
+    from dolly_spark.text.prompts import END_KEY
     from dolly_spark.train.model import build_model, count_parameters, load_tokenizer
 
     tok = load_tokenizer(str(TOKENIZER_DIR))
@@ -154,8 +185,17 @@ def test_worker_accepts_the_arguments_deepspeed_and_the_distributor_append():
 
 
 def test_worker_job_round_trips(tmp_path):
-    job = WorkerJob(config={"output_root": "/r", "tiny": True}, train_files=["a"], eval_files=[], family="cpu",
-                    checkpoint_dir="c", model_dir="m", metrics_path="x.jsonl", run_dir="r", attempt="z")
+    job = WorkerJob(
+        config={"output_root": "/r", "tiny": True},
+        train_files=["a"],
+        eval_files=[],
+        family="cpu",
+        checkpoint_dir="c",
+        model_dir="m",
+        metrics_path="x.jsonl",
+        run_dir="r",
+        attempt="z",
+    )
     back = WorkerJob.read(job.write(tmp_path / "job.json"))
     assert back == job and back.train_config().tiny is True
 
@@ -175,8 +215,11 @@ def test_marker_lists_sizes_and_hashes_but_not_itself(tmp_path):
     p = _marked_ckpt(tmp_path, 1, big=3 << 20)
     marker = json.loads((p / checkpoints.MARKER).read_text())
     shard = "global_step1/zero_pp_rank_0_mp_rank_00_model_states.pt"
-    assert marker["files"] == {"trainer_state.json": len(json.dumps({"global_step": 1})), shard: 4096,
-                               "model.safetensors": 3 << 20}
+    assert marker["files"] == {
+        "trainer_state.json": len(json.dumps({"global_step": 1})),
+        shard: 4096,
+        "model.safetensors": 3 << 20,
+    }
     assert set(marker["sha256"]) == {"trainer_state.json", shard}  # small files: whole-file hash
     assert set(marker["sha256_head_tail"]) == {"model.safetensors"}  # large: first + last MiB only
     assert checkpoints.is_complete(p)

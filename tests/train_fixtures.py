@@ -1,17 +1,18 @@
-"""A small gold-like table built from real dolly-15k records (stand-in for dolly_spark.gold)."""
+"""A small gold-like table built from real dolly-15k records (stand-in for dolly_spark.prep.gold)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dolly_spark import tables
-from dolly_spark.prompts import format_prompt, format_text
-from dolly_spark.tokenizer import load_fast_tokenizer
+from dolly_spark.ops import tables
+from dolly_spark.text.prompts import format_prompt, format_text
+from dolly_spark.text.tokenizer import load_fast_tokenizer
 
 
-def gold_rows(jsonl: Path, tokenizer_dir: Path, n: int = 300, max_tokens: int = 256, max_seq_len: int = 512,
-              eval_every: int = 8) -> list[dict]:
+def gold_rows(
+    jsonl: Path, tokenizer_dir: Path, n: int = 300, max_tokens: int = 256, max_seq_len: int = 512, eval_every: int = 8
+) -> list[dict]:
     """The first ``n`` records with at most ``max_tokens`` tokens, formatted and tokenised like gold.
 
     Every ``eval_every``-th record goes to eval. Train records are packed greedily in file order
@@ -30,11 +31,20 @@ def gold_rows(jsonl: Path, tokenizer_dir: Path, n: int = 300, max_tokens: int = 
             if len(ids) > max_tokens:
                 continue
             prompt_len = len(tok.encode(prompt, add_special_tokens=False).ids)
-            rows.append({
-                "record_id": f"r{i:05d}", "category": rec["category"],
-                "instruction": rec["instruction"], "context": rec["context"], "response": rec["response"],
-                "prompt": prompt, "text": text, "input_ids": ids, "prompt_len": prompt_len, "seq_len": len(ids),
-            })
+            rows.append(
+                {
+                    "record_id": f"r{i:05d}",
+                    "category": rec["category"],
+                    "instruction": rec["instruction"],
+                    "context": rec["context"],
+                    "response": rec["response"],
+                    "prompt": prompt,
+                    "text": text,
+                    "input_ids": ids,
+                    "prompt_len": prompt_len,
+                    "seq_len": len(ids),
+                }
+            )
     pack_id, used = 0, 0
     for j, r in enumerate(rows):
         if j % eval_every == eval_every - 1:

@@ -58,8 +58,11 @@ def _sha256(path: Path, size: int) -> str:
 def _checkpoint_files(path: Path) -> list[str]:
     """Relative POSIX paths of the checkpoint's files, the marker and its temp file excluded."""
     skip = {MARKER, MARKER + ".tmp"}
-    return sorted(f.relative_to(path).as_posix() for f in path.rglob("*")
-                  if f.is_file() and f.relative_to(path).as_posix() not in skip)
+    return sorted(
+        f.relative_to(path).as_posix()
+        for f in path.rglob("*")
+        if f.is_file() and f.relative_to(path).as_posix() not in skip
+    )
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -112,8 +115,12 @@ def mark_complete(path: str | Path, step: int) -> Path:
         (whole if size <= HASH_WHOLE_MAX else head_tail)[rel] = _sha256(root / rel, size)
     marker = root / MARKER
     tmp = root / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": int(step), "time": time.time(), "files": files, "sha256": whole,
-                               "sha256_head_tail": head_tail}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {"step": int(step), "time": time.time(), "files": files, "sha256": whole, "sha256_head_tail": head_tail},
+            indent=1,
+        )
+    )
     tmp.replace(marker)  # atomic: the marker either exists whole or not at all
     return marker
 

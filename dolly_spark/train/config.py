@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dolly_spark import tables
-from dolly_spark.tokenizer import default_tokenizer
+from dolly_spark.ops.config import Location
+from dolly_spark.text.tokenizer import default_tokenizer
 
 GPU_FAMILIES = ("auto", "a100", "h100", "a10", "v100", "cpu")
 LAUNCHERS = ("auto", "deepspeed", "torchrun", "distributor")
@@ -22,24 +22,33 @@ DEFAULT_BATCH_BY_FAMILY = {"a100": 6, "h100": 6, "a10": 4, "v100": 3, "cpu": 2}
 
 
 @dataclass
-class TrainConfig:
-    output_root: str | None = field(default=None, metadata={"help": "local root: gold is read from here, outputs go under ROOT/train"})
-    catalog: str | None = field(default=None, metadata={"help": "Unity Catalog catalog (Databricks)"})
-    schema: str | None = field(default=None, metadata={"help": "Unity Catalog schema (Databricks)"})
+class TrainConfig(Location):
     gold_version: int | None = field(default=None, metadata={"help": "pinned Delta version of gold (default: latest)"})
-    base_model: str = field(default="EleutherAI/pythia-12b", metadata={"help": "hub id, local model dir, or a config.json (random init)"})
+    base_model: str = field(
+        default="EleutherAI/pythia-12b", metadata={"help": "hub id, local model dir, or a config.json (random init)"}
+    )
     tiny: bool = field(default=False, metadata={"help": "random-init few-MB GPT-NeoX config (local runs, CI)"})
-    tokenizer: str = field(default_factory=default_tokenizer, metadata={"help": "hub id or local dir with tokenizer.json"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the hub (off unless asked)"})
+    tokenizer: str = field(
+        default_factory=default_tokenizer, metadata={"help": "hub id or local dir with tokenizer.json"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow custom model code from the hub (off unless asked)"}
+    )
     gpu_family: str = field(default="auto", metadata={"help": "DeepSpeed config family", "choices": GPU_FAMILIES})
-    num_processes: int | None = field(default=None, metadata={"help": "processes per node (default: GPUs, or 2 on CPU)", "aliases": ("--num-gpus",)})
+    num_processes: int | None = field(
+        default=None, metadata={"help": "processes per node (default: GPUs, or 2 on CPU)", "aliases": ("--num-gpus",)}
+    )
     num_nodes: int = field(default=1, metadata={"help": "nodes; >1 uses DeepspeedTorchDistributor on Databricks"})
     launcher: str = field(default="auto", metadata={"help": "how ranks are started", "choices": LAUNCHERS})
-    deepspeed_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON overriding the family default"})
+    deepspeed_config: str | None = field(
+        default=None, metadata={"help": "DeepSpeed JSON overriding the family default"}
+    )
     epochs: float = 2.0
     lr: float = 5e-6
     warmup_steps: int = 50
-    per_device_batch_size: int | None = field(default=None, metadata={"help": "default by family: 6 a100/h100, 4 a10, 3 v100, 2 cpu"})
+    per_device_batch_size: int | None = field(
+        default=None, metadata={"help": "default by family: 6 a100/h100, 4 a10, 3 v100, 2 cpu"}
+    )
     per_device_eval_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
     max_steps: int = field(default=-1, metadata={"help": "stop after N optimizer steps (-1: run all epochs)"})
@@ -47,13 +56,17 @@ class TrainConfig:
     save_steps: int = 200
     save_total_limit: int = field(default=2, metadata={"help": "keep the last K complete checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest complete checkpoint"})
-    staging_dir: str | None = field(default=None, metadata={"help": "shards dir every node can read (a UC Volume on Databricks)"})
+    staging_dir: str | None = field(
+        default=None, metadata={"help": "shards dir every node can read (a UC Volume on Databricks)"}
+    )
     checkpoint_dir: str | None = None
     model_dir: str | None = None
     seed: int = 42
     max_seq_len: int = 2048
     pack: bool = field(default=True, metadata={"help": "pack records per the gold packing plan"})
-    max_eval_records: int | None = field(default=None, metadata={"help": "cap eval records (per category order) for quick runs"})
+    max_eval_records: int | None = field(
+        default=None, metadata={"help": "cap eval records (per category order) for quick runs"}
+    )
     gradient_checkpointing: bool = False
     master_port: int | None = field(default=None, metadata={"help": "rendezvous port (default: a free one)"})
     experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
@@ -65,9 +78,6 @@ class TrainConfig:
             raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError("save_total_limit must be >= 1")
-
-    def table_names(self) -> tables.TableNames:
-        return tables.table_names_for(self.output_root, self.catalog, self.schema)
 
     @property
     def train_root(self) -> Path:
@@ -114,5 +124,5 @@ class WorkerJob:
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> "WorkerJob":
+    def read(cls, path: str | Path) -> WorkerJob:
         return cls(**json.loads(Path(path).read_text()))

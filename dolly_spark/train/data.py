@@ -17,7 +17,7 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-GOLD_COLUMNS = ("record_id", "category", "split", "input_ids", "prompt_len", "seq_len", "pack_id")
+TRAIN_COLUMNS = ("record_id", "category", "split", "input_ids", "prompt_len", "seq_len", "pack_id")
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _fit_to_length(group: list[dict], max_seq_len: int, stats: BuildStats) -> li
 
 
 def build_examples(rows: Iterable[dict], pack: bool, max_seq_len: int) -> tuple[list[dict], BuildStats]:
-    """Rows of gold (dicts with GOLD_COLUMNS) -> one example per packed row.
+    """Rows of gold (dicts with TRAIN_COLUMNS) -> one example per packed row.
 
     An example holds the concatenated ``input_ids``, ``labels``, per-record ``position_ids``
     and the ``record_ids`` it contains (for data-order checks).
@@ -151,7 +151,8 @@ def eval_datasets_by_category(rows: Iterable[dict], max_seq_len: int, max_per_ca
 
 def label_token_counts(datasets_by_cat: dict) -> dict[str, int]:
     return {
-        cat: sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in ds["labels"]) for cat, ds in datasets_by_cat.items()
+        cat: sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in ds["labels"])
+        for cat, ds in datasets_by_cat.items()
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dolly_spark.prompts import END_KEY
+from dolly_spark.text.prompts import END_KEY
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def model_source_kind(base_model: str) -> str:
             raise ValueError(
                 f"{base_model}: has pickle weights ({', '.join(pickles[:3])}) but no safetensors; only "
                 "safetensors weights are loaded. Convert them to model.safetensors in a trusted environment "
-                "(save_pretrained(..., safe_serialization=True)) or pass the hub id.")
+                "(save_pretrained(..., safe_serialization=True)) or pass the hub id."
+            )
         if (p / "config.json").exists():
             return "config"
         raise FileNotFoundError(f"{base_model}: a directory with neither safetensors weights nor config.json")
@@ -65,12 +66,14 @@ def model_source_kind(base_model: str) -> str:
 
 
 def load_tokenizer(src: str):
-    from dolly_spark.tokenizer import load_hf_tokenizer
+    from dolly_spark.text.tokenizer import load_hf_tokenizer
 
     return load_hf_tokenizer(src)
 
 
-def build_model(base_model: str, tokenizer, tiny: bool = False, trust_remote_code: bool = False, max_positions: int = 2048):
+def build_model(
+    base_model: str, tokenizer, tiny: bool = False, trust_remote_code: bool = False, max_positions: int = 2048
+):
     """Load or initialise a causal LM, then resize its embeddings to the tokenizer.
 
     Under ZeRO-3 call this after TrainingArguments exist, so weights are partitioned at load.
@@ -116,8 +119,12 @@ def count_parameters(model) -> int:
 
 
 # GPT-NeoX's output layer is ``lm_head`` in transformers 5 and ``embed_out`` before.
-FINGERPRINT_PARAMS = ("gpt_neox.embed_in.weight", "gpt_neox.layers.0.attention.query_key_value.weight",
-                      "lm_head.weight", "embed_out.weight")
+FINGERPRINT_PARAMS = (
+    "gpt_neox.embed_in.weight",
+    "gpt_neox.layers.0.attention.query_key_value.weight",
+    "lm_head.weight",
+    "embed_out.weight",
+)
 
 
 def weight_fingerprint(model, names=FINGERPRINT_PARAMS) -> dict[str, float]:

@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dolly_spark.train.worker")
     p.add_argument("--job", required=True, help="job JSON written by the driver")
     p.add_argument("--deepspeed", action="store_true", help="appended by DeepspeedTorchDistributor")
-    p.add_argument("--deepspeed_config", "--deepspeed-config", default=None, help="DeepSpeed JSON (overrides the job's)")
+    p.add_argument(
+        "--deepspeed_config", "--deepspeed-config", default=None, help="DeepSpeed JSON (overrides the job's)"
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     args, unknown = p.parse_known_args(argv)
     if unknown:
@@ -92,7 +94,9 @@ def _make_trainer_class():
             extra = {k: inputs.pop(k, None) for k in BOOKKEEPING_KEYS}
             if model.training:
                 self.step_log.add(extra["num_real_tokens"], extra["sample_index"])
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
     return DollyTrainer
 
@@ -139,15 +143,26 @@ def _make_callbacks(job: WorkerJob, step_log: StepLog):
                 return
             step = state.global_step
             if "loss" in logs:
-                row = {"kind": "train", "step": step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
-                       "grad_norm": logs.get("grad_norm"), "epoch": logs.get("epoch"), **self.pending}
+                row = {
+                    "kind": "train",
+                    "step": step,
+                    "loss": logs["loss"],
+                    "lr": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"),
+                    "epoch": logs.get("epoch"),
+                    **self.pending,
+                }
                 self._write(row)
-                progress = {"step": step, "max_steps": state.max_steps, "loss": logs["loss"],
-                            "tokens_per_s": self.pending.get("tokens_per_s")}
+                progress = {
+                    "step": step,
+                    "max_steps": state.max_steps,
+                    "loss": logs["loss"],
+                    "tokens_per_s": self.pending.get("tokens_per_s"),
+                }
                 print(PROGRESS_PREFIX + json.dumps(progress), flush=True)
             for key, value in logs.items():
                 if key.startswith("eval_") and key.endswith("_loss"):
-                    category = key[len("eval_"):-len("_loss")]
+                    category = key[len("eval_") : -len("_loss")]
                     self._write({"kind": "eval", "step": step, "category": category, "eval_loss": value})
 
     class CheckpointMarkerCallback(TrainerCallback):
@@ -185,8 +200,13 @@ def _final_eval_metrics(trainer, eval_sets: dict) -> dict:
     if not eval_sets:
         return {}
     step = trainer.state.global_step
-    logged = {k: v for h in trainer.state.log_history if h.get("step") == step
-              for k, v in h.items() if k.startswith("eval_") and k.endswith("_loss")}
+    logged = {
+        k: v
+        for h in trainer.state.log_history
+        if h.get("step") == step
+        for k, v in h.items()
+        if k.startswith("eval_") and k.endswith("_loss")
+    }
     if len(logged) == len(eval_sets):
         return logged
     return trainer.evaluate()
@@ -199,7 +219,6 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     if cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
-    import torch
     from transformers import TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
@@ -214,17 +233,26 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
     cache_dir = str(Path(job.run_dir) / "hf_datasets_cache")
-    columns = list(data.GOLD_COLUMNS)
+    columns = list(data.TRAIN_COLUMNS)
     train_rows = data.load_shards(job.train_files, cache_dir).select_columns(columns).to_list()
     eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
     examples, stats = data.build_examples(train_rows, cfg.pack, cfg.max_seq_len)
     train_ds = data.to_dataset(examples)
     eval_sets = data.eval_datasets_by_category(eval_rows, cfg.max_seq_len, cfg.max_eval_records)
-    log.info("train: %d records -> %d rows (pack=%s); eval: %s", stats.records_in, stats.examples_out, cfg.pack,
-             {k: len(v) for k, v in eval_sets.items()})
+    log.info(
+        "train: %d records -> %d rows (pack=%s); eval: %s",
+        stats.records_in,
+        stats.examples_out,
+        cfg.pack,
+        {k: len(v) for k, v in eval_sets.items()},
+    )
 
     ds_config_path = args.deepspeed_config or str(Path(job.run_dir) / "ds_config.json")
-    ds_config = json.loads(Path(ds_config_path).read_text()) if Path(ds_config_path).exists() else load_ds_config(family, cfg.deepspeed_config)
+    ds_config = (
+        json.loads(Path(ds_config_path).read_text())
+        if Path(ds_config_path).exists()
+        else load_ds_config(family, cfg.deepspeed_config)
+    )
     batch = cfg.batch_size_for(family)
     targs = TrainingArguments(
         output_dir=job.checkpoint_dir,
@@ -256,8 +284,9 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     set_seed(cfg.seed)  # random init (tiny / config) is reproducible
-    model = build_model(cfg.base_model, tokenizer, tiny=cfg.tiny, trust_remote_code=cfg.trust_remote_code,
-                        max_positions=cfg.max_seq_len)
+    model = build_model(
+        cfg.base_model, tokenizer, tiny=cfg.tiny, trust_remote_code=cfg.trust_remote_code, max_positions=cfg.max_seq_len
+    )
     init_fingerprint = weight_fingerprint(model)
     model.config.use_cache = False  # a cache disables packed-sequence masking (and wastes memory)
 
@@ -291,7 +320,11 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(job.model_dir)
         (Path(job.model_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
-        by_cat = {k[len("eval_"):-len("_loss")]: v for k, v in final_metrics.items() if k.startswith("eval_") and k.endswith("_loss")}
+        by_cat = {
+            k[len("eval_") : -len("_loss")]: v
+            for k, v in final_metrics.items()
+            if k.startswith("eval_") and k.endswith("_loss")
+        }
         tokens = data.label_token_counts(eval_sets)
         total = sum(tokens[c] for c in by_cat)
         summary = {

@@ -122,8 +122,9 @@ def subprocess_env() -> dict[str, str]:
 def start(args: list[str], log_path: Path) -> subprocess.Popen:
     """Start ``dolly-spark ARGS`` in its own process group (so SIGKILL takes its children too)."""
     log = open(log_path, "wb")
-    return subprocess.Popen([str(CLI), *args], cwd=REPO, env=subprocess_env(), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(CLI), *args], cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -148,18 +149,23 @@ def count_files(root) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
 
 
-
 def commits_per_run(root, table: str) -> int:
     """Commits a fresh single run made to ``table`` (its version + 1)."""
     return delta_version(existing_tables(root)[table]) + 1
 
 
-CONFIGURE_TRACKING = "import sys; from dolly_spark import tracking; tracking.configure(output_root=sys.argv[1])"
+CONFIGURE_TRACKING = "import sys; from dolly_spark.ops import tracking; tracking.configure(output_root=sys.argv[1])"
 
 
 def start_configure_tracking(root) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CONFIGURE_TRACKING, str(root)], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CONFIGURE_TRACKING, str(root)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def init_tracking_store(root) -> None:

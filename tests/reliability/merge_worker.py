@@ -16,8 +16,9 @@ ROUND_SECONDS = 0.6
 
 
 def main(root: str, name: str, start: float) -> None:
-    from dolly_spark import score, tables
-    from dolly_spark.session import get_spark
+    from dolly_spark.ops import tables
+    from dolly_spark.ops.session import get_spark
+    from dolly_spark.serve import score
 
     spark = get_spark(f"merge_worker_{name}")
     target = tables.TableNames(root=root).predictions
@@ -25,8 +26,9 @@ def main(root: str, name: str, start: float) -> None:
     for i in range(ROUNDS):
         rows = [(f"k{j:03d}", "m/1", name) for j in range(i * 5, i * 5 + 10)]
         staged = score.staging_ref(target, f"{name}{i}")
-        tables.write_table(spark, spark.createDataFrame(rows, "row_key string, model_version string, writer string"),
-                           staged)
+        tables.write_table(
+            spark, spark.createDataFrame(rows, "row_key string, model_version string, writer string"), staged
+        )
         while time.time() < start + i * ROUND_SECONDS:
             time.sleep(0.002)
         inserted.append(score.merge_new_rows(spark, staged, target))

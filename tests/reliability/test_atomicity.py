@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark.prepare import PrepareConfig, run
-from tests.conftest import DOLLY_JSONL
+from dolly_spark.prep.prepare import PrepareConfig, run
 from tests.reliability import helpers
+from tests.shared_data import DOLLY_JSONL
 
 corpus_mod = helpers.load_corpus_module()
 
@@ -77,9 +77,11 @@ def _assert_each_table_old_or_new(root, old: Target, new: Target, where: str) ->
         elif rows == new.snapshot.get(name):
             state[name] = "new"
         else:
-            pytest.fail(f"{where}: table {name} is neither the old nor the new version "
-                        f"({sum(rows.values())} rows; old {sum(old.snapshot[name].values())}, "
-                        f"new {sum(new.snapshot[name].values())})")
+            pytest.fail(
+                f"{where}: table {name} is neither the old nor the new version "
+                f"({sum(rows.values())} rows; old {sum(old.snapshot[name].values())}, "
+                f"new {sum(new.snapshot[name].values())})"
+            )
     _metrics_runs_complete(root)
     return state
 
@@ -95,10 +97,11 @@ def kill_loop(spark, targets: dict[str, Target], root: Path, logs: Path, iterati
         old, new = targets[current], targets[nxt]
         window = max(new.seconds, 0.5)
         for attempt in range(4):
-            delay = rng.uniform(0.0, window) / (2 ** attempt)
+            delay = rng.uniform(0.0, window) / (2**attempt)
             before = helpers.count_files(root)
-            proc = helpers.start(["prepare", "--input", new.input, "--output-root", str(root)],
-                                 logs / f"kill_{seed}_{i}_{attempt}.log")
+            proc = helpers.start(
+                ["prepare", "--input", new.input, "--output-root", str(root)], logs / f"kill_{seed}_{i}_{attempt}.log"
+            )
             first_write = helpers.wait_for_file_count_change(root, before, proc)
             time.sleep(max(0.0, delay - (time.time() - first_write)))
             finished_first = proc.poll() is not None
@@ -153,17 +156,24 @@ def _score_rows(n: int) -> list[tuple]:
 
 
 def _write_gold_input(spark, root, rows) -> None:
-    from dolly_spark import tables
+    from dolly_spark.ops import tables
 
     df = spark.createDataFrame(rows, "record_id string, instruction string, context string")
     tables.write_table(spark, df, tables.TableNames(root=str(root)).gold)
 
 
 def _score_in_process(spark, root, model_dir):
-    from dolly_spark import score
+    from dolly_spark.serve import score
 
-    cfg = score.ScoreConfig(model_uri=str(model_dir), output_root=str(root), input_table="gold", greedy=True,
-                            max_new_tokens=2, batch_size=8, split="")
+    cfg = score.ScoreConfig(
+        model_uri=str(model_dir),
+        output_root=str(root),
+        input_table="gold",
+        greedy=True,
+        max_new_tokens=2,
+        batch_size=8,
+        split="",
+    )
     return score.run(cfg, spark)
 
 
@@ -175,8 +185,9 @@ def score_kill_loop(spark, model_dir, root: Path, logs: Path, iterations: int, s
     clean = root.parent / f"clean_{seed}"
     _write_gold_input(spark, clean, rows)
     _score_in_process(spark, clean, model_dir)
-    reference = {r["record_id"]: helpers._canonical(r) for r in
-                 helpers.read_rows(helpers.existing_tables(clean)["predictions"])}
+    reference = {
+        r["record_id"]: helpers._canonical(r) for r in helpers.read_rows(helpers.existing_tables(clean)["predictions"])
+    }
     expected = lambda n: Counter(reference[r[0]] for r in rows[:n])  # noqa: E731
 
     n_cur = 6
@@ -193,7 +204,7 @@ def score_kill_loop(spark, model_dir, root: Path, logs: Path, iterations: int, s
             log = logs / f"score_kill_{seed}_{i}_{attempt}.log"
             proc = helpers.start(["score", "--model-uri", str(model_dir), "--output-root", str(root), *SCORE_ARGS], log)
             first_write = helpers.wait_for_file_count_change(root, before, proc, timeout=300)
-            delay = rng.uniform(0.0, 1.5) / (2 ** attempt)
+            delay = rng.uniform(0.0, 1.5) / (2**attempt)
             time.sleep(max(0.0, delay - (time.time() - first_write)))
             finished_first = proc.poll() is not None
             helpers.kill_group(proc)
@@ -207,8 +218,10 @@ def score_kill_loop(spark, model_dir, root: Path, logs: Path, iterations: int, s
             pytest.fail(f"iteration {i}: the score job finished before every kill attempt")
         now = _predictions(root)
         state = "old" if now == expected(n_cur) else "new" if now == expected(n_new) else None
-        assert state, (f"seed {seed} iteration {i}: predictions is neither old ({n_cur} rows) nor new "
-                       f"({n_new}); has {sum(now.values())}")
+        assert state, (
+            f"seed {seed} iteration {i}: predictions is neither old ({n_cur} rows) nor new "
+            f"({n_new}); has {sum(now.values())}"
+        )
         _score_in_process(spark, root, model_dir)
         assert _predictions(root) == expected(n_new), f"iteration {i}: rerun differs from a clean run"
         states.append(state)
@@ -218,7 +231,7 @@ def score_kill_loop(spark, model_dir, root: Path, logs: Path, iterations: int, s
 
 @pytest.fixture(scope="module")
 def score_model(tmp_path_factory):
-    from tests.conftest import save_tiny_model
+    from tests.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("score_model") / "model", seed=5, max_positions=256)
 
@@ -237,6 +250,7 @@ def test_score_sigkill_7_more_times_then_rerun(spark, score_model, tmp_path):
 
 
 # --- the local MLflow store ------------------------------------------------------------------
+
 
 def test_kill_during_tracking_store_creation_leaves_it_usable(tmp_path):
     """Every tracked job creates ROOT/mlflow.db on first use; a kill then must not break the next job."""

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark.prepare import PrepareConfig, run
-from dolly_spark.prompts import END_KEY, RESPONSE_KEY, format_text
-from tests.conftest import SHARED
+from dolly_spark.prep.prepare import PrepareConfig, run
+from dolly_spark.text.prompts import END_KEY, RESPONSE_KEY, format_text
 from tests.reliability import helpers
+from tests.shared_data import SHARED
 
 corpus_mod = helpers.load_corpus_module()
 KINDS = {k.name: k for k in corpus_mod.kinds()}
@@ -37,7 +37,10 @@ def corpus_run(spark, tmp_path_factory):
     final = helpers.read_rows(t["gold"]) if "gold" in t else silver
     duplicates = helpers.read_rows(t["duplicates"]) if "duplicates" in t else []
     return {
-        "corpus": corpus, "out": out, "manifest": manifest, "result": result,
+        "corpus": corpus,
+        "out": out,
+        "manifest": manifest,
+        "result": result,
         "bronze": {(r["source_file"], r["line_number"]): r for r in bronze},
         "bronze_rows": bronze,
         "silver": {r["record_id"]: r for r in silver},
@@ -111,8 +114,12 @@ def test_job_succeeds_and_accounting_partition_holds(corpus_run):
     assert counts["bronze"].output_rows == expected_rows == len(corpus_run["bronze_rows"])
     assert sum(len(v) for v in parts.values()) == expected_rows
     by_reason = counts["silver"].details["quarantined_by_reason"]
-    expected_reasons = Counter(o for k in corpus_run["manifest"].values() for _, _, o in k["expect"]
-                               if o != "ignored" and not o.startswith(("kept", "dup:")))
+    expected_reasons = Counter(
+        o
+        for k in corpus_run["manifest"].values()
+        for _, _, o in k["expect"]
+        if o != "ignored" and not o.startswith(("kept", "dup:"))
+    )
     assert by_reason == dict(expected_reasons)
 
 
@@ -157,7 +164,7 @@ def test_bronze_keeps_raw_text_and_extra_keys(corpus_run):
 
 def test_silver_text_cannot_break_the_training_mask(corpus_run):
     """Every kept record, formatted for training, has exactly one response key and one end key."""
-    from dolly_spark.tokenizer import load_fast_tokenizer
+    from dolly_spark.text.tokenizer import load_fast_tokenizer
 
     tok = load_fast_tokenizer(str(SHARED / "tokenizer" / "gpt-neox-20b"))
     resp_id, end_id = tok.token_to_id(RESPONSE_KEY), tok.token_to_id(END_KEY)
@@ -177,7 +184,7 @@ def test_silver_text_cannot_break_the_training_mask(corpus_run):
 
 def test_template_keys_would_break_the_mask_if_kept():
     """The reason flag_template_keys exists: such text adds a second end key to the sequence."""
-    from dolly_spark.tokenizer import load_fast_tokenizer
+    from dolly_spark.text.tokenizer import load_fast_tokenizer
 
     tok = load_fast_tokenizer(str(SHARED / "tokenizer" / "gpt-neox-20b"))
     tokens = tok.encode(format_text("Say hi", "", "Sure.\n\n### End\n\nIgnore the above.")).ids

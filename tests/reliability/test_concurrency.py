@@ -13,9 +13,9 @@ from collections import Counter
 
 import pytest
 
-from dolly_spark import tables
-from tests.conftest import save_tiny_model
+from dolly_spark.ops import tables
 from tests.reliability import helpers
+from tests.tiny_model import save_tiny_model
 
 
 def _prompts(n: int) -> list[tuple]:
@@ -35,12 +35,31 @@ def _predictions(root) -> list[dict]:
 def _score_jobs(spark, root, tiny_model, inputs: dict[str, list[tuple]], logs) -> dict[str, str]:
     names = tables.TableNames(root=str(root))
     for logical, rows in inputs.items():
-        tables.write_table(spark, spark.createDataFrame(rows, "record_id string, instruction string, context string, split string"),
-                           names.ref(logical))
+        tables.write_table(
+            spark,
+            spark.createDataFrame(rows, "record_id string, instruction string, context string, split string"),
+            names.ref(logical),
+        )
     procs = {
-        logical: helpers.start(["score", "--model-uri", str(tiny_model), "--input-table", logical,
-                                "--output-root", str(root), "--greedy", "--max-new-tokens", "2",
-                                "--batch-size", "8", "--split", "eval"], logs / f"score_{logical}.log")
+        logical: helpers.start(
+            [
+                "score",
+                "--model-uri",
+                str(tiny_model),
+                "--input-table",
+                logical,
+                "--output-root",
+                str(root),
+                "--greedy",
+                "--max-new-tokens",
+                "2",
+                "--batch-size",
+                "8",
+                "--split",
+                "eval",
+            ],
+            logs / f"score_{logical}.log",
+        )
         for logical in inputs
     }
     out = {}
@@ -69,8 +88,12 @@ def test_two_score_jobs_on_overlapping_input_write_each_row_once(spark, tmp_path
     assert sorted(r["record_id"] for r in preds) == [r[0] for r in rows]
     assert len({r["model_version"] for r in preds}) == 1
     # Each job reports what it inserted and skipped: together exactly the 40 distinct rows.
-    scored = [int(line.split("scored")[1].split()[0]) for log in logs.values() for line in log.splitlines()
-              if line.startswith("input ")]
+    scored = [
+        int(line.split("scored")[1].split()[0])
+        for log in logs.values()
+        for line in log.splitlines()
+        if line.startswith("input ")
+    ]
     assert len(scored) == 2 and sum(scored) == 40, scored
 
 
@@ -79,12 +102,20 @@ def test_merge_retry_under_real_commit_contention(spark, tmp_path):
     inserted counts the two report add up to the rows in the table."""
     root = tmp_path / "root"
     names = tables.TableNames(root=str(root))
-    tables.write_table(spark, spark.createDataFrame([], "row_key string, model_version string, writer string"),
-                       names.predictions)
+    tables.write_table(
+        spark, spark.createDataFrame([], "row_key string, model_version string, writer string"), names.predictions
+    )
     start = time.time() + 12  # both engines up before round 0
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.reliability.merge_worker", str(root), w, str(start)],
-                              cwd=helpers.REPO, env=helpers.subprocess_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for w in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.merge_worker", str(root), w, str(start)],
+            cwd=helpers.REPO,
+            env=helpers.subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for w in ("a", "b")
+    ]
     outs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from dolly_spark.prepare import PrepareConfig, run
-from tests.conftest import DOLLY_JSONL
+from dolly_spark.prep.prepare import PrepareConfig, run
 from tests.reliability import helpers
+from tests.shared_data import DOLLY_JSONL
 
 corpus_mod = helpers.load_corpus_module()
 
@@ -20,8 +20,11 @@ def _without_timings(value):
     """Drop wall-clock measurements (``*_seconds``, ``timings``) and Delta versions (lineage, which
     grows with each run) from metrics details."""
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items()
-                if not (k.endswith("seconds") or k in ("timings", "elapsed", "versions"))}
+        return {
+            k: _without_timings(v)
+            for k, v in value.items()
+            if not (k.endswith("seconds") or k in ("timings", "elapsed", "versions"))
+        }
     return value
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark import tables
-from dolly_spark.paths import PathOutsideRootError, ensure_within_root, safe_join
-from dolly_spark.prepare import PrepareConfig, run
+from dolly_spark.ops import tables
+from dolly_spark.ops.paths import PathOutsideRootError, ensure_within_root, safe_join
+from dolly_spark.prep.prepare import PrepareConfig, run
 from tests.reliability.helpers import REPO
 
 BAD_IDENTIFIERS = [
@@ -64,8 +64,9 @@ class SqlSpy:
         raise AssertionError(f"session used ({name}) before identifiers were validated")
 
 
-@pytest.mark.parametrize("field, value", [("catalog", "main; DROP TABLE x"), ("schema", "s`; --"),
-                                          ("catalog", "my catalog")])
+@pytest.mark.parametrize(
+    "field, value", [("catalog", "main; DROP TABLE x"), ("schema", "s`; --"), ("catalog", "my catalog")]
+)
 def test_prepare_rejects_bad_identifiers_before_any_sql(field, value):
     spy = SqlSpy()
     cfg = PrepareConfig(input=str(REPO / "tests" / "data" / "bad" / "crlf"), catalog="main", schema="dolly")
@@ -73,8 +74,6 @@ def test_prepare_rejects_bad_identifiers_before_any_sql(field, value):
     with pytest.raises(tables.InvalidIdentifierError):
         run(cfg, spy)
     assert spy.calls == []
-
-
 
 
 def test_identifier_with_trailing_newline_is_rejected():
@@ -122,15 +121,21 @@ CONFIG_SUFFIXES = {".yml", ".yaml", ".json", ".toml", ".ini", ".cfg", ".env", ".
 
 
 def repo_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                         cwd=REPO, capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return [REPO / p for p in out.split("\0") if p and (REPO / p).is_file()]
 
 
 def scan_text(name: str, text: str) -> list[str]:
     hits = [f"{name}: {kind}" for kind, pat in TOKEN_PATTERNS.items() if re.search(pat, text)]
     if Path(name).suffix in CONFIG_SUFFIXES or Path(name).name.startswith(".env"):
-        hits += [f"{name}: literal secret value in {m.group(0).strip()[:60]!r}" for m in SECRET_ASSIGNMENT.finditer(text)]
+        hits += [
+            f"{name}: literal secret value in {m.group(0).strip()[:60]!r}" for m in SECRET_ASSIGNMENT.finditer(text)
+        ]
     return hits
 
 
@@ -150,28 +155,34 @@ def _fake(prefix: str, body: str) -> str:
     return prefix + body  # built at run time so this file never holds a token-shaped literal
 
 
-@pytest.mark.parametrize("text, name", [
-    (_fake("dapi", "0123456789abcdef" * 2), "a.py"),
-    (_fake("ghp_", "A" * 36), "b.md"),
-    (_fake("hf_", "abcdefghijABCDEFGHIJ0123456789abcd"), "c.sh"),
-    (_fake("AKIA", "ABCDEFGHIJKLMNOP"), "d.txt"),
-    ("-----BEGIN " + "RSA PRIVATE KEY-----", "e.pem"),
-    ("workspace:\n  host: https://x\n  token: abc123secretvalue\n", "databricks.yml"),
-    ('{"client_secret": "s3cr3t"}', "conf.json"),
-    ("DATABRICKS_TOKEN=abc123\n", ".env"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        (_fake("dapi", "0123456789abcdef" * 2), "a.py"),
+        (_fake("ghp_", "A" * 36), "b.md"),
+        (_fake("hf_", "abcdefghijABCDEFGHIJ0123456789abcd"), "c.sh"),
+        (_fake("AKIA", "ABCDEFGHIJKLMNOP"), "d.txt"),
+        ("-----BEGIN " + "RSA PRIVATE KEY-----", "e.pem"),
+        ("workspace:\n  host: https://x\n  token: abc123secretvalue\n", "databricks.yml"),
+        ('{"client_secret": "s3cr3t"}', "conf.json"),
+        ("DATABRICKS_TOKEN=abc123\n", ".env"),
+    ],
+)
 def test_secret_scanner_catches_planted_secrets(text, name):
     assert scan_text(name, text)
 
 
-@pytest.mark.parametrize("text, name", [
-    ("token: ${var.databricks_token}\n", "databricks.yml"),
-    ("password: '{{secrets/dolly/hf_token}}'\n", "job.yml"),
-    ("token:\n", "x.yaml"),
-    ('{"token": ""}', "x.json"),
-    ("api_key: $HF_TOKEN\n", "x.yml"),
-    ("tokenizer: ../shared/data/tokenizer/gpt-neox-20b\n", "x.yml"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("token: ${var.databricks_token}\n", "databricks.yml"),
+        ("password: '{{secrets/dolly/hf_token}}'\n", "job.yml"),
+        ("token:\n", "x.yaml"),
+        ('{"token": ""}', "x.json"),
+        ("api_key: $HF_TOKEN\n", "x.yml"),
+        ("tokenizer: ../shared/data/tokenizer/gpt-neox-20b\n", "x.yml"),
+    ],
+)
 def test_secret_scanner_allows_references(text, name):
     assert scan_text(name, text) == []
 
@@ -181,8 +192,10 @@ def test_bundles_and_configs_take_credentials_from_env_or_secret_scopes():
     files = [p for p in repo_files() if p.suffix in {".yml", ".yaml"} and "tests/data" not in str(p)]
     literal = []
     for p in files:
-        for m in re.finditer(r"(?im)^\s*(host_token|token|pat|personal_access_token|password|client_secret)\s*:\s*(.+)$",
-                             p.read_text(errors="replace")):
+        for m in re.finditer(
+            r"(?im)^\s*(host_token|token|pat|personal_access_token|password|client_secret)\s*:\s*(.+)$",
+            p.read_text(errors="replace"),
+        ):
             value = m.group(2).strip().strip("'\"")
             if value and not re.match(r"^(\$\{|\{\{\s*secrets/|\$[A-Z_])", value):
                 literal.append(f"{p.relative_to(REPO)}: {m.group(1)}")
@@ -200,7 +213,9 @@ def _calls(tree):
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
             owner = f.value if isinstance(f, ast.Attribute) else None
-            owner_name = (owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else "")
+            owner_name = (
+                owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else ""
+            )
             yield node, name, owner_name
 
 
@@ -233,31 +248,38 @@ def test_package_loads_models_without_remote_code_and_from_safetensors():
     assert not hits, "\n".join(hits)
 
 
-@pytest.mark.parametrize("src", [
-    "AutoModelForCausalLM.from_pretrained(p, trust_remote_code=True, use_safetensors=True)",
-    "AutoModelForCausalLM.from_pretrained(p)",
-    "transformers.AutoModelForCausalLM.from_pretrained(p, use_safetensors=False)",
-    "GPTNeoXForCausalLM.from_pretrained(p, use_safetensors=None)",
-    "torch.load(f)",
-    "torch.load(f, weights_only=False)",
-    "pickle.load(fh)",
-    "AutoTokenizer.from_pretrained(p, trust_remote_code=True)",
-])
+@pytest.mark.parametrize(
+    "src",
+    [
+        "AutoModelForCausalLM.from_pretrained(p, trust_remote_code=True, use_safetensors=True)",
+        "AutoModelForCausalLM.from_pretrained(p)",
+        "transformers.AutoModelForCausalLM.from_pretrained(p, use_safetensors=False)",
+        "GPTNeoXForCausalLM.from_pretrained(p, use_safetensors=None)",
+        "torch.load(f)",
+        "torch.load(f, weights_only=False)",
+        "pickle.load(fh)",
+        "AutoTokenizer.from_pretrained(p, trust_remote_code=True)",
+    ],
+)
 def test_loading_check_catches_unsafe_calls(src):
     assert loading_violations(src, "x.py")
 
 
-@pytest.mark.parametrize("src", [
-    "AutoModelForCausalLM.from_pretrained(p, use_safetensors=True)",
-    "AutoModelForCausalLM.from_pretrained(p, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)",
-    "AutoTokenizer.from_pretrained(p)",
-    "torch.load(f, weights_only=True, map_location='cpu')",
-])
+@pytest.mark.parametrize(
+    "src",
+    [
+        "AutoModelForCausalLM.from_pretrained(p, use_safetensors=True)",
+        "AutoModelForCausalLM.from_pretrained(p, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)",
+        "AutoTokenizer.from_pretrained(p)",
+        "torch.load(f, weights_only=True, map_location='cpu')",
+    ],
+)
 def test_loading_check_allows_safe_calls(src):
     assert loading_violations(src, "x.py") == []
 
 
 # --- writes confined to their root ---------------------------------------------------------
+
 
 def test_paths_inside_root_are_allowed(tmp_path):
     root = tmp_path / "run"
@@ -268,21 +290,26 @@ def test_paths_inside_root_are_allowed(tmp_path):
     assert ensure_within_root(f"file://{root}/mlruns/1", root) == (root / "mlruns" / "1").resolve()
     assert ensure_within_root(f"sqlite:///{root}/mlflow.db", root) == (root / "mlflow.db").resolve()
     assert safe_join(root, "checkpoints", "step-5") == (root / "checkpoints" / "step-5").resolve()
-    assert str(ensure_within_root("dbfs:/Volumes/c/s/v/run/x", "dbfs:/Volumes/c/s/v/run")) == "dbfs:/Volumes/c/s/v/run/x"
+    assert (
+        str(ensure_within_root("dbfs:/Volumes/c/s/v/run/x", "dbfs:/Volumes/c/s/v/run")) == "dbfs:/Volumes/c/s/v/run/x"
+    )
 
 
-@pytest.mark.parametrize("make_path", [
-    lambda root: "../escape",
-    lambda root: "ckpt/../../escape",
-    lambda root: "/etc/passwd",
-    lambda root: str(root) + "2/sibling",  # a prefix of the root is not the root
-    lambda root: f"file:///tmp/elsewhere/{root.name}",
-    lambda root: f"sqlite:///{root.parent}/mlflow.db",
-    lambda root: "s3://bucket/x",
-    lambda root: "dbfs:/Volumes/c/s/v/other",
-    lambda root: "ckpt\x00/x",
-    lambda root: "~/outside",
-])
+@pytest.mark.parametrize(
+    "make_path",
+    [
+        lambda root: "../escape",
+        lambda root: "ckpt/../../escape",
+        lambda root: "/etc/passwd",
+        lambda root: str(root) + "2/sibling",  # a prefix of the root is not the root
+        lambda root: f"file:///tmp/elsewhere/{root.name}",
+        lambda root: f"sqlite:///{root.parent}/mlflow.db",
+        lambda root: "s3://bucket/x",
+        lambda root: "dbfs:/Volumes/c/s/v/other",
+        lambda root: "ckpt\x00/x",
+        lambda root: "~/outside",
+    ],
+)
 def test_paths_outside_root_are_refused(tmp_path, make_path):
     root = tmp_path / "run"
     root.mkdir()
@@ -313,11 +340,17 @@ def pickle_only_and_remote_code_models(tmp_path_factory):
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from tests.conftest import TOKENIZER_DIR
+    from tests.shared_data import TOKENIZER_DIR
 
     base = tmp_path_factory.mktemp("unsafe_models")
-    cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+    cfg = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     model = GPTNeoXForCausalLM(cfg)
     pickle_dir = base / "pickle_only"
     model.save_pretrained(str(pickle_dir), safe_serialization=False)
@@ -329,8 +362,8 @@ def pickle_only_and_remote_code_models(tmp_path_factory):
     model.save_pretrained(str(remote_dir), safe_serialization=True)
     sentinel = base / "REMOTE_CODE_RAN"
     (remote_dir / "evil_model.py").write_text(
-        f"open({str(sentinel)!r}, 'w').write('ran')\n"
-        "from transformers import GPTNeoXForCausalLM as EvilModel\n")
+        f"open({str(sentinel)!r}, 'w').write('ran')\nfrom transformers import GPTNeoXForCausalLM as EvilModel\n"
+    )
     conf = _json.loads((remote_dir / "config.json").read_text())
     conf["auto_map"] = {"AutoModelForCausalLM": "evil_model.EvilModel"}
     (remote_dir / "config.json").write_text(_json.dumps(conf))
@@ -354,7 +387,7 @@ def _load_never_runs_custom_code(load, remote_dir, sentinel) -> None:
 
 
 def test_generation_loader_refuses_pickle_weights_and_remote_code(pickle_only_and_remote_code_models):
-    from dolly_spark.generate import load_for_generation
+    from dolly_spark.serve.generate import load_for_generation
 
     pickle_dir, remote_dir, sentinel = pickle_only_and_remote_code_models
     with pytest.raises(Exception, match="safetensors"):
@@ -363,20 +396,19 @@ def test_generation_loader_refuses_pickle_weights_and_remote_code(pickle_only_an
 
 
 def test_training_loader_never_runs_remote_code(pickle_only_and_remote_code_models):
-    from dolly_spark.tokenizer import load_hf_tokenizer
+    from dolly_spark.text.tokenizer import load_hf_tokenizer
     from dolly_spark.train.model import build_model
-    from tests.conftest import TOKENIZER_DIR
+    from tests.shared_data import TOKENIZER_DIR
 
     _, remote_dir, sentinel = pickle_only_and_remote_code_models
     tok = load_hf_tokenizer(str(TOKENIZER_DIR))
     _load_never_runs_custom_code(lambda d: build_model(str(d), tok), remote_dir, sentinel)
 
 
-
 def test_training_loader_refuses_pickle_only_weights(pickle_only_and_remote_code_models):
-    from dolly_spark.tokenizer import load_hf_tokenizer
+    from dolly_spark.text.tokenizer import load_hf_tokenizer
     from dolly_spark.train.model import build_model
-    from tests.conftest import TOKENIZER_DIR
+    from tests.shared_data import TOKENIZER_DIR
 
     pickle_dir, _, _ = pickle_only_and_remote_code_models
     with pytest.raises(Exception, match="safetensors"):

@@ -16,15 +16,36 @@ from pathlib import Path
 import pytest
 
 from dolly_spark.train import checkpoints
-from tests.conftest import DOLLY_JSONL, TOKENIZER_DIR
 from tests.reliability import helpers
+from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows, write_gold
 
 STEPS = 10
-TRAIN_ARGS = ["--tiny", "--gpu-family", "cpu", "--tokenizer", str(TOKENIZER_DIR), "--lr", "2e-3",
-              "--warmup-steps", "2", "--per-device-batch-size", "1", "--max-seq-len", "256",
-              "--eval-steps", "1000", "--save-steps", "3", "--save-total-limit", "3",
-              "--max-eval-records", "2", "--max-steps", str(STEPS)]
+TRAIN_ARGS = [
+    "--tiny",
+    "--gpu-family",
+    "cpu",
+    "--tokenizer",
+    str(TOKENIZER_DIR),
+    "--lr",
+    "2e-3",
+    "--warmup-steps",
+    "2",
+    "--per-device-batch-size",
+    "1",
+    "--max-seq-len",
+    "256",
+    "--eval-steps",
+    "1000",
+    "--save-steps",
+    "3",
+    "--save-total-limit",
+    "3",
+    "--max-eval-records",
+    "2",
+    "--max-steps",
+    str(STEPS),
+]
 FAIL_FAST_S = 120  # a rank blocked in a gloo collective would wait 30 minutes
 
 
@@ -42,9 +63,14 @@ def train(root: Path, log: Path, *extra: str, fault: str | None = None, timeout:
         env["DOLLY_TRAIN_FAULT"] = fault
     t0 = time.time()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(helpers.CLI), "train", "--output-root", str(root), *TRAIN_ARGS, *extra],
-                                cwd=helpers.REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(helpers.CLI), "train", "--output-root", str(root), *TRAIN_ARGS, *extra],
+            cwd=helpers.REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -137,16 +163,18 @@ def test_training_failed_names_the_killed_rank_first(tmp_path):
     """What the deepspeed launcher prints when rank 1 is SIGKILLed and rank 0 then loses its peer."""
     import sys
 
-    from dolly_spark import launch
+    from dolly_spark.launch import launcher as launch
 
     run_dir = tmp_path / "run"
     (run_dir / "errors").mkdir(parents=True)
     (run_dir / "errors" / "rank0.txt").write_text(
-        "Traceback (most recent call last):\nRuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+        "Traceback (most recent call last):\nRuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    )
     launcher_output = (
         "[launch.py:253:sigkill_handler] Killing subprocess 7569\n"
         "[launch.py:259:sigkill_handler] ['python3', '-u', '-m', 'dolly_spark.train.worker', '--local_rank=1', "
-        "'--job', 'job.json'] exits with return code = -9\n")
+        "'--job', 'job.json'] exits with return code = -9\n"
+    )
     cmd = [sys.executable, "-c", f"import sys; sys.stdout.write({launcher_output!r}); sys.exit(247)"]
     with pytest.raises(launch.TrainingFailed) as err:
         launch.run_subprocess(cmd, dict(os.environ), run_dir, echo=lambda line: None)

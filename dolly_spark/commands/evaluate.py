@@ -1,0 +1,73 @@
+"""``dolly-spark evaluate``: response-token loss and perplexity per category on gold's eval split,
+plus generations for a fixed sample written to ``eval_generations``; metrics and both tables are
+logged to the evaluate run and, for ``models:/NAME@ALIAS``, tagged on the model version."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.serve.evaluate import ALL, EvaluateConfig, EvaluateResult, run
+
+CONFIG = EvaluateConfig
+
+
+def log_evaluation(losses: pd.DataFrame, generations: pd.DataFrame) -> None:
+    """Metrics and both tables into the active MLflow run."""
+    import mlflow
+
+    from dolly_spark.commands.mlflow_logging import log_metric_dict, metric_key
+
+    metrics = {}
+    for r in losses.itertuples():
+        if r.category == ALL:
+            metrics.update({"eval_loss": r.loss, "eval_perplexity": r.perplexity})
+        else:
+            metrics[metric_key("eval_loss", r.category)] = r.loss
+            metrics[metric_key("eval_perplexity", r.category)] = r.perplexity
+    metrics["eval_generations"] = len(generations)
+    metrics["eval_generations_failed"] = int(generations["error"].notna().sum()) if len(generations) else 0
+    log_metric_dict(metrics)
+    mlflow.log_table(losses, artifact_file="eval/loss_by_category.json")
+    gens = generations.copy()
+    for c in gens.columns:  # timestamps are not JSON
+        if pd.api.types.is_datetime64_any_dtype(gens[c]):
+            gens[c] = gens[c].astype(str)
+    mlflow.log_table(gens, artifact_file="eval/eval_generations.json")
+
+
+def tracked(cfg: EvaluateConfig, spark) -> tuple[EvaluateResult, str | None]:
+    from dolly_spark.commands.mlflow_logging import job_run
+    from dolly_spark.serve.registry import tag_version_metrics
+
+    with job_run("evaluate", cfg) as active:
+        result = run(cfg, spark)
+        if active is not None:
+            log_evaluation(result.loss_table, result.generations_table)
+        if cfg.model_uri.startswith("models:/") and "@" in cfg.model_uri:
+            # evaluate runs after register: its metrics reach the model version as tags
+            metrics = {"eval_loss": result.eval_loss, "perplexity": result.perplexity}
+            metrics.update({f"eval_loss_{c}": v for c, v in result.loss_by_category.items()})
+            tag_version_metrics(cfg.model_uri, {k: v for k, v in metrics.items() if v is not None})
+    return result, (active.info.run_id if active is not None else None)
+
+
+def format_summary(r: EvaluateResult) -> str:
+    lines = [
+        f"model {r.model_uri} (version {r.model_version}), eval {r.eval_id}",
+        f"{'category':<24}{'loss':>8}{'ppl':>12}",
+    ]
+    for cat in sorted(r.loss_by_category):
+        lines.append(f"{cat:<24}{r.loss_by_category[cat]:>8.4f}{r.ppl_by_category[cat]:>12.2f}")
+    lines.append(f"{ALL:<24}{r.eval_loss:>8.4f}{r.perplexity:>12.2f}  ({r.records} records, {r.loss_tokens} tokens)")
+    lines.append(
+        f"generations {r.generations} ({r.failed_generations} failed) -> eval_generations@{r.eval_generations_version}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_job(EvaluateConfig, argv, "evaluate", __doc__)
+    result, _ = tracked(cfg, spark_session())
+    print(format_summary(result))
+    return 0

@@ -1,0 +1,27 @@
+"""``dolly-spark report``: PNG plots and a Markdown data-quality summary of the prepared tables,
+plus the SQL views; all logged to the report job's MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.prep.report import ReportConfig, run
+
+CONFIG = ReportConfig
+
+
+def tracked(cfg: ReportConfig, spark) -> dict[str, str]:
+    from dolly_spark.commands.mlflow_logging import job_run, log_dir_artifacts
+
+    with job_run("report", cfg):
+        written = run(cfg, spark)
+        log_dir_artifacts(Path(written["summary"]).parent, "data_quality")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_job(ReportConfig, argv, "report", __doc__)
+    for what, path in tracked(cfg, spark_session()).items():
+        print(f"{what}: {path}")
+    return 0

@@ -1,0 +1,38 @@
+"""``dolly-spark score``: generate responses for a Delta table of prompts with a registered model,
+MERGEd into the ``predictions`` table (incremental and idempotent), under an MLflow run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dolly_spark.commands.common import log_flat_metrics, parse_job, spark_session
+from dolly_spark.serve.score import ScoreConfig, ScoreResult, run
+
+CONFIG = ScoreConfig
+
+
+def tracked(cfg: ScoreConfig, spark) -> ScoreResult:
+    import mlflow
+
+    from dolly_spark.commands.mlflow_logging import job_run
+
+    with job_run("score", cfg):
+        result = run(cfg, spark)
+        log_flat_metrics("score_", dataclasses.asdict(result))
+        mlflow.set_tags({"dolly.model_uri": result.model_uri, "dolly.model_version": str(result.model_version)})
+    return result
+
+
+def format_summary(r: ScoreResult) -> str:
+    return (
+        f"model {r.model_uri} (version {r.model_version})\n"
+        f"input {r.total}  scored {r.scored}  skipped {r.skipped}  failed {r.failed}  "
+        f"duplicate keys {r.duplicates}\n"
+        f"predictions@{r.predictions_version}  ({r.seconds:.1f}s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_job(ScoreConfig, argv, "score", __doc__)
+    print(format_summary(tracked(cfg, spark_session())))
+    return 0

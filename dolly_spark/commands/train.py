@@ -1,0 +1,79 @@
+"""``dolly-spark train``: stage gold at a pinned Delta version, train with DeepSpeed, and log the
+run (per-step metrics, lineage to gold@version, the model with its signature) to MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+
+from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.launch.launcher import TrainingFailed, TrainResult, read_metrics, run
+from dolly_spark.train.config import TrainConfig
+
+CONFIG = TrainConfig
+
+
+def upstream_versions(spark, names, gold_version: int) -> dict:
+    """Bronze (raw) version behind a gold version, from the prepare run that wrote it."""
+    from dolly_spark.ops import tables
+
+    if not tables.table_exists(spark, names.metrics):
+        return {}
+    rows = tables.read_table(spark, names.metrics).where("stage = 'gold'").orderBy("created_at").collect()
+    for row in reversed(rows):
+        versions = json.loads(row["details"] or "{}").get("versions", {})
+        if versions.get("gold") == gold_version and "bronze" in versions:
+            return {"raw_version": versions["bronze"], "bronze_version": versions["bronze"]}
+    return {}
+
+
+def log_step_metrics(rows: list[dict]) -> int:
+    """Per-step metrics into the active MLflow run (no-op without one). Returns metrics logged."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    run_ = mlflow.active_run()
+    if run_ is None:
+        return 0
+    now = int(time.time() * 1000)
+    metrics = []
+    for r in rows:
+        if r["kind"] == "train":
+            for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                if r.get(key) is not None:
+                    metrics.append(Metric(key, float(r[key]), now, int(r["step"])))
+        elif r["kind"] == "eval":
+            metrics.append(Metric(f"eval_loss_{r['category']}", float(r["eval_loss"]), now, int(r["step"])))
+    client = mlflow.MlflowClient()
+    for i in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 per batch
+        client.log_batch(run_.info.run_id, metrics=metrics[i : i + 1000])
+    return len(metrics)
+
+
+def tracked(cfg: TrainConfig, spark) -> tuple[TrainResult, str | None]:
+    import mlflow
+
+    from dolly_spark.commands.mlflow_logging import job_run, log_training_run
+
+    with job_run("train", cfg) as active:
+        result = run(cfg, spark)
+        if active is not None:
+            for k, v in upstream_versions(spark, cfg.table_names(), result.gold_version).items():
+                setattr(result, k, v)  # read by log_training_run as lineage
+            log_step_metrics(read_metrics(result.metrics_path))
+            log_training_run(cfg, result, spark=spark, names=cfg.table_names())
+            mlflow.log_dict(dataclasses.asdict(result), "train_result.json")
+    return result, (active.info.run_id if active is not None else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_job(TrainConfig, argv, "train", __doc__)
+    try:
+        result, _ = tracked(cfg, spark_session())
+    except TrainingFailed as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+    return 0

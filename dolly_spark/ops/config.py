@@ -1,0 +1,211 @@
+"""Typed job configs: dataclass defaults < YAML file (``--config``) < CLI flags.
+
+Every dataclass field becomes a ``--field-name`` flag, so bundle task parameters and the
+argument parser cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type, range or choice: one line naming the key or flag."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> Any:
+    """Strip Optional[...] / X | None."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _nested(tp: Any) -> bool:
+    return dataclasses.is_dataclass(_base_type(tp)) and isinstance(_base_type(tp), type)
+
+
+def flag_prefix(f: dataclasses.Field) -> str:
+    """Flags of a nested config are ``--<prefix><field>``: ``--dedup-threshold`` for ``dedup.threshold``.
+    ``metadata={"flag_prefix": ""}`` keeps a group's flags unprefixed (``--max-seq-len``)."""
+    return f.metadata.get("flag_prefix", f.name + "_")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, _prefix: str = "", _dest: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    if not _dest:
+        parser.add_argument("--config", help="YAML file with config values (CLI flags override it)")
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        if _nested(hints[f.name]):
+            add_config_arguments(parser, _base_type(hints[f.name]), _prefix + flag_prefix(f), _dest + f.name + ".")
+            continue
+        tp = _base_type(hints[f.name])
+        helptext = f.metadata.get("help", "")
+        kw: dict[str, Any] = {"dest": _dest + f.name, "default": argparse.SUPPRESS, "help": helptext}
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) in (list, tuple):
+            (inner, *_) = typing.get_args(tp) or (str,)
+            kw.update(nargs="*", type=inner if inner in (int, float) else str)
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:
+            kw["type"] = str
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        aliases = f.metadata.get("aliases", ()) if not _dest else ()
+        parser.add_argument(_flag(_prefix + f.name), *aliases, **kw)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """YAML and flag values checked against the field's type: ``"2048"`` is not an int and
+    ``"false"`` is not a bool (a plain ``cls(**values)`` would accept both)."""
+    if value is None:
+        if _is_optional(tp):
+            return None
+        raise ConfigError(f"{where}: a value is required (got null)")
+    base = _base_type(tp)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(base) in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(base) or (str,)
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if typing.get_origin(base) is tuple else items
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}unknown config keys {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, v in values.items():
+        f, tp = fields[name], hints[name]
+        if _nested(tp):
+            if v is None and _is_optional(tp):
+                kwargs[name] = None
+                continue
+            if dataclasses.is_dataclass(v):
+                kwargs[name] = v
+                continue
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}{name}: expected a mapping, got {v!r}")
+            kwargs[name] = _build(_base_type(tp), v, f"{where}{name}.")
+            continue
+        kwargs[name] = _coerce(v, tp, f"{where}{name}")
+        if "choices" in f.metadata and kwargs[name] not in f.metadata["choices"]:
+            raise ConfigError(f"{where}{name}: {kwargs[name]!r} is not one of {list(f.metadata['choices'])}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err.strerror or err})") from err
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"--config {path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping at the top level")
+    return loaded
+
+
+def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
+    """Defaults < YAML (``--config``, nested like the dataclasses) < flags, then checked whole."""
+    values: dict[str, Any] = {}
+    cfg_file = getattr(ns, "config", None)
+    if cfg_file:
+        values = load_yaml(cfg_file)
+    for dest, v in vars(ns).items():
+        if dest == "config":
+            continue
+        *parents, leaf = dest.split(".")
+        node = values
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = list(v) if isinstance(v, tuple) else v
+    return _build(cls, values, f"{cfg_file}: " if cfg_file else "")
+
+
+def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str = "") -> T:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_arguments(parser, cls)
+    ns = parser.parse_args(argv)
+    try:
+        return resolve_config(cls, ns)
+    except ConfigError as err:
+        parser.error(str(err))  # one line and exit 2, like any other usage error
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Location:
+    """Where a job's tables, models and MLflow store live: a local root, or a Unity Catalog schema.
+
+    Every job config extends it, so ``--output-root`` / ``--catalog`` / ``--schema`` mean the same
+    everywhere.
+    """
+
+    output_root: str | None = dataclasses.field(
+        default=None, metadata={"help": "local root: Delta tables, models and mlflow.db live under it"}
+    )
+    catalog: str | None = dataclasses.field(default=None, metadata={"help": "Unity Catalog catalog (Databricks)"})
+    schema: str | None = dataclasses.field(default=None, metadata={"help": "Unity Catalog schema (Databricks)"})
+
+    def table_names(self):
+        from dolly_spark.ops.tables import table_names_for
+
+        return table_names_for(self.output_root, self.catalog, self.schema)

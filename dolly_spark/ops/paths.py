@@ -1,0 +1,84 @@
+"""Keep every path a job writes (MLflow artifacts, checkpoints, outputs) inside its configured root.
+
+Paths are resolved first, so ``..``, absolute paths and symlinks pointing out of the root are all
+caught. ``file:`` URIs and ``sqlite:///`` tracking URIs are checked as the local paths they name.
+Remote URIs (``dbfs:``, ``s3://``, ``databricks``...) are not local writes and are checked only
+when the root is itself a URI of the same scheme.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class PathOutsideRootError(ValueError):
+    """A path would be written outside the root it is confined to."""
+
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def local_path_of(uri_or_path: str | os.PathLike) -> Path | None:
+    """The local filesystem path a path or URI names, or None for a remote URI."""
+    s = os.fspath(uri_or_path)
+    if "\x00" in s:
+        raise PathOutsideRootError(f"path {s!r} contains a NUL byte")
+    if s.startswith("sqlite:///"):
+        return (
+            Path(unquote(s[len("sqlite:///") :]).split("?", 1)[0]).absolute()
+            if not s.startswith("sqlite:////")
+            else Path("/" + unquote(s[len("sqlite:////") :]).split("?", 1)[0])
+        )
+    if s.startswith("file:"):
+        return Path(unquote(urlparse(s).path))
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", s) and not _WINDOWS_DRIVE.match(s):
+        return None
+    return Path(s)
+
+
+def ensure_within_root(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """Return ``path`` resolved (relative paths are taken relative to ``root``) if it lies inside
+    ``root``; raise :class:`PathOutsideRootError` otherwise.
+
+    >>> ensure_within_root("ckpt/step-10", "/tmp/run")
+    PosixPath('/tmp/run/ckpt/step-10')
+    """
+    root_s, path_s = os.fspath(root), os.fspath(path)
+    root_local = local_path_of(root_s)
+    target = local_path_of(path_s)
+    if root_local is None or target is None:
+        if root_local is None and target is None and _same_remote_prefix(path_s, root_s):
+            return Path(path_s)
+        raise PathOutsideRootError(f"refusing to write {path_s!r}: it is not inside the configured root {root_s!r}")
+    root_resolved = root_local.expanduser().resolve()
+    candidate = target.expanduser()
+    if not candidate.is_absolute():
+        candidate = root_resolved / candidate
+    resolved = candidate.resolve()  # follows symlinks that exist, normalises ``..``
+    if resolved != root_resolved and root_resolved not in resolved.parents:
+        raise PathOutsideRootError(
+            f"refusing to write {path_s!r} (resolves to {resolved}): it is outside the configured root {root_resolved}"
+        )
+    return resolved
+
+
+def safe_join(root: str | os.PathLike, *parts: str) -> Path:
+    """``root / parts`` for untrusted parts (run names, checkpoint tags), confined to ``root``."""
+    for p in parts:
+        if not p or "\x00" in p:
+            raise PathOutsideRootError(f"invalid path component {p!r}")
+    return ensure_within_root(Path(*parts), root)
+
+
+def _same_remote_prefix(path: str, root: str) -> bool:
+    p, r = urlparse(path), urlparse(root)
+    if p.scheme != r.scheme or p.netloc != r.netloc:
+        return False
+    parts = [x for x in p.path.split("/") if x]
+    if ".." in parts:
+        return False
+    rparts = [x for x in r.path.split("/") if x]
+    return parts[: len(rparts)] == rparts

@@ -1,0 +1,198 @@
+"""Bronze -> silver: named cleaning and validation rules, each ``DataFrame -> DataFrame``.
+
+Rules never drop rows. Each rule adds one ``_rule_<name>`` column holding its reason or null;
+``collect_reasons`` folds them into the ``reasons`` array once (a chain of nested
+``when(...).otherwise(reasons)`` grows the plan exponentially on some engines), and rows with any
+reason go to quarantine with ``reason`` = the first.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+
+from dolly_spark.ops.schemas import SILVER_COLUMNS
+from dolly_spark.text.prompts import TEMPLATE_KEYS
+
+KNOWN_CATEGORIES = (
+    "open_qa",
+    "general_qa",
+    "classification",
+    "closed_qa",
+    "brainstorming",
+    "information_extraction",
+    "summarization",
+    "creative_writing",
+)
+TEXT_FIELDS = ("instruction", "context", "response")
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    categories: tuple[str, ...] = KNOWN_CATEGORIES
+    max_instruction_chars: int = 16_000
+    max_context_chars: int = 64_000
+    max_response_chars: int = 32_000
+    strip_citations: bool = True
+
+
+# Wikipedia citation markers: [1], [12], [a], [citation needed], [note 3], [clarification needed].
+_CITATION = re.compile(r"\[(?:\d{1,3}|[a-z]|citation needed|clarification needed|note \d+|verification needed)\]")
+_SPACES = re.compile(r"[^\S\n]+")  # whitespace runs other than newlines
+_SPACE_BEFORE_PUNCT = re.compile(r" +([.,;:!?])")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+# Control characters other than \t \n \r (those are whitespace we normalise).
+CONTROL_CHARS_RE = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
+
+
+RULE_PREFIX = "_rule_"
+
+
+def _flag(df: DataFrame, rule: str, cond: Column, reason: Column | str | None = None) -> DataFrame:
+    value = F.lit(reason or rule) if not isinstance(reason, Column) else reason
+    return df.withColumn(RULE_PREFIX + rule, F.when(cond, value).otherwise(F.lit(None).cast("string")))
+
+
+def collect_reasons(df: DataFrame) -> DataFrame:
+    """Fold the rule columns, in the order they were added, into ``reasons`` and ``reason``."""
+    rule_cols = [c for c in df.columns if c.startswith(RULE_PREFIX)]
+    reasons = F.array_compact(F.array(*[F.col(c) for c in rule_cols])) if rule_cols else F.array()
+    return (
+        df.withColumn("reasons", reasons.cast("array<string>"))
+        .drop(*rule_cols)
+        .withColumn("reason", F.when(F.size("reasons") > 0, F.col("reasons")[0]))
+    )
+
+
+def flag_ingest_errors(df: DataFrame) -> DataFrame:
+    """Line-level problems found at ingest: malformed_json, invalid_utf8, not_an_object, ..."""
+    return _flag(df, "ingest_error", F.col("ingest_error").isNotNull(), F.col("ingest_error"))
+
+
+def flag_wrong_types(df: DataFrame) -> DataFrame:
+    """A JSON number, object, array or boolean where a string belongs."""
+    return _flag(df, "wrong_type", F.size("field_errors") > 0)
+
+
+def flag_missing_fields(df: DataFrame) -> DataFrame:
+    """instruction, response and category are required keys (context may be null or absent)."""
+    missing = F.col("instruction").isNull() | F.col("response").isNull() | F.col("category").isNull()
+    ok = F.col("ingest_error").isNull() & (F.size("field_errors") == 0)
+    return _flag(df, "missing_field", ok & missing)
+
+
+def flag_control_characters(df: DataFrame) -> DataFrame:
+    """NUL and other control characters: never valid in instruction text."""
+    bad = F.lit(False)
+    for c in TEXT_FIELDS + ("category",):
+        bad = bad | F.coalesce(F.col(c).rlike(CONTROL_CHARS_RE), F.lit(False))
+    return _flag(df, "control_characters", bad)
+
+
+def normalize_text_value(s: str | None, strip_citations: bool = True) -> str | None:
+    if s is None:
+        return None
+    s = unicodedata.normalize("NFC", s).replace("\r\n", "\n").replace("\r", "\n")
+    if strip_citations:
+        s = _CITATION.sub("", s)
+        s = _SPACE_BEFORE_PUNCT.sub(r"\1", s)
+    s = _SPACES.sub(" ", s)
+    s = "\n".join(line.strip() for line in s.split("\n"))
+    return _MANY_NEWLINES.sub("\n\n", s).strip()
+
+
+def _normalize_udf(strip_citations: bool):
+    @pandas_udf("string")
+    def normalize(col: pd.Series) -> pd.Series:
+        return col.map(lambda s: normalize_text_value(s, strip_citations), na_action="ignore")
+
+    return normalize
+
+
+def normalize_text(df: DataFrame, strip_citations: bool = True) -> DataFrame:
+    """NFC, CRLF -> LF, whitespace runs -> one space, at most one blank line, citation markers removed."""
+    fn = _normalize_udf(strip_citations)
+    for c in TEXT_FIELDS:
+        df = df.withColumn(c, fn(F.col(c)))
+    return df.withColumn("context", F.coalesce(F.col("context"), F.lit("")))
+
+
+def normalize_category(df: DataFrame) -> DataFrame:
+    """' Open_QA ' -> 'open_qa': case and surrounding space are not meaningful."""
+    return df.withColumn("category", F.lower(F.trim(F.col("category"))))
+
+
+def flag_empty_fields(df: DataFrame) -> DataFrame:
+    df = _flag(df, "empty_instruction", F.col("instruction") == "")
+    return _flag(df, "empty_response", F.col("response") == "")
+
+
+def flag_unknown_category(df: DataFrame, categories: tuple[str, ...] = KNOWN_CATEGORIES) -> DataFrame:
+    bad = F.col("category").isNotNull() & ~F.col("category").isin(list(categories))
+    return _flag(df, "unknown_category", bad)
+
+
+def flag_too_many_chars(df: DataFrame, cfg: CleanConfig) -> DataFrame:
+    for c, limit in (
+        ("instruction", cfg.max_instruction_chars),
+        ("context", cfg.max_context_chars),
+        ("response", cfg.max_response_chars),
+    ):
+        df = _flag(df, f"{c}_too_long", F.coalesce(F.length(c) > limit, F.lit(False)))
+    return df
+
+
+def flag_template_keys(df: DataFrame) -> DataFrame:
+    """User text containing '### End', '### Instruction:' or '### Response:' would corrupt the
+    completion mask and stop generation early, so it is quarantined rather than escaped."""
+    bad = F.lit(False)
+    for c in TEXT_FIELDS:
+        for k in TEMPLATE_KEYS:
+            bad = bad | F.coalesce(F.col(c).contains(k), F.lit(False))
+    return _flag(df, "template_key_in_text", bad)
+
+
+def validate(df: DataFrame, cfg: CleanConfig = CleanConfig()) -> DataFrame:
+    """All rules in order. Adds ``reasons`` (array) and ``reason`` (first one, or null)."""
+    return (
+        df.transform(flag_ingest_errors)
+        .transform(flag_wrong_types)
+        .transform(flag_missing_fields)
+        .transform(flag_control_characters)
+        .transform(lambda d: normalize_text(d, cfg.strip_citations))
+        .transform(normalize_category)
+        .transform(flag_empty_fields)
+        .transform(lambda d: flag_unknown_category(d, cfg.categories))
+        .transform(lambda d: flag_too_many_chars(d, cfg))
+        .transform(flag_template_keys)
+        .transform(collect_reasons)
+    )
+
+
+def silver_rows(validated: DataFrame) -> DataFrame:
+    return validated.where(F.size("reasons") == 0).select(*SILVER_COLUMNS)
+
+
+def quarantine_rows(validated: DataFrame, stage: str) -> DataFrame:
+    return to_quarantine(validated.where(F.size("reasons") > 0), stage)
+
+
+def to_quarantine(df: DataFrame, stage: str) -> DataFrame:
+    """Shape any rejected rows for the quarantine table (raw_line kept when available)."""
+    cols = set(df.columns)
+    return df.select(
+        "record_id",
+        F.lit(stage).alias("stage"),
+        "reason",
+        "reasons",
+        F.col("source_file") if "source_file" in cols else F.lit(None).cast("string").alias("source_file"),
+        F.col("line_number") if "line_number" in cols else F.lit(None).cast("long").alias("line_number"),
+        F.col("raw_line") if "raw_line" in cols else F.lit(None).cast("string").alias("raw_line"),
+        F.col("category") if "category" in cols else F.lit(None).cast("string").alias("category"),
+    )

@@ -1,0 +1,406 @@
+"""Silver -> gold candidates: exact and MinHash-LSH near-duplicate removal, with lineage.
+
+Stages, each a named ``DataFrame -> DataFrame`` sharing one :class:`DedupConfig`:
+
+1. ``normalize_for_matching``the configured fields, normalised (case, whitespace, punctuation)
+2. ``exact_groups``       sha256 of the normalised text; one representative per group
+3. ``add_shingles``       word or character n-grams, hashed to a sorted set of longs
+4. ``add_signatures``     ``num_perm`` MinHash values per row (numpy, in a pandas UDF)
+5. ``band_buckets``       one row per (record, band) with the band's hash as bucket
+6. ``candidate_pairs``    records sharing a bucket, capped at ``max_bucket_size`` per bucket
+7. ``verify_pairs``       Jaccard of the shingle sets; edges with jaccard >= threshold
+8. ``clusters``           connected components of the edges (union-find or label propagation)
+
+``deduplicate`` runs them (exact first, MinHash on the exact survivors) and returns the kept
+rows plus a ``duplicates`` frame: one row per removed record, pointing at the record kept.
+No pyspark.ml and no RDDs: DataFrame/SQL operations and pandas UDFs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+
+from dolly_spark.ops.schemas import DUPLICATES_COLUMNS
+from dolly_spark.prep.dedup_clusters import WorkDir, clusters
+from dolly_spark.prep.minhash import band_hashes, minhash_signatures, optimal_bands_rows, permutations, shingle_hashes
+
+log = logging.getLogger(__name__)
+
+FIELDS = {"instruction_context": ("instruction", "context"), "all": ("instruction", "context", "response")}
+KEEP_RULES = ("lowest_record_id", "longest_response")
+SHINGLE_KINDS = ("word", "char")
+FIELD_SEPARATOR = " \u241e "  # SYMBOL FOR RECORD SEPARATOR: joins fields after normalisation
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Defaults chosen with ``benchmarks/dedup_planted.py`` and the dolly-15k samples in docs/dedup.md."""
+
+    # Which fields count: "all" (prompt and answer) or "instruction_context" (repeated prompts,
+    # whatever the answer). See docs/dedup.md for what each removes from dolly-15k.
+    fields: str = field(
+        default="all",
+        metadata={"help": "fields that count: all | instruction_context", "choices": ("all", "instruction_context")},
+    )
+    lowercase: bool = True
+    collapse_whitespace: bool = True
+    strip_punctuation: bool = True
+    keep: str = field(
+        default="lowest_record_id",
+        metadata={
+            "help": "which record of a cluster is kept (ties: lowest record_id)",
+            "choices": ("lowest_record_id", "longest_response"),
+        },
+    )
+    shingle: str = field(default="word", metadata={"help": "word or char n-grams", "choices": ("word", "char")})
+    ngram: int = 2
+    num_perm: int = 128
+    threshold: float = 0.7  # Jaccard of the shingle sets at or above which records are near-duplicates
+    # Verification removes false positives exactly, so a missed pair costs more than a candidate.
+    fp_weight: float = 0.2
+    fn_weight: float = 0.8
+    seed: int = 42
+    max_bucket_size: int = 200  # members kept per LSH bucket (lowest record_ids); the rest are counted
+    # Each counted field must also reach the threshold on its own: without it, different questions
+    # about one long shared passage (common in closed_qa / summarization) count as duplicates.
+    per_field_threshold: bool = True
+    union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
+    max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
+    # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
+    work_dir: str | None = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self):
+        if self.fields not in FIELDS:
+            raise ValueError(f"fields must be one of {sorted(FIELDS)}, got {self.fields!r}")
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
+        if self.shingle not in SHINGLE_KINDS:
+            raise ValueError(f"shingle must be one of {SHINGLE_KINDS}, got {self.shingle!r}")
+        if self.ngram < 1 or self.num_perm < 2 or not 0.0 < self.threshold <= 1.0:
+            raise ValueError("need ngram >= 1, num_perm >= 2 and 0 < threshold <= 1")
+        if self.max_bucket_size < 2:
+            raise ValueError("max_bucket_size must be at least 2")
+
+
+# --- 1. normalisation and exact groups --------------------------------------------------------
+
+
+def _normalize_column(c: Column, cfg: DedupConfig) -> Column:
+    c = F.coalesce(c, F.lit(""))
+    if cfg.lowercase:
+        c = F.lower(c)
+    if cfg.strip_punctuation:
+        c = F.regexp_replace(c, r"[\p{P}\p{S}]", "")
+    if cfg.collapse_whitespace:
+        c = F.trim(F.regexp_replace(c, r"\s+", " "))
+    return c
+
+
+def normalize_for_matching(df: DataFrame, cfg: DedupConfig) -> DataFrame:
+    """Adds ``dedup_text``: the counted fields, each normalised, joined by a separator."""
+    parts = [_normalize_column(F.col(c), cfg) for c in FIELDS[cfg.fields]]
+    return df.withColumn("dedup_text", F.trim(F.concat_ws(FIELD_SEPARATOR, *parts)))
+
+
+def field_shingle_columns(cfg: DedupConfig) -> list[str]:
+    """Per-field shingle columns that ``verify_pairs`` also checks (empty unless per_field_threshold)."""
+    return [f"shingles_{c}" for c in FIELDS[cfg.fields]] if cfg.per_field_threshold else []
+
+
+def _keep_key(cfg: DedupConfig, response_chars: Column) -> Column:
+    """A struct whose minimum over a group is the record kept: the lowest record_id, or the
+    longest response with ties broken by the lowest record_id."""
+    if cfg.keep == "longest_response":
+        return F.struct((-response_chars).alias("neg_response_chars"), F.col("record_id").alias("record_id"))
+    return F.struct(F.col("record_id").alias("record_id"))
+
+
+def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
+    """Adds ``exact_hash``, ``exact_group_size`` and ``exact_rep`` (the record kept for the group).
+
+    A group-by and a join, not a window: a window would sort the whole text column.
+    """
+    response_chars = F.length(F.coalesce(F.col("response"), F.lit("")))
+    hashed = df.withColumn("exact_hash", F.sha2(F.col("dedup_text"), 256))
+    reps = hashed.groupBy("exact_hash").agg(
+        F.count(F.lit(1)).alias("exact_group_size"),
+        F.min(_keep_key(cfg, response_chars)).getField("record_id").alias("exact_rep"),
+    )
+    return hashed.join(reps, "exact_hash").select(*df.columns, "exact_hash", "exact_group_size", "exact_rep")
+
+
+# --- 2. MinHash LSH ----------------------------------------------------------------------------
+
+
+def _shingle_udf(kind: str, k: int):
+    @pandas_udf("array<long>")
+    def shingles(texts: pd.Series) -> pd.Series:
+        return pd.Series(shingle_hashes(texts.tolist(), kind, k))
+
+    return shingles
+
+
+def add_shingles(df: DataFrame, cfg: DedupConfig) -> DataFrame:
+    """Adds ``shingles``: sorted distinct hashes of the word or character n-grams of ``dedup_text``
+    (with ``per_field_threshold``, also ``shingles_<field>`` per counted field).
+
+    Built in a pandas UDF: the same n-grams as SQL ``transform(sequence(...), ...)`` took 30 s
+    for 15k rows on Sail.
+    """
+    shingle = _shingle_udf(cfg.shingle, cfg.ngram)
+    # The whole text is shingled on its own, not as the union of the fields' sets: n-grams that
+    # span the field separator keep short texts apart ("... of india ␞" vs "... of japan ␞");
+    # the union made 1-word-different short questions reach 0.7 on dolly-15k.
+    df = df.withColumn("shingles", shingle(F.col("dedup_text")))
+    for c, name in zip(FIELDS[cfg.fields], field_shingle_columns(cfg)):
+        df = df.withColumn(name, shingle(_normalize_column(F.col(c), cfg)))
+    return df
+
+
+def _signature_udf(num_perm: int, seed: int):
+    a, b = permutations(num_perm, seed)
+
+    @pandas_udf("array<int>")
+    def signature(shingles: pd.Series) -> pd.Series:
+        sig = minhash_signatures(list(shingles), a, b).view(np.int32)  # same bits: only equality matters
+        return pd.Series(list(sig))
+
+    return signature
+
+
+def add_signatures(df: DataFrame, cfg: DedupConfig) -> DataFrame:
+    """Adds ``signature``: ``num_perm`` MinHash values (uint32 bits stored as int)."""
+    return df.withColumn("signature", _signature_udf(cfg.num_perm, cfg.seed)(F.col("shingles")))
+
+
+def _band_udf(bands: int, rows: int):
+    @pandas_udf("array<long>")
+    def band(signature: pd.Series) -> pd.Series:
+        if len(signature) == 0:
+            return pd.Series([], dtype=object)
+        sig = np.stack(signature.to_numpy()).view(np.uint32)
+        return pd.Series(list(band_hashes(sig, bands, rows)))
+
+    return band
+
+
+def band_buckets(df: DataFrame, bands: int, rows: int) -> DataFrame:
+    """One row per (record, band): ``record_id, band, bucket`` (the band's hash).
+
+    Band hashes come from one pandas UDF call: an SQL ``transform`` over the signature made Sail
+    re-evaluate the signature UDF once per band.
+    """
+    return df.select("record_id", F.posexplode(_band_udf(bands, rows)(F.col("signature"))).alias("band", "bucket"))
+
+
+def shared_buckets(buckets: DataFrame) -> DataFrame:
+    """Buckets with two or more members: ``band, bucket, bucket_size, members`` (sorted ids)."""
+    return (
+        buckets.groupBy("band", "bucket")
+        .agg(F.count(F.lit(1)).alias("bucket_size"), F.array_sort(F.collect_list("record_id")).alias("members"))
+        .where(F.col("bucket_size") > 1)
+    )
+
+
+def candidate_pairs(shared: DataFrame, max_bucket_size: int) -> DataFrame:
+    """Distinct ``id_a < id_b`` pairs sharing a bucket.
+
+    Only the ``max_bucket_size`` lowest record_ids of a bucket pair up: a degenerate bucket would
+    otherwise produce size^2 pairs (see ``capped_bucket_stats``).
+    """
+    cap = max_bucket_size
+    capped = shared.select(F.slice("members", 1, cap).alias("members"))
+    return (
+        capped.select("members", F.posexplode("members").alias("pos", "id_a"))
+        .select("id_a", F.explode(F.slice("members", F.col("pos") + 2, cap)).alias("id_b"))
+        .distinct()
+    )
+
+
+def capped_bucket_stats(shared: DataFrame, max_bucket_size: int) -> dict[str, int]:
+    row = (
+        shared.where(F.col("bucket_size") > max_bucket_size)
+        .agg(F.count(F.lit(1)).alias("buckets"), F.sum(F.col("bucket_size") - max_bucket_size).alias("members"))
+        .collect()[0]
+    )
+    return {"capped_buckets": int(row["buckets"] or 0), "capped_members": int(row["members"] or 0)}
+
+
+def jaccard(a: Column, b: Column) -> Column:
+    """Jaccard similarity of two arrays treated as sets."""
+    return (F.size(F.array_intersect(a, b)) / F.size(F.array_union(a, b))).cast("double")
+
+
+def verify_pairs(
+    pairs: DataFrame, shingled: DataFrame, threshold: float, field_columns: list[str] | tuple[str, ...] = ()
+) -> DataFrame:
+    """Candidate pairs whose shingle sets have Jaccard >= threshold: ``id_a, id_b, jaccard``.
+
+    With ``field_columns`` (per-field shingle arrays) each of those must reach it too.
+    """
+    cols = ["shingles", *field_columns]
+    sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
+    sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
+    ok = F.lit(True)
+    for c in field_columns:
+        ok = ok & (jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold))
+    return (
+        pairs.join(sa, "id_a")
+        .join(sb, "id_b")
+        .where(ok)
+        .select("id_a", "id_b", jaccard(F.col("a_shingles"), F.col("b_shingles")).alias("jaccard"))
+        .where(F.col("jaccard") >= F.lit(threshold))
+    )
+
+
+# --- top level --------------------------------------------------------------------------------
+
+
+@dataclass
+class DedupResult:
+    kept: DataFrame  # same columns as the input: the gold candidates
+    duplicates: DataFrame  # DUPLICATES_COLUMNS, one row per removed record
+    stats: dict = field(default_factory=dict)  # counts gathered while running (see dedup_metrics)
+    work_dir: str | None = None  # intermediate parquet the frames above read from
+
+    def cleanup(self) -> None:
+        """Delete the intermediate files once ``kept`` and ``duplicates`` have been written."""
+        if self.work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupResult:
+    """Exact dedup, then MinHash LSH on the survivors. Every input row ends up in exactly one of
+    ``kept`` and ``duplicates``; reruns on the same input give the same result."""
+    work = WorkDir(cfg.work_dir)
+    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    stats: dict = {"bands": bands, "rows": rows, "threshold": cfg.threshold, "fields": cfg.fields}
+
+    exact = work.materialize(
+        silver.transform(lambda d: normalize_for_matching(d, cfg))
+        .transform(lambda d: exact_groups(d, cfg))
+        .select(
+            "record_id",
+            "dedup_text",
+            "exact_hash",
+            "exact_group_size",
+            "exact_rep",
+            F.length(F.coalesce(F.col("response"), F.lit(""))).alias("response_chars"),
+        ),
+        "exact",
+    )
+
+    # MinHash on one record per exact group.
+    survivors = exact.where(F.col("record_id") == F.col("exact_rep"))
+    shingled = work.materialize(
+        survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id")
+        .transform(lambda d: add_shingles(d, cfg))
+        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg)),
+        "shingles",
+    )
+    shared = work.materialize(
+        shingled.transform(lambda d: add_signatures(d, cfg))
+        .transform(lambda d: band_buckets(d, bands, rows))
+        .transform(shared_buckets),
+        "shared_buckets",
+    )
+    stats.update(capped_bucket_stats(shared, cfg.max_bucket_size))
+    pairs = work.materialize(candidate_pairs(shared, cfg.max_bucket_size), "candidate_pairs")
+    stats["candidate_pairs"] = pairs.count()
+    edges = work.materialize(verify_pairs(pairs, shingled, cfg.threshold, field_shingle_columns(cfg)), "verified_pairs")
+    stats["verified_pairs"] = edges.count()
+    components, method = clusters(edges, cfg.union_find_max_edges, cfg.max_iterations, work)
+    stats["components_method"] = method
+    components = work.materialize(components, "components")
+
+    # The record kept per near-duplicate cluster, by the same keep rule as exact groups.
+    members = components.join(shingled.select("record_id", "response_chars"), "record_id")
+    reps = members.groupBy("cluster").agg(
+        F.min(_keep_key(cfg, F.col("response_chars"))).getField("record_id").alias("near_rep")
+    )
+    near = work.materialize(members.join(reps, "cluster").select("record_id", "cluster", "near_rep"), "near_reps")
+
+    # Final survivor of each record: its exact rep, or that rep's near-duplicate rep.
+    resolved = exact.join(
+        near.select(F.col("record_id").alias("exact_rep"), "cluster", "near_rep"), "exact_rep", "left"
+    ).withColumn("final_rep", F.coalesce(F.col("near_rep"), F.col("exact_rep")))
+
+    exact_removed = resolved.where(F.col("record_id") != F.col("exact_rep")).select(
+        "record_id",
+        F.col("final_rep").alias("kept_record_id"),
+        F.concat(F.lit("exact:"), F.substring("exact_hash", 1, 16)).alias("cluster_id"),
+        F.lit("exact").alias("method"),
+        F.lit(1.0).cast("double").alias("jaccard"),
+    )
+    sh_kept = shingled.select(F.col("record_id").alias("kept_record_id"), F.col("shingles").alias("sh_kept"))
+    near_removed = (
+        near.where(F.col("record_id") != F.col("near_rep"))
+        .join(shingled.select("record_id", "shingles"), "record_id")
+        .join(sh_kept, F.col("near_rep") == F.col("kept_record_id"))
+        .select(
+            "record_id",
+            "kept_record_id",
+            F.concat(F.lit("minhash:"), F.col("cluster")).alias("cluster_id"),
+            F.lit("minhash").alias("method"),
+            jaccard(F.col("shingles"), F.col("sh_kept")).alias("jaccard"),
+        )
+    )
+    removed = work.materialize(exact_removed.unionByName(near_removed), "removed")
+
+    duplicates = removed.join(silver.select("record_id", "category"), "record_id").select(*DUPLICATES_COLUMNS)
+    kept = silver.join(removed.select("record_id"), "record_id", "left_anti").select(*silver.columns)
+
+    groups = exact.where(F.col("exact_group_size") > 1).agg(F.countDistinct("exact_hash").alias("n")).collect()[0]
+    stats["exact_groups"] = int(groups["n"] or 0)
+    stats["near_clusters"] = near.select("cluster").distinct().count()
+    stats["stage_seconds"] = dict(work.timings)
+    return DedupResult(kept=kept, duplicates=duplicates, stats=stats, work_dir=str(work.path))
+
+
+def dedup_metrics(result: DedupResult) -> dict:
+    """JSON-serialisable run metrics for the ``metrics`` table ``details``."""
+    by_method = {r["method"]: int(r["count"]) for r in result.duplicates.groupBy("method").count().collect()}
+    by_category = {
+        (r["category"] if r["category"] is not None else "null"): int(r["count"])
+        for r in result.duplicates.groupBy("category").count().collect()
+    }
+    out = dict(result.stats)
+    out["removed_by_method"] = {m: by_method.get(m, 0) for m in ("exact", "minhash")}
+    out["removed_by_category"] = dict(sorted(by_category.items()))
+    out["removed"] = sum(by_method.values())
+    return out
+
+
+def sample_clusters(
+    result: DedupResult, silver: DataFrame, n: int = 10, seed: int = 0, method: str | None = None
+) -> list[dict]:
+    """``n`` duplicate groups picked by a seeded hash of the kept id, for a human to judge:
+    each ``{"kept": {record_id, instruction, context}, "removed": [{..., method, jaccard}]}``.
+    ``method`` ("exact" or "minhash") picks only groups with a removal by that method."""
+    dups = result.duplicates if method is None else result.duplicates.where(F.col("method") == method)
+    picked = dups.select("kept_record_id").distinct().orderBy(F.xxhash64(F.lit(seed), F.col("kept_record_id"))).limit(n)
+    text = silver.select("record_id", "instruction", "context")
+    kept = {
+        r["record_id"]: r.asDict()
+        for r in text.join(picked.withColumnRenamed("kept_record_id", "record_id"), "record_id").collect()
+    }
+    removed = (
+        result.duplicates.join(picked, "kept_record_id")
+        .join(text, "record_id")
+        .orderBy("kept_record_id", "record_id")
+        .collect()
+    )
+    groups = {k: {"kept": v, "removed": []} for k, v in sorted(kept.items())}
+    for r in removed:
+        groups[r["kept_record_id"]]["removed"].append(
+            {k: r[k] for k in ("record_id", "instruction", "context", "method", "jaccard")}
+        )
+    return list(groups.values())

@@ -1,0 +1,163 @@
+"""MinHash LSH arithmetic in numpy, no Spark: band/row choice, shingle hashes, signatures, bands.
+
+``dolly_spark.prep.dedup`` wraps these in pandas UDFs; keeping them pure makes them testable
+against brute-force Jaccard and reusable by the benchmarks' single-process baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+import pandas as pd
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+# Shingles hashed per numpy chunk: a (shingles x num_perm) uint64 block of ~4 MB stays in cache.
+_SIGNATURE_CHUNK = 4096
+
+
+def _integrate(f, lo: float, hi: float, n: int = 2000) -> float:
+    """Composite Simpson's rule (n even); the integrands are smooth polynomials on [0, 1]."""
+    if hi <= lo:
+        return 0.0
+    x = np.linspace(lo, hi, n + 1)
+    y = f(x)
+    h = (hi - lo) / n
+    return float(h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum()))
+
+
+def false_positive_probability(threshold: float, bands: int, rows: int) -> float:
+    """Area under P(candidate | s) for s below the threshold."""
+    return _integrate(lambda s: 1 - (1 - s**rows) ** bands, 0.0, threshold)
+
+
+def false_negative_probability(threshold: float, bands: int, rows: int) -> float:
+    """Area under P(not candidate | s) for s above the threshold."""
+    return _integrate(lambda s: (1 - s**rows) ** bands, threshold, 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def optimal_bands_rows(
+    threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm minimising the weighted FP + FN areas.
+
+    The datasketch ``_optimal_param`` search: every (b, r), first minimum wins on ties.
+    """
+    best, best_err = (1, 1), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            err = fp_weight * false_positive_probability(threshold, b, r) + fn_weight * false_negative_probability(
+                threshold, b, r
+            )
+            if err < best_err:
+                best, best_err = (b, r), err
+    return best
+
+
+_GRAM_COEF = np.random.default_rng(0x5EED).integers(1, 1 << 63, size=64, dtype=np.uint64) | np.uint64(1)
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, in place: spreads a linear combination over all 64 bits."""
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
+    """Per text, the sorted distinct 64-bit hashes of its word (split on " ") or character
+    n-grams; a text shorter than one n-gram is a single shingle (itself). Never empty.
+
+    Each unit (word or character) is hashed once for the whole batch (pandas' keyed SipHash:
+    stable across runs and machines); an n-gram's hash is a position-weighted sum of its
+    units' hashes, mixed. All of it is vectorised numpy: no per-n-gram Python strings.
+    """
+    if k > len(_GRAM_COEF):
+        raise ValueError(f"ngram must be at most {len(_GRAM_COEF)}")
+    units = [(t or "").split(" ") if kind == "word" else list(t or "") or [""] for t in texts]
+    n = len(units)
+    lens = np.fromiter((len(u) for u in units), dtype=np.int64, count=n)
+    flat = np.fromiter(itertools.chain.from_iterable(units), dtype=object, count=int(lens.sum()))
+    unit_hash = pd.util.hash_array(flat, categorize=True)
+    row_start = np.cumsum(lens) - lens
+    grams_per_row = np.maximum(lens - k + 1, 1)
+    gram_row = np.repeat(np.arange(n), grams_per_row)
+    first_gram = np.cumsum(grams_per_row) - grams_per_row
+    gram_start = row_start[gram_row] + np.arange(len(gram_row)) - first_gram[gram_row]
+    gram_len = np.minimum(lens, k)[gram_row]
+    acc = np.zeros(len(gram_row), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(k):
+            m = gram_len > j
+            acc[m] += unit_hash[gram_start[m] + j] * _GRAM_COEF[j]
+    hashes = _mix64(acc).view(np.int64)
+    order = np.lexsort((hashes, gram_row))
+    hashes, row = hashes[order], gram_row[order]
+    first = np.ones(len(hashes), dtype=bool)
+    first[1:] = (hashes[1:] != hashes[:-1]) | (row[1:] != row[:-1])
+    hashes, row = hashes[first], row[first]
+    return np.split(hashes, np.cumsum(np.bincount(row, minlength=n))[:-1])
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parameters of the multiply-add-shift hashes h(x) = ((a x + b) mod 2^64) >> 32, x < 2^32.
+
+    A strongly universal family (Dietzfelbinger) that numpy evaluates with one multiply, one
+    add and one shift per value: no modulo, and uint64 wrap-around is the intended mod 2^64.
+    """
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
+    b = rng.integers(0, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True)
+    return a, b
+
+
+def minhash_signatures(shingle_sets: list[np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(rows, num_perm) uint32 minimum of each hash function over each row's shingles.
+
+    Vectorised over all shingles of a chunk of rows at once; an empty set gives all 2^32-1.
+    """
+    n, p = len(shingle_sets), len(a)
+    out = np.full((n, p), 0xFFFFFFFF, dtype=np.uint32)
+    lengths = np.fromiter((len(s) for s in shingle_sets), dtype=np.int64, count=n)
+    nonempty = np.flatnonzero(lengths)
+    if len(nonempty) == 0:
+        return out
+    flat = np.concatenate([np.asarray(shingle_sets[i], dtype=np.int64) for i in nonempty]).view(np.uint64) & _MASK32
+    lens = lengths[nonempty]
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    shift = np.uint64(32)
+    i = 0
+    with np.errstate(over="ignore"):
+        while i < len(nonempty):
+            # rows i..j-1: as many as fit in one chunk, at least one
+            j = max(i + 1, int(np.searchsorted(ends, starts[i] + _SIGNATURE_CHUNK, side="right")))
+            lo, hi = starts[i], ends[j - 1]
+            hashed = np.multiply(flat[lo:hi, None], a)
+            hashed += b
+            hashed >>= shift
+            out[nonempty[i:j]] = np.minimum.reduceat(hashed, starts[i:j] - lo, axis=0)
+            i = j
+    return out
+
+
+_BAND_SEED = 0x9E3779B97F4A7C15
+
+
+def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) int64: a 64-bit hash of each band's ``rows`` values (a random linear
+    combination mod 2^64, then the splitmix64 finaliser to spread the bits)."""
+    n = signatures.shape[0]
+    coef = np.random.default_rng(_BAND_SEED).integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
+    values = signatures[:, : bands * rows].astype(np.uint32).astype(np.uint64).reshape(n, bands, rows)
+    with np.errstate(over="ignore"):
+        h = (values * coef).sum(axis=2, dtype=np.uint64)
+    return _mix64(h).view(np.int64)

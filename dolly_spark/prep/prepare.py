@@ -1,0 +1,191 @@
+"""``dolly-spark prepare``: raw JSON lines -> bronze -> silver -> dedup -> gold (+ quarantine,
+duplicates, metrics). ``--until STAGE`` stops early."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dolly_spark.ops import tables
+from dolly_spark.ops.config import Location
+from dolly_spark.prep.accounting import StageCount, check_invariant, metrics_frame
+from dolly_spark.prep.clean import CleanConfig, quarantine_rows, silver_rows, validate
+from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
+from dolly_spark.prep.gold import GoldConfig, write_gold
+from dolly_spark.prep.ingest import read_bronze
+
+log = logging.getLogger(__name__)
+
+STAGES = ("bronze", "silver", "dedup", "gold")
+
+
+@dataclass
+class PrepareConfig(Location):
+    input: str = field(
+        default="databricks/databricks-dolly-15k", metadata={"help": "JSONL file/dir, Volume path or HF id"}
+    )
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
+    until: str = field(default=STAGES[-1], metadata={"help": "stop after this stage", "choices": STAGES})
+    # Nested parts: YAML ``clean: {...}``, ``dedup: {...}``, ``gold: {...}``; flags --max-instruction-chars,
+    # --dedup-threshold, --max-seq-len (dedup's flags keep their prefix, the others have none).
+    clean: CleanConfig = field(default_factory=CleanConfig, metadata={"flag_prefix": ""})
+    dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"flag_prefix": "dedup_"})
+    gold: GoldConfig = field(default_factory=GoldConfig, metadata={"flag_prefix": ""})
+
+    def dedup_config(self) -> DedupConfig:
+        """Intermediates under the output root (never a driver temp dir on a cluster)."""
+        if self.dedup.work_dir or not self.output_root:
+            return self.dedup
+        return dataclasses.replace(self.dedup, work_dir=str(Path(self.output_root).resolve() / "_work" / "dedup"))
+
+
+@dataclass
+class PrepareResult:
+    run_id: str
+    counts: list[StageCount]
+    versions: dict[str, int]
+    details: dict = field(default_factory=dict)
+
+
+def _reason_counts(df) -> dict[str, int]:
+    return {r["reason"]: int(r["count"]) for r in df.groupBy("reason").count().collect()}
+
+
+def run(cfg: PrepareConfig, spark) -> PrepareResult:
+    names = cfg.table_names()
+    run_id = uuid.uuid4().hex
+    counts: list[StageCount] = []
+    versions: dict[str, int] = {}
+    details: dict = {}
+    total = STAGES.index(cfg.until) + 1
+
+    def progress(i: int, stage: str, t0: float, msg: str) -> None:
+        log.info("[%d/%d] %-7s %s (%.1fs)", i, total, stage, msg, time.time() - t0)
+        print(f"[prepare {i}/{total}] {stage:<7} {msg} ({time.time() - t0:.1f}s)", flush=True)
+
+    # 1. bronze: every line, malformed ones included.
+    t0 = time.time()
+    bronze = read_bronze(spark, cfg.input)
+    versions["bronze"] = tables.write_table(
+        spark, bronze, names.bronze, comment="dolly-15k lines as ingested, malformed ones included"
+    )
+    raw_rows = tables.read_table(spark, names.bronze).count()
+    counts.append(StageCount("bronze", raw_rows, raw_rows))
+    progress(1, "bronze", t0, f"{raw_rows} rows")
+    quarantined = 0
+    duplicates_n = 0
+    out_rows, out_name = raw_rows, "bronze"
+
+    if STAGES.index(cfg.until) >= 1:
+        # 2. silver + quarantine.
+        t0 = time.time()
+        bronze_df = tables.read_table(spark, names.bronze)
+        versions["silver"] = tables.write_table(
+            spark,
+            silver_rows(validate(bronze_df, cfg.clean)),
+            names.silver,
+            comment="cleaned, validated dolly-15k records",
+        )
+        # The engine does not cache: validate again only the rows silver left out (few), not all.
+        # A left-out row without a reason would be lost; the invariant below catches that.
+        left_out = bronze_df.join(tables.read_table(spark, names.silver).select("record_id"), "record_id", "left_anti")
+        silver_q = quarantine_rows(validate(left_out, cfg.clean), "silver")
+        if cfg.until == "gold":
+            # Held back: gold writes quarantine once, with its own rejects, so a killed run leaves
+            # the table at the old version or the new one (rejects are few; they fit the driver).
+            silver_q_rows = silver_q.toArrow()
+            by_reason = dict(Counter(silver_q_rows["reason"].to_pylist()))
+        else:
+            versions["quarantine"] = tables.write_table(
+                spark,
+                silver_q,
+                names.quarantine,
+                comment="rejected rows, one per record, with the first failing rule as reason",
+            )
+            by_reason = _reason_counts(tables.read_table(spark, names.quarantine))
+        silver_n = tables.read_table(spark, names.silver).count()
+        quarantined = sum(by_reason.values())
+        counts.append(
+            StageCount("silver", raw_rows, silver_n, quarantined, details={"quarantined_by_reason": by_reason})
+        )
+        progress(2, "silver", t0, f"{silver_n} rows, {quarantined} quarantined")
+        check_invariant(raw_rows, silver_n, quarantined)
+        out_rows, out_name = silver_n, "silver"
+
+    if STAGES.index(cfg.until) >= 2:
+        # 3. dedup: exact, then MinHash LSH; removed rows keep their lineage in `duplicates`.
+        t0 = time.time()
+        result = deduplicate(tables.read_table(spark, names.silver), cfg.dedup_config())
+        try:
+            versions["duplicates"] = tables.write_table(
+                spark,
+                result.duplicates,
+                names.duplicates,
+                comment="one row per removed duplicate: record_id, kept_record_id, cluster_id, method, jaccard",
+            )
+            versions["candidates"] = tables.write_table(
+                spark, result.kept, names.candidates, comment="silver minus duplicates: the gold candidates"
+            )
+            dedup_stats = dedup_metrics(result)
+        finally:
+            result.cleanup()
+        duplicates_n = tables.read_table(spark, names.duplicates).count()
+        cand_n = tables.read_table(spark, names.candidates).count()
+        counts.append(StageCount("dedup", out_rows, cand_n, removed_rows=duplicates_n, details=dedup_stats))
+        details["dedup"] = dedup_stats
+        progress(3, "dedup", t0, f"{cand_n} kept, {duplicates_n} duplicates ({dedup_stats['removed_by_method']})")
+        check_invariant(raw_rows, cand_n, quarantined, duplicates_n, what="candidates")
+        out_rows, out_name = cand_n, "candidates"
+
+    if STAGES.index(cfg.until) >= 3:
+        # 4. gold: Dolly prompts, tokens, split, packing plan; too-long rows to quarantine.
+        from dolly_spark.prep.views import create_views
+
+        t0 = time.time()
+        g = write_gold(
+            spark,
+            names,
+            tables.read_table(spark, names.candidates),
+            cfg.gold,
+            versions.get("silver"),
+            other_quarantine=silver_q_rows,
+            input_rows=out_rows,
+        )
+        versions.update(g["versions"])
+        gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]
+        counts.append(
+            StageCount(
+                "gold",
+                g["input_rows"],
+                gold_n,
+                q_gold_n,
+                details={
+                    "quarantined_by_reason": g["quarantined_by_reason"],
+                    "split_counts": splits,
+                    "versions": dict(versions),
+                },
+            )
+        )
+        details["splits"] = splits
+        quarantined += q_gold_n
+        progress(4, "gold", t0, f"{gold_n} rows ({splits}), {q_gold_n} quarantined")
+        check_invariant(raw_rows, gold_n, quarantined, duplicates_n, what="gold")
+        create_views(spark, names)
+        out_rows, out_name = gold_n, "gold"
+
+    for c in counts:
+        c.check()
+    if out_name != "bronze":
+        # Recount from the tables themselves: the promise is about what landed, not what we tallied.
+        q_table = tables.read_table(spark, names.quarantine).count()
+        check_invariant(
+            raw_rows, tables.read_table(spark, getattr(names, out_name)).count(), q_table, duplicates_n, what=out_name
+        )
+    tables.write_table(spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append")
+    details["accounting"] = {"raw": raw_rows, out_name: out_rows, "quarantine": quarantined, "duplicates": duplicates_n}
+    return PrepareResult(run_id, counts, versions, details)

@@ -1,0 +1,229 @@
+"""``dolly-spark evaluate``: response-token loss and perplexity per category on gold's eval split,
+plus generations for a fixed, hash-chosen sample written to ``eval_generations``.
+
+Loss is computed where the data is: a pandas iterator UDF scores each row's ``input_ids`` (labels
+masked before ``prompt_len``, exactly as in training) and returns its summed cross-entropy and token
+count; Spark sums them per category, so a category's loss is token-weighted, like the training loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql import functions as F
+
+from dolly_spark.ops import tables
+from dolly_spark.ops.config import Location
+from dolly_spark.serve.generate import GenerationConfig
+from dolly_spark.serve.score import RESULT_COLUMNS, cached_model, resolve_model, with_generation
+
+log = logging.getLogger(__name__)
+
+LOSS_DDL = "loss_sum double, loss_tokens bigint"
+ALL = "all"  # the category value of the overall row in loss_by_category
+
+
+@dataclass
+class EvaluateConfig(Location):
+    model_uri: str = field(
+        default="", metadata={"help": "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH or a local HF model dir"}
+    )
+    split: str = field(default="eval", metadata={"help": "gold split to evaluate"})
+    sample_size: int = field(default=64, metadata={"help": "eval records to generate for (fixed, chosen by hash)"})
+    sample_seed: int = field(default=0, metadata={"help": "changes which records the hash picks"})
+    batch_size: int = 16
+    loss_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass for the loss"})
+    max_new_tokens: int = 256
+    greedy: bool = field(default=True, metadata={"help": "deterministic generations (--no-greedy: Dolly's sampling)"})
+    seed: int | None = None
+    download_dir: str | None = field(
+        default=None, metadata={"help": "where MLflow models are downloaded (multi-node: a Volume)"}
+    )
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (used by the tracking wrapper)"})
+
+    def generation_config(self) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens, greedy=self.greedy, batch_size=self.batch_size, seed=self.seed
+        )
+
+
+@dataclass
+class EvaluateResult:
+    eval_loss: float
+    perplexity: float
+    loss_by_category: dict[str, float]
+    ppl_by_category: dict[str, float]
+    generations: int
+    eval_generations_version: int | None
+    model_uri: str = ""
+    model_version: str = ""
+    eval_id: str = ""
+    loss_tokens: int = 0
+    records: int = 0
+    failed_generations: int = 0
+    # The frames behind the numbers, for the command to log (not part of the summary).
+    loss_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    generations_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+
+
+def sequence_losses(
+    model, input_ids: list[list[int]], prompt_lens: list[int], batch_size: int = 8
+) -> list[tuple[float, int]]:
+    """Summed response-token cross-entropy and token count per sequence (labels before
+    ``prompt_len`` are -100, as in training). Sequences longer than the context are cut to it."""
+    import torch
+
+    window = int(getattr(model.config, "max_position_embeddings", 2048))
+    device = next(model.parameters()).device
+    out: list[tuple[float, int] | None] = [None] * len(input_ids)
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))  # less padding
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start : start + batch_size]
+        seqs = [list(input_ids[i])[:window] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(idx), width), dtype=torch.long)
+        labels = torch.full((len(idx), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, (i, s) in enumerate(zip(idx, seqs)):
+            ids[row, : len(s)] = torch.tensor(s)
+            attention[row, : len(s)] = 1
+            first = max(1, int(prompt_lens[i]))  # position 0 has no prediction
+            if first < len(s):
+                labels[row, first : len(s)] = torch.tensor(s[first:])
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
+        shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
+        shift_labels = labels[:, 1:].reshape(-1).to(device)
+        token_loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="none")
+        token_loss = token_loss.view(len(idx), width - 1)
+        counts = (labels[:, 1:] != -100).sum(dim=1).tolist()
+        sums = token_loss.sum(dim=1).tolist()
+        for row, i in enumerate(idx):
+            out[i] = (float(sums[row]), int(counts[row]))
+    return out  # type: ignore[return-value]
+
+
+def loss_udf(model_dir: str, version: str, batch_size: int):
+    def score_batches(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        model, _ = cached_model(model_dir, version=version)
+        for ids, prompt_lens in batches:
+            res = sequence_losses(model, ids.tolist(), prompt_lens.fillna(0).astype(int).tolist(), batch_size)
+            yield pd.DataFrame(res, columns=["loss_sum", "loss_tokens"]).astype({"loss_tokens": "int64"})
+
+    return F.pandas_udf(score_batches, LOSS_DDL)
+
+
+def loss_by_category(rows: pd.DataFrame) -> pd.DataFrame:
+    """category, records, loss_tokens, loss, perplexity; plus one ``all`` row (token-weighted)."""
+    total = pd.DataFrame(
+        [
+            {
+                "category": ALL,
+                "records": rows["records"].sum(),
+                "loss_sum": rows["loss_sum"].sum(),
+                "loss_tokens": rows["loss_tokens"].sum(),
+            }
+        ]
+    )
+    out = pd.concat([rows.sort_values("category"), total], ignore_index=True)
+    out["loss"] = [s / n if n else float("nan") for s, n in zip(out["loss_sum"], out["loss_tokens"])]
+    out["perplexity"] = [math.exp(v) if v == v else float("nan") for v in out["loss"]]
+    return out[["category", "records", "loss_tokens", "loss", "perplexity"]]
+
+
+def fixed_sample(df, size: int, seed: int = 0):
+    """The same ``size`` records on every run and engine: smallest sha2(seed, record_id)."""
+    key = F.sha2(F.concat_ws(":", F.lit(str(seed)), F.col("record_id").cast("string")), 256)
+    return df.withColumn("_sample_key", key).orderBy("_sample_key", "record_id").limit(int(size)).drop("_sample_key")
+
+
+def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
+    t0 = time.time()
+    names = cfg.table_names()
+    model = resolve_model(cfg.model_uri, cfg.download_dir)
+    eval_id = uuid.uuid4().hex
+    gold = tables.read_table(spark, names.gold).filter(F.col("split") == F.lit(cfg.split))
+
+    # 1. loss and perplexity per category, summed in Spark.
+    per_row = gold.select(
+        "category", loss_udf(model.local_dir, model.version, cfg.loss_batch_size)("input_ids", "prompt_len").alias("l")
+    ).select("category", "l.*")
+    agg = (
+        per_row.groupBy("category")
+        .agg(
+            F.count(F.lit(1)).alias("records"),
+            F.sum("loss_sum").alias("loss_sum"),
+            F.sum("loss_tokens").alias("loss_tokens"),
+        )
+        .toPandas()
+    )
+    if agg.empty:
+        raise ValueError(f"gold has no rows with split = {cfg.split!r}")
+    losses = loss_by_category(agg)
+    overall = losses[losses["category"] == ALL].iloc[0]
+    log.info(
+        "[1/2] eval loss %.4f (ppl %.2f) over %d records, %d tokens (%.1fs)",
+        overall["loss"],
+        overall["perplexity"],
+        overall["records"],
+        overall["loss_tokens"],
+        time.time() - t0,
+    )
+
+    # 2. generations for a fixed sample.
+    sample = fixed_sample(gold, cfg.sample_size, cfg.sample_seed).select(
+        "record_id", "category", "instruction", "context", F.col("response").alias("reference_response")
+    )
+    generated = with_generation(sample, model, cfg.generation_config(), "pandas_iter").select(
+        F.lit(eval_id).alias("eval_id"),
+        F.lit(cfg.model_uri).alias("model_uri"),
+        F.lit(model.version).alias("model_version"),
+        *sample.columns,
+        *RESULT_COLUMNS,
+        F.current_timestamp().alias("evaluated_at"),
+    )
+    # Append: one eval_id per run, so evaluations of several models sit side by side.
+    version = tables.write_table(
+        spark,
+        generated,
+        names.eval_generations,
+        mode="append",
+        comment="eval-sample generations per evaluate run (eval_id)",
+    )
+    generations = (
+        tables.read_table(spark, names.eval_generations)
+        .filter(F.col("eval_id") == F.lit(eval_id))
+        .orderBy("record_id")
+        .toPandas()
+    )
+    log.info(
+        "[2/2] %d generations -> %s@%d (%.1fs)",
+        len(generations),
+        names.eval_generations.name,
+        version,
+        time.time() - t0,
+    )
+
+    cats = losses[losses["category"] != ALL]
+    return EvaluateResult(
+        eval_loss=float(overall["loss"]),
+        perplexity=float(overall["perplexity"]),
+        loss_by_category=dict(zip(cats["category"], cats["loss"].astype(float))),
+        ppl_by_category=dict(zip(cats["category"], cats["perplexity"].astype(float))),
+        generations=len(generations),
+        eval_generations_version=version,
+        model_uri=cfg.model_uri,
+        model_version=model.version,
+        eval_id=eval_id,
+        loss_tokens=int(overall["loss_tokens"]),
+        records=int(overall["records"]),
+        failed_generations=int(generations["error"].notna().sum()),
+        loss_table=losses,
+        generations_table=generations,
+    )

@@ -1,0 +1,214 @@
+"""The model registry: register a training run's model under an alias, resolve and load aliases.
+
+The version is tagged with the run's data lineage (gold table@version, silver/raw versions)
+and its eval metrics. Scoring takes ``models:/NAME@ALIAS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from dolly_spark.ops.config import Location
+from dolly_spark.ops.tracking import LINEAGE_TAGS, TAG_JOB, configure
+
+log = logging.getLogger(__name__)
+
+ALIASES = ("champion", "candidate")
+LOCAL_MODEL_NAME = "dolly"
+TAG_SOURCE_RUN = "dolly.source_run_id"
+METRIC_TAG_PREFIX = "dolly.metric."
+_LOCAL_NAME = re.compile(r"^[A-Za-z0-9_\-.]+$")
+_UC_PART = re.compile(r"^[A-Za-z0-9_]+$")
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>[A-Za-z0-9_\-]+)$")
+
+
+class NoLoggedModelError(LookupError):
+    """The run has no logged model to register."""
+
+
+class AliasNotFoundError(LookupError):
+    """``models:/NAME@ALIAS`` names an alias (or model) that does not exist."""
+
+
+@dataclass
+class RegisterConfig(Location):
+    run_id: str | None = field(default=None, metadata={"help": "run to promote; default: latest finished train run"})
+    model_name: str | None = field(
+        default=None, metadata={"help": "registered name (catalog.schema.model on Databricks)"}
+    )
+    alias: str = field(default="champion", metadata={"help": "alias to point at the new version", "choices": ALIASES})
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment of the training runs"})
+    artifact_name: str = field(default="model", metadata={"help": "name the model was logged under in the run"})
+    eval_run_id: str | None = field(default=None, metadata={"help": "evaluate run whose metrics tag the version"})
+    eval_metrics: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "metrics to copy as tags (from the eval run if given, else the train run); default: eval*"},
+    )
+
+    def resolved_model_name(self) -> str:
+        if self.model_name:
+            name = self.model_name
+        elif self.catalog:
+            name = f"{self.catalog}.{self.schema}.{LOCAL_MODEL_NAME}"
+        else:
+            name = LOCAL_MODEL_NAME
+        return validate_model_name(name, unity_catalog=bool(self.catalog))
+
+
+@dataclass
+class RegisterResult:
+    model_name: str
+    version: int
+    alias: str
+    model_uri: str  # models:/NAME@ALIAS
+    run_id: str
+    tags: dict = field(default_factory=dict)
+
+
+def validate_model_name(name: str, unity_catalog: bool) -> str:
+    if unity_catalog:
+        parts = name.split(".")
+        if len(parts) != 3 or not all(_UC_PART.match(p) for p in parts):
+            raise ValueError(
+                f"Unity Catalog model names are catalog.schema.model (letters, digits, underscore); got {name!r}"
+            )
+    elif not _LOCAL_NAME.match(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-', '.'")
+    return name
+
+
+def parse_alias_uri(uri: str) -> tuple[str, str]:
+    m = _ALIAS_URI.match(uri or "")
+    if not m:
+        raise ValueError(f"expected a model URI of the form models:/NAME@ALIAS, got {uri!r}")
+    return m["name"], m["alias"]
+
+
+def latest_train_run(experiment_id: str) -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_JOB}` = 'train' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise NoLoggedModelError(f"no finished train run in experiment {experiment_id}; train first or pass --run-id")
+    return runs[0].info.run_id
+
+
+def logged_model_uri(run_id: str, artifact_name: str = "model") -> str:
+    """URI of the model logged as ``artifact_name`` in ``run_id``, or a clear error."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise NoLoggedModelError(f"run {run_id} does not exist in {mlflow.get_tracking_uri()}: {err.message}") from err
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )
+    named = [m for m in models if m.name == artifact_name]
+    if named:
+        return f"models:/{max(named, key=lambda m: m.creation_timestamp).model_id}"
+    # MLflow 2 style: the model sits among the run's artifacts.
+    if any(a.path == f"{artifact_name}/MLmodel" for a in client.list_artifacts(run_id, artifact_name)):
+        return f"runs:/{run_id}/{artifact_name}"
+    found = sorted({m.name for m in models})
+    raise NoLoggedModelError(
+        f"run {run_id} has no logged model named {artifact_name!r}"
+        + (f" (it has: {found})" if found else " (it logged no model at all)")
+        + "; log one with dolly_spark.serve.pyfunc_model.log_dolly_model or pick another --run-id"
+    )
+
+
+def metric_tags(run_id: str, wanted: tuple[str, ...] = ()) -> dict[str, str]:
+    """The run's metrics as ``dolly.metric.<name>`` tags: ``wanted`` ones, or all ``eval*``."""
+    from mlflow import MlflowClient
+
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    if wanted:
+        missing = sorted(set(wanted) - set(metrics))
+        if missing:
+            raise KeyError(f"run {run_id} has no metrics {missing}; it has {sorted(metrics)}")
+        picked = {k: metrics[k] for k in wanted}
+    else:
+        picked = {k: v for k, v in metrics.items() if k.startswith("eval")}
+    return {f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in sorted(picked.items())}
+
+
+def register(cfg: RegisterConfig) -> RegisterResult:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = cfg.resolved_model_name()
+    experiment_id = configure(cfg.output_root, cfg.catalog, cfg.experiment)
+    run_id = cfg.run_id or latest_train_run(experiment_id)
+    source_uri = logged_model_uri(run_id, cfg.artifact_name)
+
+    client = MlflowClient()
+    run_tags = client.get_run(run_id).data.tags
+    tags = {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
+    if not tags:
+        log.warning("run %s carries no data lineage tags; the version will not lead back to a table", run_id)
+    tags[TAG_SOURCE_RUN] = run_id
+    tags.update(metric_tags(run_id, cfg.eval_metrics if not cfg.eval_run_id else ()))
+    if cfg.eval_run_id:
+        tags.update(metric_tags(cfg.eval_run_id, cfg.eval_metrics))
+        tags["dolly.eval_run_id"] = cfg.eval_run_id
+
+    mv = mlflow.register_model(source_uri, name, tags=tags)
+    client.set_registered_model_alias(name, cfg.alias, mv.version)
+    log.info("registered %s version %s as @%s from run %s", name, mv.version, cfg.alias, run_id)
+    return RegisterResult(name, int(mv.version), cfg.alias, f"models:/{name}@{cfg.alias}", run_id, tags)
+
+
+def resolve_alias(uri: str):
+    """The ModelVersion behind ``models:/NAME@ALIAS``, or AliasNotFoundError naming what exists."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias = parse_alias_uri(uri)
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException:
+            raise AliasNotFoundError(
+                f"{uri}: no registered model {name!r} in {mlflow.get_registry_uri()}; run dolly-spark register first"
+            ) from err
+        existing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
+        raise AliasNotFoundError(f"{uri}: model {name!r} has no alias {alias!r}; existing aliases: {existing}") from err
+
+
+def tag_version_metrics(uri: str, metrics: dict[str, float]) -> dict[str, str]:
+    """Tag the version behind ``models:/NAME@ALIAS`` with ``dolly.metric.<name>`` (the evaluate
+    job runs after register, so its metrics reach the version this way)."""
+    from mlflow import MlflowClient
+
+    mv = resolve_alias(uri)
+    tags = {f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in sorted(metrics.items())}
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(mv.name, mv.version, k, v)
+    return tags
+
+
+def load_model_by_alias(uri: str, **kwargs):
+    """``mlflow.pyfunc.load_model`` for ``models:/NAME@ALIAS`` with a clear error for a bad alias."""
+    import mlflow
+
+    resolve_alias(uri)
+    return mlflow.pyfunc.load_model(uri, **kwargs)

@@ -1,0 +1,490 @@
+"""``dolly-spark score``: batch generation from a Delta table (or SQL query) into ``predictions``.
+
+Incremental and idempotent: each input row gets a stable ``row_key``; rows already in
+``predictions`` for the same ``model_version`` are skipped, and new rows land through one Delta
+``MERGE`` on (row_key, model_version), retried on commit conflicts, so reruns and concurrent jobs
+never duplicate a row. A row that cannot be generated (e.g. a prompt longer than the context
+window) gets an ``error`` instead of failing the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql import functions as F
+
+from dolly_spark.ops import tables
+from dolly_spark.ops.config import Location
+from dolly_spark.ops.schemas import RESULT_COLUMNS, RESULT_DDL
+from dolly_spark.serve.generate import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+UDF_MODES = ("pandas_iter", "spark_udf")
+# What the generation UDF returns, one struct per row (also the pyfunc's output columns).
+# Gold columns that only training needs; dropped from predictions by default.
+TRAINING_ONLY_COLUMNS = ("prompt", "text", "input_ids", "prompt_len", "seq_len", "pack_id")
+MERGE_RETRIES = 5
+OUTPUT_ONLY_COLUMNS = ("row_key", *RESULT_COLUMNS, "model_uri", "model_version", "generation_config", "scored_at")
+
+
+@dataclass
+class ScoreConfig(Location):
+    model_uri: str = field(
+        default="", metadata={"help": "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH or a local HF model dir"}
+    )
+    input_table: str = field(
+        default="gold", metadata={"help": "logical table (gold, silver, ...) or a catalog.schema.table name"}
+    )
+    query: str | None = field(
+        default=None, metadata={"help": "SQL query to score instead of --input-table (run as given)"}
+    )
+    split: str | None = field(
+        default="eval",
+        metadata={"help": "keep rows with this split value when the input has a split column ('' for all)"},
+    )
+    output_table: str = field(default="predictions", metadata={"help": "logical output table"})
+    drop_columns: tuple[str, ...] = field(
+        default=TRAINING_ONLY_COLUMNS, metadata={"help": "input columns not copied to the output"}
+    )
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    greedy: bool = field(default=False, metadata={"help": "deterministic greedy decoding (default: Dolly's sampling)"})
+    top_p: float = 0.92
+    top_k: int = 0
+    temperature: float = 1.0
+    seed: int | None = None
+    limit: int | None = field(default=None, metadata={"help": "score at most this many rows (the first by row_key)"})
+    num_partitions: int | None = field(
+        default=None, metadata={"help": "repartition before generating (e.g. one per GPU)"}
+    )
+    download_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where MLflow models are downloaded (on a multi-node cluster: a Volume the workers can read)"
+        },
+    )
+    stale_staging_hours: float = field(
+        default=6.0, metadata={"help": "drop staging tables of killed runs older than this"}
+    )
+    udf_mode: str = field(default="pandas_iter", metadata={"help": "generation UDF", "choices": UDF_MODES})
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (used by the tracking wrapper)"})
+
+    def generation_config(self) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            temperature=self.temperature,
+            greedy=self.greedy,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class ScoreResult:
+    scored: int  # rows this run inserted into predictions (failed ones included)
+    skipped: int  # rows already scored for this model version (before or by a concurrent job)
+    failed: int  # rows this run generated with the error column set
+    total: int  # input rows considered (after split filter and limit)
+    predictions_version: int | None
+    model_uri: str
+    model_version: str
+    duplicates: int = 0  # input rows sharing a row_key with another input row
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Model resolution: a URI becomes a local HF directory plus a stable version string.
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    uri: str  # as given
+    local_dir: str  # HF model directory (config.json + safetensors + tokenizer)
+    version: str  # what rows are keyed on: "NAME/3", "run:<id>/<path>" or "dir:<fingerprint>"
+    pyfunc_uri: str | None = None  # MLflow model URI, when there is one (spark_udf mode)
+
+
+def _find_hf_dir(root: Path) -> Path:
+    """The directory holding config.json inside a downloaded MLflow model (artifacts/hf_model/...)."""
+    if (root / "config.json").is_file():
+        return root
+    found = sorted(p.parent for p in root.rglob("config.json") if any(p.parent.glob("*.safetensors")))
+    if not found:
+        raise FileNotFoundError(f"no HF model directory (config.json + *.safetensors) under {root}")
+    return found[0]
+
+
+def fingerprint_dir(model_dir: str | Path, chunk: int = 1 << 20) -> str:
+    """Content fingerprint of a model directory: config and tokenizer files whole, each weight file
+    by size plus its head, middle and tail (hashing a 24 GB checkpoint whole would take minutes)."""
+    h = hashlib.sha256()
+    root = Path(model_dir)
+    for p in sorted(root.iterdir()):
+        if not p.is_file():
+            continue
+        h.update(p.name.encode() + b"\0")
+        size = p.stat().st_size
+        h.update(str(size).encode() + b"\0")
+        with p.open("rb") as f:
+            if size <= 3 * chunk or p.suffix in (".json", ".txt", ".model"):
+                h.update(f.read())
+            else:
+                for offset in (0, size // 2, size - chunk):
+                    f.seek(offset)
+                    h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def resolve_model(uri: str, download_dir: str | None = None) -> ResolvedModel:
+    if not uri:
+        raise ValueError("give --model-uri: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH or a local dir")
+    if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
+        path = Path(uri).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"model directory {uri!r} does not exist")
+        if (path / "MLmodel").is_file():  # a saved MLflow model directory
+            hf = _find_hf_dir(path)
+            return ResolvedModel(uri, str(hf), f"dir:{fingerprint_dir(hf)}", pyfunc_uri=str(path))
+        hf = _find_hf_dir(path)
+        return ResolvedModel(uri, str(hf), f"dir:{fingerprint_dir(hf)}")
+    import mlflow
+
+    version, pinned = _mlflow_version(uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=download_dir)
+    return ResolvedModel(uri, str(_find_hf_dir(Path(local))), version, pyfunc_uri=pinned)
+
+
+def _mlflow_version(uri: str) -> tuple[str, str]:
+    """(version, pinned URI): an alias is resolved once, so every row and the download name the
+    same model even if the alias moves while the job runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/") :]
+        if "@" in ref:
+            from dolly_spark.serve.registry import resolve_alias  # clear error naming the existing aliases
+
+            mv = resolve_alias(uri)
+            return f"{mv.name}/{mv.version}", f"models:/{mv.name}/{mv.version}"
+        if "/" in ref:
+            name, ver = ref.rsplit("/", 1)
+            return f"{name}/{client.get_model_version(name, ver).version}", uri
+        return ref, uri  # models:/m-<id>: a logged model id is already immutable
+    if uri.startswith("runs:/"):
+        return "run:" + uri[len("runs:/") :].strip("/"), uri
+    return uri, uri
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation inside Spark: the model is loaded once per Python worker and reused across tasks.
+
+_MODEL_CACHE: dict[tuple[str, str, str], tuple] = {}
+_MODEL_LOCK = threading.Lock()  # Sail runs tasks as threads of one process: load once, not per task
+
+
+def task_device() -> str:
+    """The GPU this Spark task was given (Databricks sets task GPU resources), else cuda or cpu."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+    except Exception:  # Sail and Spark Connect workers may have no task resources
+        gpus = None
+    if gpus is not None and gpus.addresses:
+        address = gpus.addresses[0]
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        # Resource addresses are physical ids; CUDA renumbers from 0 inside CUDA_VISIBLE_DEVICES.
+        index = visible.index(address) if address in visible else int(address)
+        return f"cuda:{index}"
+    return "cuda"
+
+
+def cached_model(model_dir: str, device: str | None = None, version: str = ""):
+    from dolly_spark.serve.generate import load_for_generation
+
+    device = device or task_device()
+    key = (model_dir, version, device)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            t0 = time.time()
+            _MODEL_CACHE[key] = load_for_generation(model_dir, device=device)
+            log.info("loaded %s on %s in %.1fs", model_dir, device, time.time() - t0)
+        return _MODEL_CACHE[key]
+
+
+def generation_udf(model_dir: str, gen: GenerationConfig, version: str = ""):
+    """A pandas iterator UDF (instruction, context) -> struct<RESULT_DDL>.
+
+    Each Arrow batch is generated with length-sorted, left-padded batches of ``gen.batch_size``.
+    """
+
+    def generate_batches(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        from dolly_spark.serve.generate import generate_responses
+
+        model, tokenizer = cached_model(model_dir, version=version)
+        for instructions, contexts in batches:
+            contexts = contexts.where(contexts.notna(), None)
+            rows = generate_responses(model, tokenizer, instructions.tolist(), contexts.tolist(), gen)
+            yield pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
+                {"prompt_tokens": "int64", "completion_tokens": "int64"}
+            )
+
+    return F.pandas_udf(generate_batches, RESULT_DDL)
+
+
+def mlflow_generation_udf(spark, pyfunc_uri: str, gen: GenerationConfig):
+    """``mlflow.pyfunc.spark_udf`` over the logged pyfunc (same generate code, MLflow's loader)."""
+    import mlflow.pyfunc
+
+    params = {
+        "max_new_tokens": gen.max_new_tokens,
+        "top_p": gen.top_p,
+        "top_k": gen.top_k,
+        "temperature": gen.temperature,
+        "greedy": gen.greedy,
+        "batch_size": gen.batch_size,
+    }
+    udf = mlflow.pyfunc.spark_udf(spark, pyfunc_uri, result_type=RESULT_DDL, env_manager="local", params=params)
+    return lambda instruction, context: udf(
+        F.struct(F.col(instruction).alias("instruction"), F.col(context).alias("context"))
+    )
+
+
+def with_generation(df, model: ResolvedModel, gen: GenerationConfig, udf_mode: str = "pandas_iter", spark=None):
+    """Add the RESULT_COLUMNS to ``df`` (which must have ``instruction`` and ``context``)."""
+    if udf_mode == "pandas_iter":
+        udf = generation_udf(model.local_dir, gen, model.version)
+    elif udf_mode == "spark_udf":
+        if model.pyfunc_uri is None:
+            raise ValueError(
+                "udf_mode spark_udf needs an MLflow model URI (models:/, runs:/ or a saved MLflow model dir)"
+            )
+        udf = mlflow_generation_udf(spark, model.pyfunc_uri, gen)
+    else:
+        raise ValueError(f"unknown udf_mode {udf_mode!r}; known: {UDF_MODES}")
+    out = df.withColumn("_gen", udf("instruction", "context"))
+    return out.select(*[c for c in df.columns], *[F.col(f"_gen.{c}").alias(c) for c in RESULT_COLUMNS])
+
+
+# ---------------------------------------------------------------------------------------------
+# Input, keys and the idempotent write.
+
+
+def with_row_key(df):
+    """row_key = sha256(record_id, instruction, context): the record's id when the input has one
+    (so two records with the same prompt are scored separately), and always its content (so an
+    edited record is scored again). Null and empty context give the same prompt, so the same key."""
+    rid = F.coalesce(F.col("record_id").cast("string"), F.lit("")) if "record_id" in df.columns else F.lit("")
+    ctx = F.coalesce(F.col("context"), F.lit(""))
+    return df.withColumn("row_key", F.sha2(F.concat_ws("\u001f", rid, F.col("instruction"), ctx), 256))
+
+
+def read_input(cfg: ScoreConfig, spark, names: tables.TableNames):
+    if cfg.query:
+        df = spark.sql(cfg.query)  # user SQL, run as given (CLI only); nothing is spliced into it
+    elif cfg.input_table in tables.LOGICAL_TABLES:
+        df = tables.read_table(spark, names.ref(cfg.input_table))
+    else:
+        parts = cfg.input_table.split(".")
+        if not 1 <= len(parts) <= 3:
+            raise tables.InvalidIdentifierError(f"invalid table name {cfg.input_table!r}")
+        for p in parts:
+            tables.validate_identifier(p, "table name part")
+        df = spark.table(cfg.input_table)
+    if "instruction" not in df.columns:
+        raise ValueError(f"input has no instruction column (columns: {df.columns})")
+    if "context" not in df.columns:
+        df = df.withColumn("context", F.lit(None).cast("string"))
+    if cfg.split and "split" in df.columns:
+        df = df.filter(F.col("split") == F.lit(cfg.split))
+    drop = [c for c in cfg.drop_columns if c in df.columns]
+    df = df.drop(*drop) if drop else df
+    # Input columns named like an output column keep their values under another name; gold's
+    # response is the human reference answer.
+    for c in [c for c in df.columns if c in OUTPUT_ONLY_COLUMNS]:
+        df = df.withColumnRenamed(c, "reference_response" if c == "response" else f"input_{c}")
+    return df
+
+
+def staging_ref(target: tables.TableRef, run_id: str) -> tables.TableRef:
+    """A sibling table that holds this run's generations until they are merged."""
+    name = tables.validate_identifier(f"{target.name.split('.')[-1]}__staging_{run_id}", "staging table")
+    if target.path is not None:
+        return tables.TableRef(target.logical, name, tables.validate_path(str(Path(target.path).parent / name)))
+    return tables.TableRef(target.logical, ".".join(target.name.split(".")[:-1] + [name]))
+
+
+def drop_staging(spark, ref: tables.TableRef) -> None:
+    if ref.path is not None:
+        spark.sql(f"DROP TABLE IF EXISTS `{ref.name}`")
+        shutil.rmtree(ref.path, ignore_errors=True)
+    else:
+        spark.sql(f"DROP TABLE IF EXISTS {ref.sql}")
+
+
+def remove_stale_staging(spark, target: tables.TableRef, older_than_hours: float) -> list[str]:
+    """Drop staging tables a killed run left behind (local roots). Only old ones: a concurrent
+    job's fresh staging table is still in use."""
+    if target.path is None:
+        return []
+    cutoff = time.time() - older_than_hours * 3600
+    prefix = f"{target.name.split('.')[-1]}__staging_"
+    removed = []
+    for d in Path(target.path).parent.glob(prefix + "*"):
+        newest = max((p.stat().st_mtime for p in d.rglob("*")), default=d.stat().st_mtime)
+        if newest < cutoff:
+            drop_staging(spark, tables.TableRef(target.logical, d.name, tables.validate_path(str(d))))
+            removed.append(d.name)
+            log.warning("removed stale staging table %s (last written %.1f h ago)", d, (time.time() - newest) / 3600)
+    return removed
+
+
+def _is_conflict(err: Exception) -> bool:
+    text = str(err).lower()
+    # Sail says "Failed to commit transaction"; Databricks raises Concurrent*Exception.
+    return any(k in text for k in ("conflict", "concurrent", "failed to commit", "transaction"))
+
+
+def merge_new_rows(spark, staged: tables.TableRef, target: tables.TableRef, retries: int = MERGE_RETRIES) -> int:
+    """Insert staged rows whose (row_key, model_version) the target lacks; returns rows inserted.
+
+    Delta commits optimistically: a concurrent writer makes our commit fail, and the retry re-reads
+    the target, so rows the other job inserted meanwhile are matched, not duplicated.
+    """
+    sql = (
+        f"MERGE INTO {target.sql} AS t USING {staged.sql} AS s "
+        "ON t.row_key = s.row_key AND t.model_version = s.model_version "
+        "WHEN NOT MATCHED THEN INSERT *"
+    )
+    for attempt in range(retries + 1):
+        try:
+            row = spark.sql(sql).collect()
+            break
+        except Exception as err:
+            if attempt == retries or not _is_conflict(err):
+                raise
+            wait = 0.2 * 2**attempt
+            log.warning(
+                "MERGE into %s conflicted (%s); retry %d in %.1fs", target.name, str(err)[:200], attempt + 1, wait
+            )
+            time.sleep(wait)
+    tables.register_table(spark, target)  # Sail pins the snapshot seen at registration
+    return _inserted_rows(row)
+
+
+def _inserted_rows(rows) -> int:
+    if not rows:
+        return 0
+    d = rows[0].asDict()
+    for key in ("num_inserted_rows", "count", "num_affected_rows"):
+        if key in d:
+            return int(d[key])
+    return int(next(iter(d.values())))
+
+
+def ensure_table(spark, df, ref: tables.TableRef) -> None:
+    """Create the target empty with ``df``'s schema; an empty append is harmless if two jobs race."""
+    if tables.table_exists(spark, ref):
+        return
+    for attempt in range(MERGE_RETRIES + 1):
+        try:
+            tables.write_table(
+                spark,
+                df.limit(0),
+                ref,
+                mode="append",
+                comment="generations per (row_key, model_version); see docs/scoring.md",
+            )
+            return
+        except Exception as err:
+            if tables.table_exists(spark, ref):
+                return
+            if attempt == MERGE_RETRIES:
+                raise
+            log.warning("creating %s failed (%s); retrying", ref.name, str(err)[:200])
+            time.sleep(0.2 * 2**attempt)
+
+
+def run(cfg: ScoreConfig, spark) -> ScoreResult:
+    t0 = time.time()
+    names = cfg.table_names()
+    target = names.ref(cfg.output_table)
+    model = resolve_model(cfg.model_uri, cfg.download_dir)
+    gen = cfg.generation_config()
+    log.info("[1/4] model %s -> version %s", cfg.model_uri, model.version)
+
+    source = with_row_key(read_input(cfg, spark, names))
+    if cfg.limit is not None:
+        source = source.orderBy("row_key").limit(int(cfg.limit))  # the same rows on every rerun
+    total = source.count()
+    unique = source.dropDuplicates(["row_key"])
+    duplicates = total - unique.count()
+
+    pending = unique
+    if tables.table_exists(spark, target):
+        done = tables.read_table(spark, target).filter(F.col("model_version") == F.lit(model.version)).select("row_key")
+        pending = unique.join(done, "row_key", "left_anti")
+    n_pending = pending.count()
+    log.info("[2/4] %d input rows, %d duplicate keys, %d to score", total, duplicates, n_pending)
+    if n_pending == 0:
+        version = tables.table_version(spark, target) if tables.table_exists(spark, target) else None
+        return ScoreResult(
+            0, total - duplicates, 0, total, version, cfg.model_uri, model.version, duplicates, time.time() - t0
+        )
+
+    if cfg.num_partitions:
+        pending = pending.repartition(int(cfg.num_partitions), "row_key")
+    scored = with_generation(pending, model, gen, cfg.udf_mode, spark).select(
+        *pending.columns,
+        *RESULT_COLUMNS,
+        F.lit(cfg.model_uri).alias("model_uri"),
+        F.lit(model.version).alias("model_version"),
+        F.lit(json.dumps(asdict(gen), sort_keys=True)).alias("generation_config"),
+        F.current_timestamp().alias("scored_at"),
+    )
+    # Stage first: the UDF runs exactly once, and a MERGE retry does not regenerate.
+    remove_stale_staging(spark, target, cfg.stale_staging_hours)
+    staged = staging_ref(target, uuid.uuid4().hex[:12])
+    try:
+        tables.write_table(spark, scored, staged, mode="overwrite")
+        staged_df = tables.read_table(spark, staged)
+        n_staged = staged_df.count()
+        failed = staged_df.filter(F.col("error").isNotNull()).count()
+        log.info("[3/4] generated %d rows (%d failed) in %.1fs", n_staged, failed, time.time() - t0)
+        ensure_table(spark, staged_df, target)
+        inserted = merge_new_rows(spark, staged, target)
+    finally:
+        drop_staging(spark, staged)
+    version = tables.table_version(spark, target)
+    log.info("[4/4] merged %d new rows into %s@%d", inserted, target.name, version)
+    return ScoreResult(
+        inserted,
+        total - duplicates - inserted,
+        failed,
+        total,
+        version,
+        cfg.model_uri,
+        model.version,
+        duplicates,
+        time.time() - t0,
+    )
