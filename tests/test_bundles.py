@@ -408,7 +408,7 @@ def _stand_in_parser_for(flags_by_module: dict[str, dict[str, dict]]):
 def _score_only_flags(**overrides) -> dict[str, dict[str, dict]]:
     flags = {f: {} for f in ("--catalog", "--schema", "--model-uri", "--input-table", "--output-table", "--experiment")}
     flags.update({"--batch-size": {"type": int}, "--max-new-tokens": {"type": int}}, **overrides)
-    return {"dolly_spark.serve.score": flags}
+    return {"dolly_spark.commands.score": flags}
 
 
 def test_stand_in_parsers_resolve_variables_and_job_parameters_per_target():
@@ -426,7 +426,7 @@ def test_stand_in_parsers_resolve_variables_and_job_parameters_per_target():
 def test_stand_in_parser_missing_a_flag_or_choice_reports_the_target(broken):
     root = broken("databricks.yml", lambda d: d["targets"]["dev"]["variables"].update(catalog="dev_cat"))
     flags = _score_only_flags(**{"--catalog": {"choices": ["main"]}})
-    del flags["dolly_spark.serve.score"]["--max-new-tokens"]
+    del flags["dolly_spark.commands.score"]["--max-new-tokens"]
     problems = [
         str(p)
         for p in bc.parameter_problems(bc.load_bundle(root), SETUP_PY, _stand_in_parser_for(flags))
@@ -434,10 +434,10 @@ def test_stand_in_parser_missing_a_flag_or_choice_reports_the_target(broken):
     ]
     # Both score tasks: dev fails on the choice first, prod on the missing flag.
     assert any(
-        "(target dev): dolly_spark.serve.score: error: argument --catalog: invalid choice: 'dev_cat'" in m
+        "(target dev): dolly_spark.commands.score: error: argument --catalog: invalid choice: 'dev_cat'" in m
         for m in problems
     )
     assert any(
-        "(target prod): dolly_spark.serve.score: error: unrecognized arguments: --max-new-tokens 256" in m
+        "(target prod): dolly_spark.commands.score: error: unrecognized arguments: --max-new-tokens 256" in m
         for m in problems
     )

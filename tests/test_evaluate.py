@@ -112,14 +112,13 @@ def test_fixed_sample_is_deterministic_and_seeded(spark):
 def test_evaluate_writes_generations_and_logs_to_mlflow(spark, gold, tiny_model_dir):
     import mlflow
 
-    from dolly_spark.commands import mlflow_logging
+    from dolly_spark.commands import evaluate as evaluate_cmd
 
     root, rows = gold
     cfg = EvaluateConfig(
         model_uri=str(tiny_model_dir), output_root=str(root), sample_size=8, max_new_tokens=6, batch_size=4
     )
-    with mlflow_logging.job_run("evaluate", cfg, engine="test") as active:
-        res = evaluate.run(cfg, spark)
+    res, run_id = evaluate_cmd.tracked(cfg, spark)  # the command: evaluate.run under its MLflow run
     # loss per category from the UDF equals HF's loss summed over the eval rows, category by category
     model, _ = load_for_generation(str(tiny_model_dir))
     for c in CATEGORIES:
@@ -139,7 +138,7 @@ def test_evaluate_writes_generations_and_logs_to_mlflow(spark, gold, tiny_model_
     assert gens["error"].isna().all() and gens["completion_tokens"].between(1, 6).all()
     assert (gens["reference_response"] == gens["record_id"].map({r["record_id"]: r["response"] for r in rows})).all()
 
-    run = mlflow.get_run(active.info.run_id)
+    run = mlflow.get_run(run_id)
     assert run.data.metrics["eval_loss"] == pytest.approx(res.eval_loss)
     assert run.data.metrics["eval_loss.open_qa"] == pytest.approx(res.loss_by_category["open_qa"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "eval")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import subprocess
@@ -16,23 +15,66 @@ from dolly_spark.train import plan as P
 
 SHARED = Path(os.environ.get("DOLLY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PYTHIA_12B = {  # shared/data/models/pythia-12b/config.json (inlined: the tests must not depend on shared/ for this)
-    "hidden_size": 5120, "intermediate_size": 20480, "max_position_embeddings": 2048, "num_attention_heads": 40,
-    "num_hidden_layers": 36, "tie_word_embeddings": False, "vocab_size": 50688, "rotary_pct": 0.25,
+    "hidden_size": 5120,
+    "intermediate_size": 20480,
+    "max_position_embeddings": 2048,
+    "num_attention_heads": 40,
+    "num_hidden_layers": 36,
+    "tie_word_embeddings": False,
+    "vocab_size": 50688,
+    "rotary_pct": 0.25,
 }
 PYTHIA_1B = {
-    "hidden_size": 2048, "intermediate_size": 8192, "max_position_embeddings": 2048, "num_attention_heads": 8,
-    "num_hidden_layers": 16, "tie_word_embeddings": False, "vocab_size": 50304, "rotary_pct": 0.25,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 2048,
+    "num_attention_heads": 8,
+    "num_hidden_layers": 16,
+    "tie_word_embeddings": False,
+    "vocab_size": 50304,
+    "rotary_pct": 0.25,
 }
-TARGET = dict(gpu_family="a100", gpus_per_node=8, num_nodes=1, zero_stage=3, per_device_batch=6, grad_accum=1,
-              seq_len=2048, train_records=13964, epochs=1, model_name="pythia-12b")
+TARGET = dict(
+    gpu_family="a100",
+    gpus_per_node=8,
+    num_nodes=1,
+    zero_stage=3,
+    per_device_batch=6,
+    grad_accum=1,
+    seq_len=2048,
+    train_records=13964,
+    epochs=1,
+    model_name="pythia-12b",
+)
 
 TINY_CONFIGS = [
-    dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=1000,
-         max_position_embeddings=128, tie_word_embeddings=False),
-    dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, intermediate_size=100, vocab_size=50,
-         max_position_embeddings=64, tie_word_embeddings=False),  # MLP is the largest module
-    dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, vocab_size=777,
-         max_position_embeddings=64, tie_word_embeddings=True),
+    dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=1000,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ),
+    dict(
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        intermediate_size=100,
+        vocab_size=50,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    ),  # MLP is the largest module
+    dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=128,
+        vocab_size=777,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    ),
 ]
 
 
@@ -90,12 +132,19 @@ def test_estimator_matches_platform_notes_for_pythia_12b():
     assert round(gpu, 1) == 3.7
 
 
-def test_deepspeed_import_keeps_its_logger_on_stdout():
+def test_deepspeed_import_stays_off_stdout_and_keeps_its_logger():
+    """DeepSpeed's import-time log line would corrupt a JSON --plan on stdout; its later logs must not vanish."""
     pytest.importorskip("deepspeed")
-    assert P.deepspeed_estimators() is not None
-    for hd in logging.getLogger("DeepSpeed").handlers:
-        if isinstance(hd, logging.StreamHandler):
-            assert hd.stream is sys.stdout or hd.stream is sys.__stdout__ or not hasattr(hd.stream, "getvalue")
+    code = (
+        "import dolly_spark.train.plan as p; assert p.deepspeed_estimators() is not None; "
+        "from deepspeed.utils import logger; logger.warning('MARK-AFTER')"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, env=env, timeout=120, capture_output=True, text=True
+    ).stdout
+    assert "MARK-AFTER" in out
+    assert out.strip().count("\n") == 0, out
 
 
 def test_activation_formula():
@@ -117,12 +166,13 @@ def _accelerate_len(records, batch, world) -> int:
     from torch.utils.data import BatchSampler, SequentialSampler
 
     sampler = BatchSampler(SequentialSampler(range(records)), batch, drop_last=False)
-    return len(BatchSamplerShard(sampler, num_processes=world, process_index=0, split_batches=False,
-                                 even_batches=True))
+    return len(BatchSamplerShard(sampler, num_processes=world, process_index=0, split_batches=False, even_batches=True))
 
 
-@pytest.mark.parametrize("records,batch,world,accum", [(13964, 6, 8, 1), (13964, 6, 8, 3), (100, 3, 4, 2),
-                                                       (7, 4, 2, 5), (1000, 1, 1, 1), (999, 8, 3, 4)])
+@pytest.mark.parametrize(
+    "records,batch,world,accum",
+    [(13964, 6, 8, 1), (13964, 6, 8, 3), (100, 3, 4, 2), (7, 4, 2, 5), (1000, 1, 1, 1), (999, 8, 3, 4)],
+)
 def test_schedule_matches_hf_and_accelerate(records, batch, world, accum):
     pytest.importorskip("accelerate")
     len_dl = _accelerate_len(records, batch, world)
@@ -139,11 +189,34 @@ def test_target_8x_a100_80gb_fits():
     assert r["fits"] is True and r["fix"] is None
     assert r["params"] == 11_846_072_320
     assert 30 < r["est_gpu_mem_gb"] < 0.95 * 80
-    expected_keys = {"model", "gpu_family", "gpu_memory_gb", "gpus_per_node", "num_nodes", "zero_stage",
-                     "offload_optimizer", "offload_params", "precision", "per_device_batch",
-                     "gradient_accumulation_steps", "records_per_step", "steps_per_epoch", "total_steps",
-                     "warmup_steps", "eval_steps", "save_steps", "gradient_checkpointing", "packing", "params",
-                     "est_gpu_mem_gb", "est_host_mem_gb", "fits", "reason", "fix", "warnings"}
+    expected_keys = {
+        "model",
+        "gpu_family",
+        "gpu_memory_gb",
+        "gpus_per_node",
+        "num_nodes",
+        "zero_stage",
+        "offload_optimizer",
+        "offload_params",
+        "precision",
+        "per_device_batch",
+        "gradient_accumulation_steps",
+        "records_per_step",
+        "steps_per_epoch",
+        "total_steps",
+        "warmup_steps",
+        "eval_steps",
+        "save_steps",
+        "gradient_checkpointing",
+        "packing",
+        "params",
+        "est_gpu_mem_gb",
+        "est_host_mem_gb",
+        "fits",
+        "reason",
+        "fix",
+        "warnings",
+    }
     assert expected_keys <= set(r)
     json.dumps(r)
 
@@ -156,33 +229,64 @@ def test_target_8x_a100_40gb_without_checkpointing_does_not_fit():
 
 
 def test_target_single_a10_needs_offload():
-    r = P.plan(PYTHIA_12B, gpu_family="a10", gpu_memory_gb=24, gpus_per_node=1, zero_stage=3, per_device_batch=6,
-               seq_len=2048, gradient_checkpointing=True, train_records=13964)
+    r = P.plan(
+        PYTHIA_12B,
+        gpu_family="a10",
+        gpu_memory_gb=24,
+        gpus_per_node=1,
+        zero_stage=3,
+        per_device_batch=6,
+        seq_len=2048,
+        gradient_checkpointing=True,
+        train_records=13964,
+    )
     assert r["fits"] is False
     assert "offload" in r["fix"]
     assert r["fix"].startswith("offload optimizer and parameters")
 
 
-@pytest.mark.parametrize("kwargs,prefix", [
-    # 8x80GB, checkpointing off: turning it on is enough
-    (dict(gpu_memory_gb=80, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=False),
-     "enable gradient checkpointing ("),
-    # 8x40GB, checkpointing already on: smaller batch, more accumulation, same records per step
-    (dict(gpu_memory_gb=40, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=True),
-     "per-device batch 3 with gradient accumulation 2, same records per step"),
-    # 8x40GB, checkpointing off: both
-    (dict(gpu_memory_gb=40, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=False),
-     "enable gradient checkpointing and per-device batch 3"),
-    # 2x80GB: model states alone are too big; offloading the optimizer is enough
-    (dict(gpu_memory_gb=80, gpus_per_node=2, per_device_batch=2, gradient_checkpointing=True),
-     "offload the optimizer to CPU"),
-    # 1x24GB: optimizer offload still leaves 16-bit params on the GPU
-    (dict(gpu_family="a10", gpu_memory_gb=24, gpus_per_node=1, per_device_batch=1, gradient_checkpointing=True),
-     "offload optimizer and parameters to CPU"),
-    # ... and with a 128 GB host neither offload fits: more GPUs
-    (dict(gpu_family="a10", gpu_memory_gb=24, gpus_per_node=1, per_device_batch=1, gradient_checkpointing=True,
-          host_memory_gb=128), "use "),
-])
+@pytest.mark.parametrize(
+    "kwargs,prefix",
+    [
+        # 8x80GB, checkpointing off: turning it on is enough
+        (
+            dict(gpu_memory_gb=80, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=False),
+            "enable gradient checkpointing (",
+        ),
+        # 8x40GB, checkpointing already on: smaller batch, more accumulation, same records per step
+        (
+            dict(gpu_memory_gb=40, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=True),
+            "per-device batch 3 with gradient accumulation 2, same records per step",
+        ),
+        # 8x40GB, checkpointing off: both
+        (
+            dict(gpu_memory_gb=40, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=False),
+            "enable gradient checkpointing and per-device batch 3",
+        ),
+        # 2x80GB: model states alone are too big; offloading the optimizer is enough
+        (
+            dict(gpu_memory_gb=80, gpus_per_node=2, per_device_batch=2, gradient_checkpointing=True),
+            "offload the optimizer to CPU",
+        ),
+        # 1x24GB: optimizer offload still leaves 16-bit params on the GPU
+        (
+            dict(gpu_family="a10", gpu_memory_gb=24, gpus_per_node=1, per_device_batch=1, gradient_checkpointing=True),
+            "offload optimizer and parameters to CPU",
+        ),
+        # ... and with a 128 GB host neither offload fits: more GPUs
+        (
+            dict(
+                gpu_family="a10",
+                gpu_memory_gb=24,
+                gpus_per_node=1,
+                per_device_batch=1,
+                gradient_checkpointing=True,
+                host_memory_gb=128,
+            ),
+            "use ",
+        ),
+    ],
+)
 def test_fix_order(kwargs, prefix):
     args = dict(TARGET, **kwargs)
     r = P.plan(PYTHIA_12B, **args)
@@ -193,19 +297,40 @@ def test_fix_order(kwargs, prefix):
 
 def test_fix_is_itself_a_fit():
     """The fix for 8x40GB (checkpointing + batch 3 x accumulation 2) is a plan that fits."""
-    r = P.plan(PYTHIA_12B, **dict(TARGET, gpu_memory_gb=40, per_device_batch=3, grad_accum=2,
-                                  gradient_checkpointing=True))
+    r = P.plan(
+        PYTHIA_12B, **dict(TARGET, gpu_memory_gb=40, per_device_batch=3, grad_accum=2, gradient_checkpointing=True)
+    )
     assert r["fits"] is True and r["records_per_step"] == 48
 
 
 def test_warnings():
-    r = P.plan(PYTHIA_1B, gpu_family="h100", gpu_memory_gb=80, gpus_per_node=8, per_device_batch=8,
-               train_records=640, epochs=1, warmup_steps=5, eval_steps=50, save_steps=20)
+    r = P.plan(
+        PYTHIA_1B,
+        gpu_family="h100",
+        gpu_memory_gb=80,
+        gpus_per_node=8,
+        per_device_batch=8,
+        train_records=640,
+        epochs=1,
+        warmup_steps=5,
+        eval_steps=50,
+        save_steps=20,
+    )
     assert r["total_steps"] == 10 and r["fits"] is True
     text = " | ".join(r["warnings"])
     assert "warmup_steps 5" in text and "eval_steps 50" in text and "save_steps 20" in text
-    ok = P.plan(PYTHIA_1B, gpu_family="h100", gpu_memory_gb=80, gpus_per_node=8, per_device_batch=8,
-                train_records=6400, epochs=1, warmup_steps=0.1, eval_steps=0.25, save_steps=50)
+    ok = P.plan(
+        PYTHIA_1B,
+        gpu_family="h100",
+        gpu_memory_gb=80,
+        gpus_per_node=8,
+        per_device_batch=8,
+        train_records=6400,
+        epochs=1,
+        warmup_steps=0.1,
+        eval_steps=0.25,
+        save_steps=50,
+    )
     assert ok["warnings"] == []
     assert (ok["total_steps"], ok["warmup_steps"], ok["eval_steps"], ok["save_steps"]) == (100, 10, 25, 50)
     v100 = P.plan(PYTHIA_1B, gpu_family="v100", gpus_per_node=8, per_device_batch=1, train_records=6400)
@@ -214,9 +339,11 @@ def test_warnings():
 
 
 def test_plan_imports_neither_spark_nor_torch():
-    code = ("import sys, dolly_spark.train.plan as p; p.plan(%r, gpu_memory_gb=80, train_records=10); "
-            "bad = [m for m in ('pyspark', 'torch', 'transformers', 'mlflow') if m in sys.modules]; "
-            "assert not bad, bad" % (PYTHIA_1B,))
+    code = (
+        f"import sys, dolly_spark.train.plan as p; p.plan({PYTHIA_1B!r}, gpu_memory_gb=80, train_records=10); "
+        "bad = [m for m in ('pyspark', 'torch', 'transformers', 'mlflow') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     # the estimator import is lazy: block deepspeed so the fallback path is what runs here
     code = "import sys; sys.modules['deepspeed'] = None; " + code

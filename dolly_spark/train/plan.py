@@ -108,14 +108,24 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
     total = embed + n_layers * layer_params(h, inter) + 2 * h + (0 if tie else embed)
     # deepspeed.runtime.zero.stage3.model_to_params: max over modules of their own (non-recursive) params
     largest = max(embed, h * 3 * h + 3 * h, h * h + h, h * inter + inter, inter * h + h, 2 * h)
-    return ModelShape(h, n_layers, heads, inter, vocab, int(config.get("max_position_embeddings", 2048)), tie,
-                      total, largest)
+    return ModelShape(
+        h, n_layers, heads, inter, vocab, int(config.get("max_position_embeddings", 2048)), tie, total, largest
+    )
 
 
 # ---------------------------------------------------------------- model states (DeepSpeed's estimator)
 
-def _zero3_states_fallback(total_params, largest_layer_params, num_gpus_per_node=1, num_nodes=1, cpu_offload=True,
-                           cpu_offload_params=True, zero_init=True, additional_buffer_factor=1.5):
+
+def _zero3_states_fallback(
+    total_params,
+    largest_layer_params,
+    num_gpus_per_node=1,
+    num_nodes=1,
+    cpu_offload=True,
+    cpu_offload_params=True,
+    zero_init=True,
+    additional_buffer_factor=1.5,
+):
     """Copy of deepspeed 0.19.8 ``estimate_zero3_model_states_mem_needs`` -> (cpu_bytes, gpu_bytes, largest_layer_bytes)."""
     total_gpus = num_nodes * num_gpus_per_node
     gpus_factor = 1 / num_nodes
@@ -142,8 +152,9 @@ def _zero3_states_fallback(total_params, largest_layer_params, num_gpus_per_node
     return int(cpu_mem), int(gpu_mem), largest_layer_memory
 
 
-def _zero2_states_fallback(total_params, num_gpus_per_node=1, num_nodes=1, cpu_offload=True,
-                           additional_buffer_factor=1.5):
+def _zero2_states_fallback(
+    total_params, num_gpus_per_node=1, num_nodes=1, cpu_offload=True, additional_buffer_factor=1.5
+):
     """Copy of deepspeed 0.19.8 ``estimate_zero2_model_states_mem_needs`` -> (cpu_bytes, gpu_bytes)."""
     total_gpus = num_nodes * num_gpus_per_node
     if cpu_offload:
@@ -184,17 +195,26 @@ def deepspeed_estimators() -> tuple[Callable, Callable] | None:
 def _restore_log_streams(buf) -> None:
     import sys
 
-    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
     for lg in loggers:
         for hd in lg.handlers:
             if isinstance(hd, logging.StreamHandler) and getattr(hd, "stream", None) is buf:
                 hd.setStream(sys.stdout)
 
 
-def model_states_gb(shape: ModelShape, zero_stage: int, gpus_per_node: int = 1, num_nodes: int = 1,
-                    offload_optimizer: bool = False, offload_params: bool = False, zero_init: bool = True,
-                    additional_buffer_factor: float = 1.5, use_deepspeed: bool | None = None) -> tuple[float, float]:
+def model_states_gb(
+    shape: ModelShape,
+    zero_stage: int,
+    gpus_per_node: int = 1,
+    num_nodes: int = 1,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    zero_init: bool = True,
+    additional_buffer_factor: float = 1.5,
+    use_deepspeed: bool | None = None,
+) -> tuple[float, float]:
     """(GPU GiB per device, host GiB per node) for parameters, gradients and optimizer states.
 
     ZeRO-3 uses DeepSpeed's ZeRO-3 estimator (parameter offload implies optimizer offload there);
@@ -212,24 +232,53 @@ def model_states_gb(shape: ModelShape, zero_stage: int, gpus_per_node: int = 1, 
     with contextlib.redirect_stdout(io.StringIO()):
         if zero_stage >= 3:
             offload = offload_optimizer or offload_params
-            cpu, gpu, _ = z3(n, shape.largest_layer_params, num_gpus_per_node=gpus_per_node, num_nodes=num_nodes,
-                             cpu_offload=offload, cpu_offload_params=offload_params, zero_init=zero_init,
-                             additional_buffer_factor=additional_buffer_factor)
+            cpu, gpu, _ = z3(
+                n,
+                shape.largest_layer_params,
+                num_gpus_per_node=gpus_per_node,
+                num_nodes=num_nodes,
+                cpu_offload=offload,
+                cpu_offload_params=offload_params,
+                zero_init=zero_init,
+                additional_buffer_factor=additional_buffer_factor,
+            )
         elif zero_stage >= 1:
-            cpu, gpu = z2(n, num_gpus_per_node=gpus_per_node, num_nodes=num_nodes, cpu_offload=offload_optimizer,
-                          additional_buffer_factor=additional_buffer_factor)
+            cpu, gpu = z2(
+                n,
+                num_gpus_per_node=gpus_per_node,
+                num_nodes=num_nodes,
+                cpu_offload=offload_optimizer,
+                additional_buffer_factor=additional_buffer_factor,
+            )
         else:
-            _, gpu = z2(n, num_gpus_per_node=1, num_nodes=1, cpu_offload=False,
-                        additional_buffer_factor=additional_buffer_factor)
-            cpu, _ = z2(n, num_gpus_per_node=gpus_per_node, num_nodes=num_nodes, cpu_offload=False,
-                        additional_buffer_factor=additional_buffer_factor)
+            _, gpu = z2(
+                n,
+                num_gpus_per_node=1,
+                num_nodes=1,
+                cpu_offload=False,
+                additional_buffer_factor=additional_buffer_factor,
+            )
+            cpu, _ = z2(
+                n,
+                num_gpus_per_node=gpus_per_node,
+                num_nodes=num_nodes,
+                cpu_offload=False,
+                additional_buffer_factor=additional_buffer_factor,
+            )
     return gpu / GiB, cpu / GiB
 
 
 # ---------------------------------------------------------------- activations
 
-def activation_gb(shape: ModelShape, micro_batch: int, seq_len: int, gradient_checkpointing: bool,
-                  dtype_bytes: int = 2, flash_attention: bool = True) -> float:
+
+def activation_gb(
+    shape: ModelShape,
+    micro_batch: int,
+    seq_len: int,
+    gradient_checkpointing: bool,
+    dtype_bytes: int = 2,
+    flash_attention: bool = True,
+) -> float:
     """Peak activation memory per device in GiB for one micro-batch (no tensor/sequence parallelism)."""
     s, b, h, a = seq_len, micro_batch, shape.hidden_size, shape.num_heads
     scale = dtype_bytes / 2  # Korthikanti's constants are for 16-bit activations
@@ -245,8 +294,16 @@ def activation_gb(shape: ModelShape, micro_batch: int, seq_len: int, gradient_ch
 
 # ---------------------------------------------------------------- schedule (HF Trainer arithmetic)
 
-def hf_schedule(train_records: int, per_device_batch: int, world_size: int, grad_accum: int, epochs: float,
-                max_steps: int = -1, dataloader_drop_last: bool = False) -> tuple[int, int]:
+
+def hf_schedule(
+    train_records: int,
+    per_device_batch: int,
+    world_size: int,
+    grad_accum: int,
+    epochs: float,
+    max_steps: int = -1,
+    dataloader_drop_last: bool = False,
+) -> tuple[int, int]:
     """(update steps per epoch, total update steps), exactly as the HF Trainer computes them.
 
     Each rank's dataloader is accelerate's ``BatchSamplerShard`` over batches of
@@ -275,6 +332,7 @@ def _resolve_steps(value: float | None, total_steps: int) -> int | None:
 
 # ---------------------------------------------------------------- the plan
 
+
 @dataclass(frozen=True)
 class _Setup:
     zero_stage: int
@@ -291,13 +349,26 @@ class _Setup:
         return self.gpus_per_node * self.num_nodes
 
 
-def _estimate(shape: ModelShape, st: _Setup, seq_len: int, dtype_bytes: int, flash_attention: bool,
-              zero_init: bool) -> dict[str, float]:
-    states, host = model_states_gb(shape, st.zero_stage, st.gpus_per_node, st.num_nodes, st.offload_optimizer,
-                                   st.offload_params, zero_init=zero_init)
+def _estimate(
+    shape: ModelShape, st: _Setup, seq_len: int, dtype_bytes: int, flash_attention: bool, zero_init: bool
+) -> dict[str, float]:
+    states, host = model_states_gb(
+        shape,
+        st.zero_stage,
+        st.gpus_per_node,
+        st.num_nodes,
+        st.offload_optimizer,
+        st.offload_params,
+        zero_init=zero_init,
+    )
     acts = activation_gb(shape, st.per_device_batch, seq_len, st.gradient_checkpointing, dtype_bytes, flash_attention)
-    return {"gpu": states + acts + CUDA_OVERHEAD_GB, "host": host, "states": states, "activations": acts,
-            "overhead": CUDA_OVERHEAD_GB}
+    return {
+        "gpu": states + acts + CUDA_OVERHEAD_GB,
+        "host": host,
+        "states": states,
+        "activations": acts,
+        "overhead": CUDA_OVERHEAD_GB,
+    }
 
 
 def _fits(est: dict[str, float], gpu_memory_gb: float | None, host_memory_gb: float | None) -> bool:
@@ -313,16 +384,21 @@ def _describe(base: _Setup, st: _Setup, est: dict[str, float]) -> str:
     if st.zero_stage != base.zero_stage:
         parts.append(f"switch to ZeRO-{st.zero_stage}")
     if st.offload_params and not base.offload_params:
-        parts.append("offload optimizer and parameters to CPU" if not base.offload_optimizer
-                     else "also offload parameters to CPU")
+        parts.append(
+            "offload optimizer and parameters to CPU"
+            if not base.offload_optimizer
+            else "also offload parameters to CPU"
+        )
     elif st.offload_optimizer and not base.offload_optimizer:
         parts.append("offload the optimizer to CPU")
     if st.world != base.world:
         parts.append(f"use {st.world} GPUs ({st.num_nodes} node(s) x {st.gpus_per_node})")
     if st.per_device_batch != base.per_device_batch or st.grad_accum != base.grad_accum:
         same = st.per_device_batch * st.grad_accum * st.world == base.per_device_batch * base.grad_accum * base.world
-        parts.append(f"per-device batch {st.per_device_batch} with gradient accumulation {st.grad_accum}"
-                     + (", same records per step" if same else ""))
+        parts.append(
+            f"per-device batch {st.per_device_batch} with gradient accumulation {st.grad_accum}"
+            + (", same records per step" if same else "")
+        )
     host = f", {est['host']:.1f} GB host per node" if st.offload_optimizer or st.offload_params else ""
     return f"{' and '.join(parts)} (est {est['gpu']:.1f} GB per GPU{host})"
 
@@ -330,13 +406,32 @@ def _describe(base: _Setup, st: _Setup, est: dict[str, float]) -> str:
 def _smaller_batches(st: _Setup) -> list[_Setup]:
     """Same records per step: per-device batch b' dividing batch*accum, largest first."""
     per_rank = st.per_device_batch * st.grad_accum
-    return [_Setup(st.zero_stage, st.gpus_per_node, st.num_nodes, st.offload_optimizer, st.offload_params, b,
-                   per_rank // b, st.gradient_checkpointing)
-            for b in range(st.per_device_batch - 1, 0, -1) if per_rank % b == 0]
+    return [
+        _Setup(
+            st.zero_stage,
+            st.gpus_per_node,
+            st.num_nodes,
+            st.offload_optimizer,
+            st.offload_params,
+            b,
+            per_rank // b,
+            st.gradient_checkpointing,
+        )
+        for b in range(st.per_device_batch - 1, 0, -1)
+        if per_rank % b == 0
+    ]
 
 
-def find_fix(shape: ModelShape, base: _Setup, seq_len: int, dtype_bytes: int, flash_attention: bool, zero_init: bool,
-             gpu_memory_gb: float | None, host_memory_gb: float | None) -> str | None:
+def find_fix(
+    shape: ModelShape,
+    base: _Setup,
+    seq_len: int,
+    dtype_bytes: int,
+    flash_attention: bool,
+    zero_init: bool,
+    gpu_memory_gb: float | None,
+    host_memory_gb: float | None,
+) -> str | None:
     """The cheapest change that fits, tried in order: gradient checkpointing, a smaller per-device batch
     with more accumulation, optimizer offload, optimizer + parameter offload, more GPUs. Each step
     keeps the earlier ones (checkpointing stays on once it is turned on)."""
@@ -352,8 +447,16 @@ def find_fix(shape: ModelShape, base: _Setup, seq_len: int, dtype_bytes: int, fl
                 return cand, est
         return None
 
-    gc = _Setup(base.zero_stage, base.gpus_per_node, base.num_nodes, base.offload_optimizer, base.offload_params,
-                base.per_device_batch, base.grad_accum, True)
+    gc = _Setup(
+        base.zero_stage,
+        base.gpus_per_node,
+        base.num_nodes,
+        base.offload_optimizer,
+        base.offload_params,
+        base.per_device_batch,
+        base.grad_accum,
+        True,
+    )
     if not base.gradient_checkpointing:
         est = ok(gc)
         if est:
@@ -363,8 +466,16 @@ def find_fix(shape: ModelShape, base: _Setup, seq_len: int, dtype_bytes: int, fl
         if est:
             return _describe(base, cand, est)
     if not base.offload_optimizer:
-        st = _Setup(max(base.zero_stage, 1), gc.gpus_per_node, gc.num_nodes, True, gc.offload_params,
-                    gc.per_device_batch, gc.grad_accum, True)
+        st = _Setup(
+            max(base.zero_stage, 1),
+            gc.gpus_per_node,
+            gc.num_nodes,
+            True,
+            gc.offload_params,
+            gc.per_device_batch,
+            gc.grad_accum,
+            True,
+        )
         hit = first_batch_that_fits(st)
         if hit:
             return _describe(base, *hit)
@@ -377,21 +488,41 @@ def find_fix(shape: ModelShape, base: _Setup, seq_len: int, dtype_bytes: int, fl
     for nodes in range(base.num_nodes, MAX_NODES_TRIED + 1):
         start = base.gpus_per_node + 1 if nodes == base.num_nodes else max(base.gpus_per_node, MAX_GPUS_PER_NODE)
         for gpn in range(start, max(base.gpus_per_node, MAX_GPUS_PER_NODE) + 1):
-            st = _Setup(3, gpn, nodes, base.offload_optimizer, base.offload_params, gc.per_device_batch,
-                        gc.grad_accum, True)
+            st = _Setup(
+                3, gpn, nodes, base.offload_optimizer, base.offload_params, gc.per_device_batch, gc.grad_accum, True
+            )
             hit = first_batch_that_fits(st)
             if hit:
                 return _describe(base, *hit)
     return None
 
 
-def plan(model_config: dict[str, Any], gpu_family: str = "a100", gpu_memory_gb: float | None = None,
-         gpus_per_node: int = 1, num_nodes: int = 1, zero_stage: int = 3, offload_optimizer: bool = False,
-         offload_params: bool = False, precision: str = "bf16", per_device_batch: int = 1, grad_accum: int = 1,
-         seq_len: int = 2048, gradient_checkpointing: bool = False, packing: bool = False, train_records: int = 0,
-         epochs: float = 1.0, warmup_steps: float = 0, eval_steps: float | None = None,
-         save_steps: float | None = None, max_steps: int = -1, host_memory_gb: float | None = None,
-         model_name: str | None = None, flash_attention: bool = True, zero_init: bool = True) -> dict[str, Any]:
+def plan(
+    model_config: dict[str, Any],
+    gpu_family: str = "a100",
+    gpu_memory_gb: float | None = None,
+    gpus_per_node: int = 1,
+    num_nodes: int = 1,
+    zero_stage: int = 3,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    precision: str = "bf16",
+    per_device_batch: int = 1,
+    grad_accum: int = 1,
+    seq_len: int = 2048,
+    gradient_checkpointing: bool = False,
+    packing: bool = False,
+    train_records: int = 0,
+    epochs: float = 1.0,
+    warmup_steps: float = 0,
+    eval_steps: float | None = None,
+    save_steps: float | None = None,
+    max_steps: int = -1,
+    host_memory_gb: float | None = None,
+    model_name: str | None = None,
+    flash_attention: bool = True,
+    zero_init: bool = True,
+) -> dict[str, Any]:
     """Memory estimate, fit verdict, cheapest fix and step schedule for one training setup.
 
     ``train_records`` is the number of rows the Trainer iterates (packed rows when ``packing``).
@@ -412,8 +543,16 @@ def plan(model_config: dict[str, Any], gpu_family: str = "a100", gpu_memory_gb: 
     shape = model_shape(model_config)
     dtype_bytes = 4 if precision == "fp32" else 2
     world = gpus_per_node * num_nodes
-    base = _Setup(zero_stage, gpus_per_node, num_nodes, offload_optimizer, offload_params, per_device_batch,
-                  grad_accum, gradient_checkpointing)
+    base = _Setup(
+        zero_stage,
+        gpus_per_node,
+        num_nodes,
+        offload_optimizer,
+        offload_params,
+        per_device_batch,
+        grad_accum,
+        gradient_checkpointing,
+    )
     device_limit = gpu_memory_gb if family != "cpu" else None  # CPU ranks: only the host limit applies
     est = _estimate(shape, base, seq_len, dtype_bytes, flash_attention, zero_init)
     fits = _fits(est, device_limit, host_memory_gb)
@@ -423,8 +562,10 @@ def plan(model_config: dict[str, Any], gpu_family: str = "a100", gpu_memory_gb: 
     ev = _resolve_steps(eval_steps, total_steps)
     sv = _resolve_steps(save_steps, total_steps)
 
-    breakdown = (f"model states {est['states']:.1f} GB + activations {est['activations']:.1f} GB"
-                 f" + overhead {est['overhead']:.1f} GB")
+    breakdown = (
+        f"model states {est['states']:.1f} GB + activations {est['activations']:.1f} GB"
+        f" + overhead {est['overhead']:.1f} GB"
+    )
     if fits:
         limit = f" of {USABLE_FRACTION * device_limit:.1f} GB usable" if device_limit else ""
         reason = f"est {est['gpu']:.1f} GB per GPU{limit} ({breakdown})"
@@ -432,16 +573,22 @@ def plan(model_config: dict[str, Any], gpu_family: str = "a100", gpu_memory_gb: 
     else:
         why = []
         if device_limit is not None and est["gpu"] > USABLE_FRACTION * device_limit:
-            why.append(f"est {est['gpu']:.1f} GB per GPU exceeds {USABLE_FRACTION * device_limit:.1f} GB usable "
-                       f"({USABLE_FRACTION:.0%} of {device_limit:g} GB): {breakdown}")
+            why.append(
+                f"est {est['gpu']:.1f} GB per GPU exceeds {USABLE_FRACTION * device_limit:.1f} GB usable "
+                f"({USABLE_FRACTION:.0%} of {device_limit:g} GB): {breakdown}"
+            )
         if host_memory_gb is not None and est["host"] > USABLE_FRACTION * host_memory_gb:
-            why.append(f"est {est['host']:.1f} GB host memory per node exceeds "
-                       f"{USABLE_FRACTION * host_memory_gb:.1f} GB usable")
+            why.append(
+                f"est {est['host']:.1f} GB host memory per node exceeds "
+                f"{USABLE_FRACTION * host_memory_gb:.1f} GB usable"
+            )
         reason = "; ".join(why)
         fix = find_fix(shape, base, seq_len, dtype_bytes, flash_attention, zero_init, device_limit, host_memory_gb)
         if fix is None:
-            reason += "; no fix found (checkpointing, batch 1, full offload and up to " \
-                      f"{MAX_NODES_TRIED * MAX_GPUS_PER_NODE} GPUs all tried)"
+            reason += (
+                "; no fix found (checkpointing, batch 1, full offload and up to "
+                f"{MAX_NODES_TRIED * MAX_GPUS_PER_NODE} GPUs all tried)"
+            )
 
     warnings = []
     if total_steps > 0 and warmup >= total_steps / 2:
@@ -463,8 +610,11 @@ def plan(model_config: dict[str, Any], gpu_family: str = "a100", gpu_memory_gb: 
     if train_records <= 0:
         warnings.append("train_records is 0: the schedule is meaningless")
 
-    name = model_name or model_config.get("_name_or_path") or (
-        f"gpt_neox(h={shape.hidden_size}, layers={shape.num_layers})")
+    name = (
+        model_name
+        or model_config.get("_name_or_path")
+        or (f"gpt_neox(h={shape.hidden_size}, layers={shape.num_layers})")
+    )
     return {
         "model": name,
         "gpu_family": family,
