@@ -12,6 +12,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DOLLY_TOKENIZER", str(TOKENIZER_DIR))
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_env():
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; a test's store must not become the
+    next test's (or its subprocesses') "user override"."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DOLLY_PARENT_RUN_ID")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def spark():
     from dolly_spark.ops.session import get_spark, stop_embedded

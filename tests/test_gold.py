@@ -4,7 +4,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import schemas, tables
 from dolly_spark.prep import gold
 from dolly_spark.text import prompts
 from dolly_spark.text.tokenizer import load_fast_tokenizer
@@ -222,9 +222,9 @@ def test_plan_packing_per_split_skips_rejected(spark):
 def test_build_gold_schema_and_version(spark):
     df = candidates(spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare.", "closed_qa")])
     g = gold.gold_rows(gold.build_gold(df, cfg(), silver_version=5))
-    contract = spark.createDataFrame([], gold.GOLD_SCHEMA).schema
+    contract = spark.createDataFrame([], schemas.GOLD_SCHEMA).schema
     assert [(f.name, f.dataType) for f in g.schema.fields] == [(f.name, f.dataType) for f in contract.fields]
-    assert gold.GOLD_SCHEMA.startswith("record_id string, category string, split string")
+    assert schemas.GOLD_SCHEMA.startswith("record_id string, category string, split string")
     row = g.first()
     assert (row.record_id, row.category, row.silver_version, row.pack_id, row.context) == (
         "a",

@@ -74,7 +74,7 @@ def test_switching_roots_in_one_process_and_user_override_sticks(tmp_path, monke
 def test_flatten_params_nests_and_truncates_to_mlflow_limits():
     flat = mlflow_logging.flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "s": "z" * 7000, "n": None, "e": {}})
     assert flat["a.b"] == "1" and flat["a.c.d"] == "[1, 2]" and flat["n"] == "null" and flat["e"] == "{}"
-    assert len(flat["s"]) == tracking.MAX_PARAM_VALUE and flat["s"].endswith("...")
+    assert len(flat["s"]) == mlflow_logging.MAX_PARAM_VALUE and flat["s"].endswith("...")
 
 
 def test_metrics_from_rows_latest_row_per_stage_wins():
@@ -133,7 +133,7 @@ def test_job_run_logs_config_git_engine_and_nests(root):
     assert c.data.tags[tracking.TAG_JOB] == "prepare" and p.data.tags[tracking.TAG_JOB] == "pipeline"
     assert p.data.tags[tracking.TAG_ENGINE] == "sail" and c.data.tags[tracking.TAG_ENGINE] == "sail"
     assert p.data.params["steps"] == "3" and p.data.params["nested.b.c"] == "x"
-    assert len(p.data.params["long_text"]) == tracking.MAX_PARAM_VALUE
+    assert len(p.data.params["long_text"]) == mlflow_logging.MAX_PARAM_VALUE
     commit = tracking.git_commit()
     assert commit is None or p.data.tags[tracking.TAG_GIT_COMMIT] == commit == p.data.tags["mlflow.source.git.commit"]
     import mlflow

@@ -115,7 +115,8 @@ def assert_accounted(root) -> dict[str, list[str]]:
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("SPARK_REMOTE", None)
+    for var in ("SPARK_REMOTE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DOLLY_PARENT_RUN_ID"):
+        env.pop(var, None)  # each job finds its own root's store
     return env
 
 
