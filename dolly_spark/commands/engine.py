@@ -43,6 +43,9 @@ class EngineConfig(Location):
             raise ValueError("--refresh-seconds must be >= 0")
 
 
+CONFIG = EngineConfig
+
+
 class Engine:
     """One Sail server and the shared session that holds the root's tables and views."""
 
@@ -105,7 +108,8 @@ class Engine:
         self.server.stop()
 
 
-def announce(engine: Engine, registered: list[str], views: list[str], out=sys.stdout) -> None:
+def announce(engine: Engine, registered: list[str], views: list[str], out=None) -> None:
+    out = out or sys.stdout
     print(engine.url, file=out)
     print(f"export SPARK_REMOTE='{engine.url}'", file=out)
     print(f"tables: {', '.join(registered) or '(none yet)'}", file=out)
@@ -119,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         print("dolly-spark engine: error: on Databricks the cluster is the engine", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     engine = Engine(cfg)
+    stop = threading.Event()
     try:
-        announce(engine, *engine.connect())
+        registered, views = engine.connect()
+        # After the server and its first session: Sail's own Ctrl-C handler would stop the server
+        # under a running query, whose client then retries for minutes. Ours replaces it.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        announce(engine, registered, views)
         while not stop.wait(cfg.refresh_seconds or None):
             try:
                 changed = engine.check()

@@ -44,6 +44,9 @@ class SqlConfig(Location):
             raise ValueError("--max-rows and --max-width must be >= 0")
 
 
+CONFIG = SqlConfig
+
+
 class SqlError(RuntimeError):
     """A statement the engine rejected: one line, prefixed with its position in the script."""
 
@@ -128,8 +131,9 @@ def read_script(cfg: SqlConfig) -> str:
         raise SqlTextError(f"-f {cfg.file}: cannot read it ({err.strerror or err})") from err
 
 
-def run_statements(spark, cfg: SqlConfig, out=sys.stdout, err=sys.stderr) -> int:
+def run_statements(spark, cfg: SqlConfig, out=None, err=None) -> int:
     """Run the script's statements in order, printing each result; returns how many ran."""
+    out, err = out or sys.stdout, err or sys.stderr
     from pyspark.errors import PySparkException
 
     statements = split_statements(read_script(cfg))
