@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -249,3 +250,13 @@ def test_engine_serves_tables_and_views_to_other_processes_and_follows_new_versi
         finally:
             engine.kill()
     assert rc == 0, log.read_text()[-3000:]
+
+
+def test_run_summary_ends_with_a_sql_command_that_parses(tmp_path):
+    from dolly_spark.commands.run import RunConfig, summary_lines
+
+    hint = summary_lines(RunConfig(output_root=str(tmp_path)), [])[-1]
+    assert hint.startswith("SQL: dolly-spark sql ")
+    argv = shlex.split(hint.removeprefix("SQL: dolly-spark sql "))
+    ns = cli.parser_for("sql").parse_args(argv)
+    assert (ns.query, ns.output_root) == ("SELECT * FROM v_category_stats", str(tmp_path))
