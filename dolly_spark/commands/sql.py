@@ -169,11 +169,16 @@ def open_location(spark, cfg: Location) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(SqlConfig, argv, "sql", __doc__, level=logging.WARNING)
     os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session at INFO on stderr
+    from pyspark.errors import PySparkException
+
     try:
         spark = spark_session()
         open_location(spark, cfg)
         run_statements(spark, cfg)
     except (SqlTextError, SqlError, ValueError, KeyError) as e:
         print(f"dolly-spark sql: error: {e}", file=sys.stderr)
+        return 1
+    except PySparkException as e:  # opening the tables failed (a broken Delta log, say)
+        print(f"dolly-spark sql: error: {engine_message(e)}", file=sys.stderr)
         return 1
     return 0
