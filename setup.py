@@ -36,6 +36,8 @@ setup(
             "dolly-score=dolly_spark.commands.score:main",
             "dolly-evaluate=dolly_spark.commands.evaluate:main",
             "dolly-run=dolly_spark.commands.run:main",
+            "dolly-sql=dolly_spark.commands.sql:main",
+            "dolly-engine=dolly_spark.commands.engine:main",
         ]
     },
 )

@@ -18,6 +18,8 @@ COMMANDS = {
     "score": "dolly_spark.commands.score",
     "evaluate": "dolly_spark.commands.evaluate",
     "run": "dolly_spark.commands.run",
+    "sql": "dolly_spark.commands.sql",
+    "engine": "dolly_spark.commands.engine",
 }
 
 

@@ -240,6 +240,8 @@ def summary_lines(cfg, outcomes) -> list[str]:
                 lines.append(f"{'':<19}{k}: " + ", ".join(f"{a}={_fmt(b)}" for a, b in v.items()))
     tracking_uri, _ = resolve_tracking(cfg.output_root, cfg.catalog)
     lines.append(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
+    where = f"--output-root {cfg.output_root}" if cfg.output_root else f"--catalog {cfg.catalog} --schema {cfg.schema}"
+    lines.append(f'SQL: dolly-spark sql "SELECT * FROM v_category_stats" {where}')
     return lines
 
 

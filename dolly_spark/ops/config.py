@@ -74,6 +74,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, _prefix: st
             kw["type"] = str
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
+        if f.metadata.get("positional") and not _dest:  # ``dolly-spark sql "QUERY"``: optional, one value
+            parser.add_argument(f.name, nargs="?", **{k: v for k, v in kw.items() if k != "dest"})
+            continue
         aliases = f.metadata.get("aliases", ()) if not _dest else ()
         parser.add_argument(_flag(_prefix + f.name), *aliases, **kw)
 

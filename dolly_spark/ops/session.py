@@ -29,12 +29,23 @@ def detect_engine() -> Engine:
     return Engine("sail")
 
 
-def _start_sail() -> str:
+def start_sail_server(host: str = "127.0.0.1", port: int = 0):
+    """Start a Sail Spark Connect server in this process; returns (server, port). Port 0: a free one."""
     from pysail.spark import SparkConnectServer
 
-    server = SparkConnectServer(ip="127.0.0.1", port=0)  # port 0: a free loopback port
+    server = SparkConnectServer(ip=host, port=port)
     server.start(background=True)
-    _, port = server.listening_address
+    return server, server.listening_address[1]
+
+
+def shared_session_url(host: str, port: int, session_id: str) -> str:
+    """A Spark Connect URL that joins one server-side session. Sail's catalog belongs to a
+    session, so clients that share the tables registered there must share its id."""
+    return f"sc://{host}:{port}/;session_id={session_id}"
+
+
+def _start_sail() -> str:
+    server, port = start_sail_server()
     _EMBEDDED["server"] = server
     atexit.register(stop_embedded)
     return f"sc://127.0.0.1:{port}"

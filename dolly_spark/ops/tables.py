@@ -25,6 +25,7 @@ LOGICAL_TABLES = (
     "metrics",
     "predictions",
     "eval_generations",
+    "sql_views",  # view definitions, re-created whenever a session opens the tables
 )
 _IDENT = re.compile(r"[A-Za-z0-9_]+")  # used with fullmatch: "$" would accept a trailing newline
 # Characters a local path may hold. It is quoted inside SQL ('...' and `...`), and the engine
@@ -176,6 +177,16 @@ def register_all(spark, names: TableNames) -> list[str]:
             register_table(spark, ref)
             done.append(ref.name)
     return done
+
+
+def local_versions(names: TableNames) -> dict[str, int]:
+    """{table name: Delta version} of the local tables that exist (cheap: delta-rs reads the log)."""
+    out = {}
+    for logical in LOGICAL_TABLES:
+        ref = names.ref(logical)
+        if ref.path is not None and (Path(ref.path) / "_delta_log").is_dir():
+            out[ref.name] = table_version(None, ref)
+    return out
 
 
 def _escape_sql_string(s: str) -> str:

@@ -1,8 +1,11 @@
 """SQL views for users over the prepared tables.
 
 Locally (Sail) they are session temp views over ``delta.`path``` (the catalog is in memory
-anyway); on Databricks they are persistent views in the Unity Catalog schema. A view whose
-source table does not exist yet is skipped and logged, not created broken.
+and per session); on Databricks they are persistent views in the Unity Catalog schema. A view
+whose source table does not exist yet is skipped and logged, not created broken.
+
+Their definitions are also stored with the tables (the ``sql_views`` table), so any later
+session that opens the output root (``open_tables``) re-creates them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from dolly_spark.ops import tables
+from dolly_spark.ops.sqltext import split_statements
 from dolly_spark.ops.tables import TableNames, validate_identifier
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ VIEW_SQL: dict[str, tuple[tuple[str, ...], str]] = {
     ),
 }
 VIEWS = tuple(VIEW_SQL)
+SQL_VIEWS_SCHEMA = "name string, sources array<string>, select_sql string"
 
 
 def view_name(names: TableNames, view: str) -> str:
@@ -78,20 +83,73 @@ def view_name(names: TableNames, view: str) -> str:
     return f"`{local}`"
 
 
-def view_select(names: TableNames, view: str) -> str:
-    sources, sql = VIEW_SQL[view]
-    return sql.format(**{s: names.ref(s).sql for s in sources})
+def view_select(names: TableNames, view: str, definitions=None) -> str:
+    """The view's SELECT with its source tables named for ``names``; checked to be one read-only query."""
+    sources, sql = (definitions or VIEW_SQL)[view]
+    select = sql.format(**{s: names.ref(s).sql for s in sources})
+    statements = split_statements(select)
+    if len(statements) != 1 or statements[0].first not in ("SELECT", "WITH") or not statements[0].is_read_only():
+        raise ValueError(f"view {view}: its definition must be one SELECT statement")
+    return select
 
 
-def create_views(spark, names: TableNames) -> list[str]:
-    """Create (or replace) every view whose source tables exist; returns the created view names."""
+def create_views(spark, names: TableNames, definitions=None) -> list[str]:
+    """Create (or replace) every view whose source tables exist; returns the created view names.
+
+    ``definitions`` defaults to this module's ``VIEW_SQL``; the definitions given are stored
+    in the ``sql_views`` table unless they were read from it.
+    """
+    given = definitions is not None
+    definitions = VIEW_SQL if definitions is None else definitions
     created = []
-    for view, (sources, _) in VIEW_SQL.items():
+    for view, (sources, _) in definitions.items():
         absent = [s for s in sources if not tables.table_exists(spark, names.ref(s))]
         if absent:
             log.warning("view %s skipped: table(s) %s not written yet", view, ", ".join(absent))
             continue
+        select = view_select(names, view, definitions)
         kind = "VIEW" if names.catalog is not None else "TEMP VIEW"
-        spark.sql(f"CREATE OR REPLACE {kind} {view_name(names, view)} AS {view_select(names, view)}")
+        spark.sql(f"CREATE OR REPLACE {kind} {view_name(names, view)} AS {select}")
         created.append(view_name(names, view).replace("`", ""))
+    if not given:
+        store_definitions(spark, names, definitions)
     return created
+
+
+def store_definitions(spark, names: TableNames, definitions) -> int:
+    rows = [(view, list(sources), sql) for view, (sources, sql) in definitions.items()]
+    return tables.write_table(
+        spark,
+        spark.createDataFrame(rows, SQL_VIEWS_SCHEMA),
+        names.sql_views,
+        comment="SQL view definitions ({logical} placeholders), re-created when a session opens the tables",
+    )
+
+
+def stored_definitions(spark, names: TableNames) -> dict[str, tuple[tuple[str, ...], str]] | None:
+    """The definitions in ``sql_views``, or None if the table was never written."""
+    if not tables.table_exists(spark, names.sql_views):
+        return None
+    out = {}
+    for r in tables.read_table(spark, names.sql_views).collect():
+        validate_identifier(r["name"], "view")
+        for s in r["sources"]:
+            names.ref(s)  # unknown logical table: KeyError naming it
+        out[r["name"]] = (tuple(r["sources"]), r["select_sql"])
+    return out
+
+
+def open_tables(spark, names: TableNames) -> tuple[list[str], list[str]]:
+    """Make the tables and views of ``names`` queryable by bare name in this session.
+
+    Locally: register every Delta table, then re-create the stored views (the built-in ones
+    when the root has no ``sql_views`` table yet). On Databricks, select the catalog and schema:
+    the tables and views already live in Unity Catalog.
+    """
+    if names.catalog is not None:
+        spark.catalog.setCurrentCatalog(names.catalog)
+        spark.catalog.setCurrentDatabase(names.schema)
+        return [], []
+    registered = tables.register_all(spark, names)
+    definitions = stored_definitions(spark, names)
+    return registered, create_views(spark, names, VIEW_SQL if definitions is None else definitions)
