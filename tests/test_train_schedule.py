@@ -195,3 +195,13 @@ def test_ds_setup_reads_the_shipped_configs():
     assert (
         ds_setup(load_ds_config("v100"))["offload_params"] and ds_setup(load_ds_config("v100"))["precision"] == "fp16"
     )
+
+
+def test_gold_max_seq_len_follows_the_model_prepare_names(tmp_path):
+    from dolly_spark.prep.gold import GoldConfig
+
+    small = tmp_path / "config.json"
+    small.write_text(json.dumps({**json.loads(PYTHIA_12B.read_text()), "max_position_embeddings": 1024}))
+    assert GoldConfig().max_seq_len == 2048  # Pythia's context when no model is named
+    assert GoldConfig(model=str(small)).max_seq_len == 1024
+    assert GoldConfig(model=str(small), max_seq_len=512).max_seq_len == 512
