@@ -21,6 +21,7 @@ from dolly_spark.commands import train as train_cmd
 from dolly_spark.commands.common import parse_job, spark_session
 from dolly_spark.ops.config import Location
 from dolly_spark.ops.tracking import resolve_tracking
+from dolly_spark.prep.gold import GoldConfig
 from dolly_spark.prep.prepare import PrepareConfig
 from dolly_spark.prep.report import ReportConfig
 from dolly_spark.serve.evaluate import EvaluateConfig
@@ -117,7 +118,8 @@ def _common(cfg) -> dict:
 
 
 def run_prepare(cfg, spark, state: dict) -> dict:
-    pcfg = PrepareConfig(input=cfg.input, **_common(cfg), **({"tokenizer": cfg.tokenizer} if cfg.tokenizer else {}))
+    gold = GoldConfig(tokenizer=cfg.tokenizer) if cfg.tokenizer else GoldConfig()  # the tokenizer is gold's
+    pcfg = PrepareConfig(input=cfg.input, **_common(cfg), gold=gold)
     result = prepare_cmd.tracked(pcfg, spark)
     state["prepare"] = result
     return {
