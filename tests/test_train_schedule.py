@@ -205,3 +205,21 @@ def test_gold_max_seq_len_follows_the_model_prepare_names(tmp_path):
     assert GoldConfig().max_seq_len == 2048  # Pythia's context when no model is named
     assert GoldConfig(model=str(small)).max_seq_len == 1024
     assert GoldConfig(model=str(small), max_seq_len=512).max_seq_len == 512
+
+
+def test_plan_command_counts_gold_and_train_refuses_before_staging(spark, rows, tmp_path, capsys):
+    from dolly_spark.commands import train as train_cmd
+    from tests.train_fixtures import write_gold
+
+    write_gold(spark, tmp_path, rows)
+    flags = ["--output-root", str(tmp_path), "--model", str(PYTHIA_12B), "--gpu-family", "a100", "--num-gpus", "8"]
+    assert train_cmd.main(["--plan", "--gpu-memory-gb", "80", *flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    train = sum(r["split"] == "train" for r in rows)
+    assert (out["train_records"], out["records_per_step"], out["gold_version"]) == (train, 48, 0)
+    assert out["steps_per_epoch"] == math.ceil(math.ceil(train / 6) / 8) and out["fits"]
+
+    assert train_cmd.main(["--gpu-memory-gb", "40", "--no-gradient-checkpointing", *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("won't fit: est ") and "cheapest fix: enable gradient checkpointing" in err
+    assert not (tmp_path / "train" / "staging").exists()  # nothing staged, nothing launched

@@ -325,8 +325,7 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     cfg = dataclasses.replace(cfg, gold_version=int(version), max_seq_len=cfg.resolved_max_seq_len())
     plan = planning.plan_for(cfg, spark)
     log.info("plan: %s", json.dumps({k: plan[k] for k in PLAN_LOG_KEYS}))
-    if cfg.check_fit:
-        planning.check_fit(plan)  # before staging or starting anything
+    planning.check_fit(plan, refuse=cfg.check_fit)  # before staging or starting anything
     staging = cfg.resolved_staging_dir()
     staged = stage_gold(spark, gold, version, staging)
     log.info(

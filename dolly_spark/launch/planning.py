@@ -125,11 +125,13 @@ def resolve_plan(
     return out
 
 
-def check_fit(result: dict[str, Any]) -> None:
+def check_fit(result: dict[str, Any], refuse: bool = True) -> None:
     """Log the plan's warnings; raise WontFit (one line: reason and fix) when it does not fit."""
     for w in result.get("warnings", []):
         log.warning("plan: %s", w)
-    if not result["fits"]:
+    if not result["fits"] and not refuse:
+        log.warning("plan: won't fit (%s); launching anyway (--no-check-fit)", result["reason"])
+    elif not result["fits"]:
         fix = result.get("fix")
         raise WontFit(
             f"won't fit: {result['reason']}; cheapest fix: {fix}" if fix else f"won't fit: {result['reason']}"
