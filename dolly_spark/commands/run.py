@@ -118,8 +118,8 @@ def _common(cfg) -> dict:
 
 
 def run_prepare(cfg, spark, state: dict) -> dict:
-    gold = GoldConfig(tokenizer=cfg.tokenizer) if cfg.tokenizer else GoldConfig()
-    pcfg = PrepareConfig(input=cfg.input, gold=gold, **_common(cfg))
+    gold = GoldConfig(tokenizer=cfg.tokenizer) if cfg.tokenizer else GoldConfig()  # the tokenizer is gold's
+    pcfg = PrepareConfig(input=cfg.input, **_common(cfg), gold=gold)
     result = prepare_cmd.tracked(pcfg, spark)
     state["prepare"] = result
     return {
@@ -138,7 +138,8 @@ def run_train(cfg, spark, state: dict) -> dict:
     extra = {"tokenizer": cfg.tokenizer} if cfg.tokenizer else {}
     if cfg.tiny:
         # Dolly's lr 5e-6 / 50 warmup steps barely move a random-init tiny model in a few dozen steps.
-        # Short rows keep the 50k-vocab logits cheap on CPU: 2048-token packs are re-split to 512.
+        # Short rows keep the 50k-vocab logits cheap on CPU: records over 512 tokens are cut (a few
+        # percent). Unpacked, length-grouped batches of 2 per rank: about the tokens of one 512 row.
         extra.update(
             lr=1e-3,
             warmup_steps=5,
@@ -146,7 +147,7 @@ def run_train(cfg, spark, state: dict) -> dict:
             save_steps=max(10, cfg.max_steps // 2),
             max_eval_records=cfg.train_max_eval_records,
             max_seq_len=cfg.train_max_seq_len,
-            per_device_batch_size=1,
+            per_device_batch_size=2,
         )
     tcfg = TrainConfig(
         **_common(cfg),

@@ -10,6 +10,7 @@ import time
 
 from dolly_spark.commands.common import parse_job, spark_session
 from dolly_spark.launch.launcher import TrainingFailed, TrainResult, read_metrics, run
+from dolly_spark.launch.planning import WontFit
 from dolly_spark.train.config import TrainConfig
 
 CONFIG = TrainConfig
@@ -63,16 +64,52 @@ def tracked(cfg: TrainConfig, spark) -> tuple[TrainResult, str | None]:
             for k, v in upstream_versions(spark, cfg.table_names(), result.gold_version).items():
                 setattr(result, k, v)  # read by log_training_run as lineage
             log_step_metrics(read_metrics(result.metrics_path))
+            log_schedule(result)
             log_training_run(cfg, result, spark=spark, names=cfg.table_names())
             mlflow.log_dict(dataclasses.asdict(result), "train_result.json")
     return result, (active.info.run_id if active is not None else None)
 
 
+def log_schedule(result: TrainResult) -> None:
+    """What the schedule was, so a packed run is never mistaken for Dolly's: params, tags, pad fraction."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    schedule = result.extra.get("schedule") or {}
+    plan = result.extra.get("plan") or {}
+    # "schedule." keys: the config's own params (pack, gradient_checkpointing) are already logged.
+    params = {
+        "records_per_step": result.records_per_step if result.records_per_step is not None else "varies (packed)",
+        "packing": result.packing,
+        "gradient_checkpointing": result.gradient_checkpointing,
+        "group_by_length": schedule.get("group_by_length"),
+        "steps_per_epoch": plan.get("steps_per_epoch"),
+        "est_gpu_mem_gb": plan.get("est_gpu_mem_gb"),
+    }
+    mlflow.log_params({f"schedule.{k}": v for k, v in params.items()})
+    for key in ("pad_fraction", "pad_fraction_random_batches"):
+        if schedule.get(key) is not None:
+            mlflow.log_metric(key, float(schedule[key]))
+    if schedule.get("note"):
+        mlflow.set_tag("dolly.schedule_note", schedule["note"])
+
+
+def print_plan(cfg: TrainConfig, spark) -> int:
+    """``--plan``: one JSON object on stdout, nothing launched; exit 0 whether or not it fits."""
+    from dolly_spark.launch.planning import plan_for
+
+    print(json.dumps(plan_for(cfg, spark), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(TrainConfig, argv, "train", __doc__)
+    if cfg.plan:
+        return print_plan(cfg, spark_session())
     try:
         result, _ = tracked(cfg, spark_session())
-    except TrainingFailed as err:
+    except (TrainingFailed, WontFit) as err:
         print(str(err), file=sys.stderr)
         return 1
     print(json.dumps(dataclasses.asdict(result), indent=2))

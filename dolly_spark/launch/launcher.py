@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dolly_spark.launch import planning
 from dolly_spark.launch.staging import stage_gold
 from dolly_spark.ops import tables
 from dolly_spark.train import checkpoints
@@ -37,6 +38,7 @@ from dolly_spark.train.worker import PROGRESS_PREFIX
 log = logging.getLogger(__name__)
 
 WORKER_MODULE = "dolly_spark.train.worker"
+PLAN_LOG_KEYS = ("records_per_step", "steps_per_epoch", "total_steps", "est_gpu_mem_gb", "fits", "reason", "fix")
 
 
 # The deepspeed launcher names the first rank to fail by its command line; torchrun by a report block.
@@ -124,6 +126,11 @@ class TrainResult:
     num_parameters: int | None = None
     wall_s: float = 0.0
     result_path: str = ""
+    # Schedule: records per optimizer step (None when packed rows make it vary), padding share.
+    records_per_step: int | None = None
+    pad_fraction: float | None = None
+    packing: bool = False
+    gradient_checkpointing: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -314,6 +321,11 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     if not tables.table_exists(spark, gold):
         raise FileNotFoundError(f"gold table {gold.path or gold.name} not found: run `dolly-spark prepare` first")
     version = cfg.gold_version if cfg.gold_version is not None else tables.table_version(spark, gold)
+    # Resolved once here so every rank (and the plan) uses the same length.
+    cfg = dataclasses.replace(cfg, gold_version=int(version), max_seq_len=cfg.resolved_max_seq_len())
+    plan = planning.plan_for(cfg, spark)
+    log.info("plan: %s", json.dumps({k: plan[k] for k in PLAN_LOG_KEYS}))
+    planning.check_fit(plan, refuse=cfg.check_fit)  # before staging or starting anything
     staging = cfg.resolved_staging_dir()
     staged = stage_gold(spark, gold, version, staging)
     log.info(
@@ -368,6 +380,14 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
         run_subprocess(launch_command(launcher, nproc, port, job_path, ds_path), worker_env(family), run_dir)
 
     final = json.loads((run_dir / "final_eval.json").read_text())
+    schedule = final.get("schedule") or {}
+    log.info(
+        "schedule: records_per_step=%s pad_fraction=%s (random batches: %s)%s",
+        schedule.get("records_per_step"),
+        schedule.get("pad_fraction"),
+        schedule.get("pad_fraction_random_batches"),
+        f"; {schedule['note']}" if schedule.get("note") else "",
+    )
     rows = read_metrics(metrics_path)
     train_rows = [r for r in rows if r["kind"] == "train"]
     losses = [float(r["loss"]) for r in train_rows]
@@ -397,9 +417,22 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
         num_parameters=final.get("num_parameters"),
         wall_s=time.time() - t_start,
         result_path=str(model_dir.parent / "train_result.json"),
+        records_per_step=schedule.get("records_per_step"),
+        pad_fraction=schedule.get("pad_fraction"),
+        packing=cfg.pack,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         extra={
-            k: final.get(k)
-            for k in ("data", "eval_label_tokens_by_category", "weight_norms_init", "weight_norms_final")
+            **{
+                k: final.get(k)
+                for k in (
+                    "data",
+                    "schedule",
+                    "eval_label_tokens_by_category",
+                    "weight_norms_init",
+                    "weight_norms_final",
+                )
+            },
+            "plan": plan,
         },
     )
     Path(result.result_path).write_text(json.dumps(dataclasses.asdict(result), indent=2))

@@ -54,6 +54,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, _prefix: st
     hints = typing.get_type_hints(cls)
     if not _dest:
         parser.add_argument("--config", help="YAML file with config values (CLI flags override it)")
+        if getattr(cls, "PRESETS", None):
+            parser.add_argument(
+                "--preset",
+                choices=sorted(cls.PRESETS),
+                help="named defaults (below --config and flags): "
+                + "; ".join(f"{k}: {v.get('_help', '')}" for k, v in cls.PRESETS.items()),
+            )
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("cli") is False:
             continue
@@ -167,8 +174,14 @@ def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
     cfg_file = getattr(ns, "config", None)
     if cfg_file:
         values = load_yaml(cfg_file)
+    preset = getattr(ns, "preset", None) or values.pop("preset", None)
+    if preset is not None:
+        presets = getattr(cls, "PRESETS", None) or {}
+        if preset not in presets:
+            raise ConfigError(f"preset {preset!r} is not one of {sorted(presets)}")
+        values = _merged({k: v for k, v in presets[preset].items() if k != "_help"}, values)
     for dest, v in vars(ns).items():
-        if dest == "config":
+        if dest in ("config", "preset"):
             continue
         *parents, leaf = dest.split(".")
         node = values
@@ -178,6 +191,14 @@ def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
             node = node[part]
         node[leaf] = list(v) if isinstance(v, tuple) else v
     return _build(cls, values, f"{cfg_file}: " if cfg_file else "")
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str = "") -> T:

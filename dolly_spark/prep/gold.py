@@ -29,6 +29,7 @@ from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, Stru
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
 from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine
 from dolly_spark.text import prompts
+from dolly_spark.text.model_config import PYTHIA_CONTEXT, model_max_positions
 from dolly_spark.text.tokenizer import default_tokenizer, load_fast_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,16 @@ class GoldConfig:
         default_factory=default_tokenizer,
         metadata={"help": "tokenizer hub id or local dir with tokenizer.json (env DOLLY_TOKENIZER)"},
     )
-    max_seq_len: int = field(default=2048, metadata={"help": "longer records go to quarantine as too_long"})
-    eval_size: int = field(default=1000, metadata={"help": "eval records expected out of eval_reference_rows"})
+    max_seq_len: int | None = field(
+        default=None,
+        metadata={"help": "longer records go to quarantine as too_long (default: --model's context, else 2048)"},
+    )
+    model: str | None = field(
+        default=None,
+        metadata={"help": "model id, dir or config.json whose max_position_embeddings sets max_seq_len"},
+    )
+    # Dolly's train_dolly.py passes --test-size 200 (trainer.py's own default, 1000, is overridden).
+    eval_size: int = field(default=200, metadata={"help": "eval records expected out of eval_reference_rows"})
     eval_reference_rows: int = field(
         default=15011,
         metadata={
@@ -61,6 +70,8 @@ class GoldConfig:
     )
 
     def __post_init__(self):
+        if self.max_seq_len is None:  # frozen: resolved once, so every stage sees the same number
+            object.__setattr__(self, "max_seq_len", model_max_positions(self.model) if self.model else PYTHIA_CONTEXT)
         if self.max_seq_len < 8:
             raise ValueError(f"max_seq_len must be at least 8, got {self.max_seq_len}")
         if not 0 < self.eval_size < self.eval_reference_rows:
@@ -123,13 +134,17 @@ def cached_tokenizer(src: str):
     return load_fast_tokenizer(src)
 
 
-def response_boundary_ids(tok) -> tuple[int, int]:
-    """(``### Response:`` special token id, newline id): the prompt ends with exactly these two."""
-    key = tok.token_to_id(prompts.RESPONSE_KEY)
-    ids = tok.encode(prompts.RESPONSE_KEY_NL, add_special_tokens=False).ids
-    if key is None or len(ids) != 2 or ids[0] != key:
-        raise RuntimeError(f"{prompts.RESPONSE_KEY_NL!r} does not tokenize as one special token + newline: {ids}")
-    return key, ids[1]
+def response_boundary_ids(tok) -> tuple[int, ...]:
+    """The ids that end every prompt: ``### Response:`` + newline as two ids (the released dolly-v2
+    tokenizer, or ours), or one id where ``### Response:\\n`` is itself a special token (a tokenizer
+    saved by Dolly's current ``training/trainer.py``)."""
+    ids = tuple(tok.encode(prompts.RESPONSE_KEY_NL, add_special_tokens=False).ids)
+    key = tok.token_to_id(prompts.RESPONSE_KEY_NL)
+    if key is not None and ids == (key,):
+        return ids
+    if len(ids) != 2 or ids[0] != tok.token_to_id(prompts.RESPONSE_KEY):
+        raise RuntimeError(f"{prompts.RESPONSE_KEY_NL!r} is neither one special token nor one + newline: {list(ids)}")
+    return ids
 
 
 def tokenize_texts(tok, texts: list[str]) -> tuple[list[list[int]], list[int | None]]:
@@ -138,16 +153,17 @@ def tokenize_texts(tok, texts: list[str]) -> tuple[list[list[int]], list[int | N
     The boundary is found in the ids of the full text, as Dolly's collator does, so prompt_len
     always indexes the same ids training sees. None when the response key is missing.
     """
-    key, newline = response_boundary_ids(tok)
+    boundary = list(response_boundary_ids(tok))
     ids = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
     prompt_lens: list[int | None] = []
     for seq in ids:
         try:
-            at = seq.index(key)
+            at = seq.index(boundary[0])
         except ValueError:
             prompt_lens.append(None)
             continue
-        prompt_lens.append(at + 2 if at + 1 < len(seq) and seq[at + 1] == newline else None)
+        end = at + len(boundary)
+        prompt_lens.append(end if seq[at:end] == boundary else None)
     return ids, prompt_lens
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from dolly_spark.ops import tables
 from dolly_spark.ops.config import Location
@@ -24,8 +25,19 @@ log = logging.getLogger(__name__)
 STAGES = ("bronze", "silver", "dedup", "gold")
 
 
+# Exact Dolly: the published text, Dolly's 200 eval records with seed 42, and Dolly's length filter
+# (it keeps records *shorter* than max_length: one reserved token makes ours strict too).
+DOLLY_PRESET = {
+    "_help": "Dolly's data: raw text, 200 eval records, seed 42, records shorter than the context",
+    "clean": {"raw_text": True},
+    "gold": {"eval_size": 200, "split_seed": 42, "pack_separator_tokens": 1},
+}
+
+
 @dataclass
 class PrepareConfig(Location):
+    PRESETS: ClassVar[dict] = {"dolly": DOLLY_PRESET}
+
     input: str = field(
         default="databricks/databricks-dolly-15k", metadata={"help": "JSONL file/dir, Volume path or HF id"}
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dolly_spark.text.prompts import DOLLY_SPECIAL_TOKENS
+from dolly_spark.text.prompts import DOLLY_SPECIAL_TOKENS, RESPONSE_KEY, RESPONSE_KEY_NL
 
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
 HUB_HINT = (
@@ -21,6 +21,12 @@ HUB_HINT = (
 
 def default_tokenizer() -> str:
     return os.environ.get("DOLLY_TOKENIZER", DEFAULT_TOKENIZER)
+
+
+def special_tokens_to_add(vocab) -> list[str]:
+    """Dolly's keys, minus ``### Response:`` where ``### Response:\\n`` is already one token (a
+    tokenizer saved by Dolly's current trainer): adding both would grow the vocabulary past Dolly's."""
+    return [t for t in DOLLY_SPECIAL_TOKENS if not (t == RESPONSE_KEY and RESPONSE_KEY_NL in vocab)]
 
 
 def load_fast_tokenizer(src: str):
@@ -37,7 +43,9 @@ def load_fast_tokenizer(src: str):
             tok = Tokenizer.from_pretrained(src)
     except Exception as err:  # hub errors vary by version; one clear message
         raise RuntimeError(HUB_HINT.format(src=src, err=err)) from err
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in DOLLY_SPECIAL_TOKENS])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in special_tokens_to_add(tok.get_vocab())]
+    )
     tok.no_padding()
     tok.no_truncation()
     return tok
@@ -51,6 +59,6 @@ def load_hf_tokenizer(src: str):
         tok = AutoTokenizer.from_pretrained(src)
     except Exception as err:
         raise RuntimeError(HUB_HINT.format(src=src, err=err)) from err
-    tok.add_special_tokens({"additional_special_tokens": list(DOLLY_SPECIAL_TOKENS)})
+    tok.add_special_tokens({"additional_special_tokens": special_tokens_to_add(tok.get_vocab())})
     tok.pad_token = tok.eos_token
     return tok

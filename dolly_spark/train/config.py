@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dolly_spark.ops.config import Location
 from dolly_spark.text.tokenizer import default_tokenizer
@@ -19,13 +19,32 @@ GPU_FAMILIES = ("auto", "a100", "h100", "a10", "v100", "cpu")
 LAUNCHERS = ("auto", "deepspeed", "torchrun", "distributor")
 # Dolly's per-device batch sizes (A100 6, A10 4); V100 and CPU are our choices.
 DEFAULT_BATCH_BY_FAMILY = {"a100": 6, "h100": 6, "a10": 4, "v100": 3, "cpu": 2}
+TINY_CONTEXT = 2048  # --tiny builds a Pythia-shaped config with Pythia's context
+
+
+# Exact Dolly: random (not length-grouped) batches of single records, everything else as our defaults.
+DOLLY_PRESET = {
+    "_help": "Dolly's schedule: unpacked random batches, checkpointing, 2 epochs, lr 5e-6, warmup 50",
+    "pack": False,
+    "group_by_length": False,
+    "gradient_checkpointing": True,
+    "epochs": 2.0,
+    "lr": 5e-6,
+    "warmup_steps": 50,
+    "eval_steps": 50,
+    "save_steps": 200,
+    "seed": 42,
+}
 
 
 @dataclass
 class TrainConfig(Location):
+    PRESETS: ClassVar[dict] = {"dolly": DOLLY_PRESET}
+
     gold_version: int | None = field(default=None, metadata={"help": "pinned Delta version of gold (default: latest)"})
     base_model: str = field(
-        default="EleutherAI/pythia-12b", metadata={"help": "hub id, local model dir, or a config.json (random init)"}
+        default="EleutherAI/pythia-12b",
+        metadata={"help": "hub id, local model dir, or a config.json (random init)", "aliases": ("--model",)},
     )
     tiny: bool = field(default=False, metadata={"help": "random-init few-MB GPT-NeoX config (local runs, CI)"})
     tokenizer: str = field(
@@ -62,12 +81,28 @@ class TrainConfig(Location):
     checkpoint_dir: str | None = None
     model_dir: str | None = None
     seed: int = 42
-    max_seq_len: int = 2048
-    pack: bool = field(default=True, metadata={"help": "pack records per the gold packing plan"})
+    max_seq_len: int | None = field(
+        default=None, metadata={"help": "longest row in tokens (default: the model's max_position_embeddings)"}
+    )
+    pack: bool = field(
+        default=False,
+        metadata={"help": "throughput mode: train on gold's packed rows (records per step then vary)"},
+    )
+    group_by_length: bool = field(
+        default=True, metadata={"help": "batch records of similar length (less padding; Dolly: random batches)"}
+    )
     max_eval_records: int | None = field(
         default=None, metadata={"help": "cap eval records (per category order) for quick runs"}
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "recompute activations in backward (Dolly's default; use_cache off)"}
+    )
+    plan: bool = field(default=False, metadata={"help": "print the resolved plan as JSON and exit (no launch)"})
+    gpu_memory_gb: float | None = field(
+        default=None, metadata={"help": "memory per GPU to plan for (default: the detected or the family's card)"}
+    )
+    host_memory_gb: float | None = field(default=None, metadata={"help": "host memory per node to plan for"})
+    check_fit: bool = field(default=True, metadata={"help": "refuse to launch a setup the plan says won't fit"})
     master_port: int | None = field(default=None, metadata={"help": "rendezvous port (default: a free one)"})
     experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
 
@@ -78,6 +113,18 @@ class TrainConfig(Location):
             raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError("save_total_limit must be >= 1")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ValueError(f"max_seq_len must be at least 8, got {self.max_seq_len}")
+
+    def resolved_max_seq_len(self) -> int:
+        """--max-seq-len, else the model's context (Dolly reads it from the model config)."""
+        if self.max_seq_len:
+            return int(self.max_seq_len)
+        if self.tiny:
+            return TINY_CONTEXT
+        from dolly_spark.text.model_config import model_max_positions
+
+        return model_max_positions(self.base_model)
 
     @property
     def train_root(self) -> Path:

@@ -212,6 +212,37 @@ def _final_eval_metrics(trainer, eval_sets: dict) -> dict:
     return trainer.evaluate()
 
 
+def schedule_summary(cfg, lengths: list[int], batch: int, world: int) -> dict:
+    """What one optimizer step holds and how much of each batch is padding (logged and returned)."""
+    from dolly_spark.train import sampling
+
+    accum = cfg.gradient_accumulation_steps
+    order = (
+        sampling.grouped_order(lengths, batch * world, cfg.seed)
+        if cfg.group_by_length
+        else sampling.random_order(len(lengths), cfg.seed)
+    )
+    out = {
+        "packing": cfg.pack,
+        "group_by_length": cfg.group_by_length,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "rows_per_step": batch * world * accum,
+        # Packed rows hold a varying number of records: only unpacked rows fix records per step.
+        # pad_fraction without grouping is for a seeded random order like the Trainer's (an estimate).
+        "records_per_step": None if cfg.pack else batch * world * accum,
+        "pad_fraction": round(sampling.pad_fraction(lengths, order, batch, world), 6),
+        "pad_fraction_random_batches": round(
+            sampling.pad_fraction(lengths, sampling.random_order(len(lengths), cfg.seed), batch, world), 6
+        ),
+    }
+    if cfg.pack:
+        out["note"] = (
+            "packing: each row holds several records, so an optimizer step sees a varying number of records "
+            f"and fewer steps per epoch than Dolly's {batch * world * accum} records per step"
+        )
+    return out
+
+
 def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     cfg = job.train_config()
     family = job.family
@@ -222,7 +253,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     from transformers import TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
-    from dolly_spark.train import checkpoints, data
+    from dolly_spark.train import checkpoints, data, sampling
     from dolly_spark.train.hardware import load_ds_config, precision_flags
     from dolly_spark.train.model import build_model, count_parameters, load_tokenizer, weight_fingerprint
 
@@ -236,9 +267,10 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     columns = list(data.TRAIN_COLUMNS)
     train_rows = data.load_shards(job.train_files, cache_dir).select_columns(columns).to_list()
     eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
-    examples, stats = data.build_examples(train_rows, cfg.pack, cfg.max_seq_len)
+    max_seq_len = cfg.resolved_max_seq_len()
+    examples, stats = data.build_examples(train_rows, cfg.pack, max_seq_len)
     train_ds = data.to_dataset(examples)
-    eval_sets = data.eval_datasets_by_category(eval_rows, cfg.max_seq_len, cfg.max_eval_records)
+    eval_sets = data.eval_datasets_by_category(eval_rows, max_seq_len, cfg.max_eval_records)
     log.info(
         "train: %d records -> %d rows (pack=%s); eval: %s",
         stats.records_in,
@@ -246,7 +278,6 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
         cfg.pack,
         {k: len(v) for k, v in eval_sets.items()},
     )
-
     ds_config_path = args.deepspeed_config or str(Path(job.run_dir) / "ds_config.json")
     ds_config = (
         json.loads(Path(ds_config_path).read_text())
@@ -254,6 +285,12 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
         else load_ds_config(family, cfg.deepspeed_config)
     )
     batch = cfg.batch_size_for(family)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    lengths = [len(e["input_ids"]) for e in examples]
+    schedule = schedule_summary(cfg, lengths, batch, world)
+    if cfg.group_by_length:
+        train_ds = sampling.EpochOrder(train_ds, lengths, batch * world, cfg.seed)
+    log.info("schedule: %s", json.dumps(schedule))
     targs = TrainingArguments(
         output_dir=job.checkpoint_dir,
         per_device_train_batch_size=batch,
@@ -274,21 +311,24 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
         disable_tqdm=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        # Grouped: the order comes from sampling.EpochOrder (seeded per epoch); else Dolly's random batches.
+        train_sampling_strategy="sequential" if cfg.group_by_length else "random",
         deepspeed=ds_config,
         use_cpu=cpu,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         **precision_flags(ds_config),
     )
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     set_seed(cfg.seed)  # random init (tiny / config) is reproducible
     model = build_model(
-        cfg.base_model, tokenizer, tiny=cfg.tiny, trust_remote_code=cfg.trust_remote_code, max_positions=cfg.max_seq_len
+        cfg.base_model, tokenizer, tiny=cfg.tiny, trust_remote_code=cfg.trust_remote_code, max_positions=max_seq_len
     )
     init_fingerprint = weight_fingerprint(model)
-    model.config.use_cache = False  # a cache disables packed-sequence masking (and wastes memory)
+    # A cache disables packed-sequence masking, is useless with checkpointing and wastes memory.
+    model.config.use_cache = False
 
     resume_from = None
     if cfg.resume:
@@ -335,6 +375,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
             # label-token-weighted mean of the per-category losses
             "eval_loss": sum(by_cat[c] * tokens[c] for c in by_cat) / total if total else None,
             "data": stats.as_dict(),
+            "schedule": schedule,
             "num_parameters": count_parameters(model),
             "family": family,
             "world_size": int(os.environ.get("WORLD_SIZE", "1")),
