@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.launch.launcher import TrainingFailed, TrainResult, read_metrics, run
 from dolly_spark.train.config import TrainConfig
 
@@ -68,6 +68,7 @@ def tracked(cfg: TrainConfig, spark) -> tuple[TrainResult, str | None]:
     return result, (active.info.run_id if active is not None else None)
 
 
+@cli_errors("train")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(TrainConfig, argv, "train", __doc__)
     try:

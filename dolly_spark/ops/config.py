@@ -54,6 +54,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, _prefix: st
     hints = typing.get_type_hints(cls)
     if not _dest:
         parser.add_argument("--config", help="YAML file with config values (CLI flags override it)")
+        parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+        )
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("cli") is False:
             continue
@@ -165,7 +168,7 @@ def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
     if cfg_file:
         values = load_yaml(cfg_file)
     for dest, v in vars(ns).items():
-        if dest == "config":
+        if dest in ("config", "debug"):
             continue
         *parents, leaf = dest.split(".")
         node = values
