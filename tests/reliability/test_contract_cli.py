@@ -144,3 +144,17 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
 def test_an_unknown_command_says_so(capsys):
     code, err = run_cli(capsys, ["frobnicate"])
     assert code == 2 and "unknown command 'frobnicate'" in err
+
+
+def test_a_runtime_accounting_failure_is_one_line_with_exit_1(capsys, monkeypatch, tmp_path, data):
+    from dolly_spark.commands import prepare as prepare_cmd
+    from dolly_spark.prep.accounting import AccountingError
+
+    def lose_rows(cfg, spark):
+        raise AccountingError("gold: input 10 != gold 8 + quarantined 1")
+
+    monkeypatch.setattr(prepare_cmd, "spark_session", lambda: None)
+    monkeypatch.setattr(prepare_cmd, "tracked", lose_rows)
+    code, err = run_cli(capsys, ["prepare", "--input", str(data), "--output-root", str(tmp_path / "o")])
+    assert code == 1
+    assert err.strip() == "dolly-spark prepare: error: gold: input 10 != gold 8 + quarantined 1"
