@@ -7,7 +7,7 @@ import dataclasses
 
 from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.ops.config import ConfigError
-from dolly_spark.prep.ingest import UnsupportedInputError, check_input
+from dolly_spark.prep.ingest import InputUnavailableError, UnsupportedInputError, check_input
 from dolly_spark.prep.prepare import PrepareConfig, PrepareResult, run
 
 CONFIG = PrepareConfig
@@ -18,7 +18,7 @@ def preflight(cfg: PrepareConfig) -> None:
     any table or the MLflow store (a missing input must not leave an ``mlflow.db`` behind)."""
     try:
         check_input(cfg.input)
-    except (OSError, UnsupportedInputError) as err:
+    except (OSError, UnsupportedInputError, InputUnavailableError) as err:
         raise ConfigError(str(err)) from err
 
 

@@ -2,8 +2,12 @@
 
 Files are read as bytes (``binaryFile``) and split into lines in an Arrow UDF, so invalid
 UTF-8, BOMs, UTF-16, CRLF and gzip are all handled in one place with the source file and
-line number kept. Works on local paths and UC Volume paths; the Hugging Face dataset id is
-resolved to a local file first.
+line number kept as lineage. Record ids are content addresses (``content_key`` plus an
+exact-duplicate tiebreak), so the train/eval split never depends on file names or line order.
+A named file is read whatever its name; unsupported compressions (bz2, xz, zstd, zip, gzip in
+gzip) are refused for a named file and one ``unsupported_compression`` row inside a folder.
+Works on local paths and UC Volume paths; the Hugging Face dataset id is resolved to a local
+file first.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ _ARROW_SCHEMA = pa.schema(
 )
 
 
+class InputUnavailableError(RuntimeError):
+    """The hub dataset could not be fetched (offline): the message says which --input to pass."""
+
+
+class UnsupportedInputError(ValueError):
+    """A named input file that cannot be read as JSON lines (an unsupported compression)."""
+
+
 def resolve_input(input_path: str) -> str:
     """A local/Volume path as is; the HF dataset id downloaded through the hub (needs network)."""
     if input_path == HF_DATASET_ID or input_path.startswith("hf://"):
@@ -47,7 +59,7 @@ def resolve_input(input_path: str) -> str:
 
             return hf_hub_download(repo_id=HF_DATASET_ID, filename="databricks-dolly-15k.jsonl", repo_type="dataset")
         except Exception as err:
-            raise RuntimeError(
+            raise InputUnavailableError(
                 f"could not download {HF_DATASET_ID} from the Hugging Face hub ({type(err).__name__}: "
                 f"{err}). Offline, pass --input with a local or UC Volume path to the JSON lines file, "
                 "e.g. --input ../shared/data/databricks-dolly-15k.jsonl"
@@ -58,10 +70,6 @@ def resolve_input(input_path: str) -> str:
     if p.is_dir() and not any(x.is_file() for x in p.rglob("*")):
         raise FileNotFoundError(f"--input {input_path!r} is a directory with no files")
     return str(p.resolve())
-
-
-class UnsupportedInputError(ValueError):
-    """A named input file that cannot be read as JSON lines (an unsupported compression)."""
 
 
 # Magic numbers of compressions the reader does not decompress (gzip is read, once).

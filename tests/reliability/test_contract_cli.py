@@ -158,3 +158,13 @@ def test_a_runtime_accounting_failure_is_one_line_with_exit_1(capsys, monkeypatc
     code, err = run_cli(capsys, ["prepare", "--input", str(data), "--output-root", str(tmp_path / "o")])
     assert code == 1
     assert err.strip() == "dolly-spark prepare: error: gold: input 10 != gold 8 + quarantined 1"
+
+
+def test_an_unreachable_hub_input_is_one_line_before_anything_is_written(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["prepare", "--input", "databricks/databricks-dolly-15k", "--output-root", str(out)])
+    assert code == 2 and "Traceback" not in err
+    assert last_line(err).startswith("dolly-spark prepare: error: could not download databricks/databricks-dolly-15k")
+    assert "--input" in last_line(err)
+    assert_nothing_written(out)
