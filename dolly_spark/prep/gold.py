@@ -193,7 +193,10 @@ def special_token_strings(src: str) -> frozenset[str]:
 def _special_token_udf(src: str):
     @pandas_udf("boolean")
     def has_special(instruction: pd.Series, context: pd.Series, response: pd.Series) -> pd.Series:
-        pattern = re.compile("|".join(re.escape(t) for t in sorted(special_token_strings(src), key=len, reverse=True)))
+        specials = sorted(special_token_strings(src), key=len, reverse=True)
+        if not specials:  # an empty alternation would match every string
+            return pd.Series([False] * len(instruction), dtype=bool)
+        pattern = re.compile("|".join(re.escape(t) for t in specials))
         return pd.Series(
             [
                 any(isinstance(v, str) and pattern.search(v) is not None for v in row)
