@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dolly_spark.prep.ingest import record_id_for, resolve_input, split_file
+from dolly_spark.prep.ingest import content_key, resolve_input, split_file
 
 GOOD = {"instruction": "Q?", "context": "", "response": "A.", "category": "open_qa"}
 
@@ -16,8 +16,12 @@ def test_split_file_parses_and_numbers_lines():
     cols = split_file("/d/a.jsonl", line() + b"\n" + line() + b"\n")
     assert cols["line_number"] == [1, 2]
     assert cols["instruction"] == ["Q?", "Q?"] and cols["ingest_error"] == [None, None]
-    assert cols["record_id"][0] != cols["record_id"][1]  # same text, different position
-    assert cols["record_id"][0] == record_id_for("a.jsonl", 1, line())
+    # Content-addressed: the same record has the same key anywhere (read_bronze adds the tiebreak).
+    assert (
+        cols["record_id"][0]
+        == cols["record_id"][1]
+        == content_key(json.dumps(GOOD, sort_keys=True, separators=(",", ":")), b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -77,23 +81,9 @@ def test_lone_surrogate_escape_is_an_ingest_error_not_a_crash():
     assert pair["instruction"] == ["\U0001f600"] and pair["ingest_error"] == [None]
 
 
-def test_record_ids_use_the_path_below_the_input_root():
-    from dolly_spark.prep.ingest import source_name
-
-    a = split_file("/in/a/part.jsonl", line(), root="/in")
-    b = split_file("/in/b/part.jsonl", line(), root="/in")
-    assert a["record_id"] != b["record_id"]
-    assert a["record_id"] == [record_id_for("a/part.jsonl", 1, line())]
-    # a single-file input keeps the base name, wherever the file lives
-    assert split_file("/x/y/a.jsonl", line())["record_id"] == [record_id_for("a.jsonl", 1, line())]
-    assert source_name("dbfs:/Volumes/c/s/v/in/a.jsonl", "/Volumes/c/s/v/in") == "a.jsonl"
-    assert source_name("file:///in/sub/a.jsonl", "/in") == "sub/a.jsonl"
-
-
-def test_skipped_files_lists_hidden_and_underscore_files(tmp_path):
-    from dolly_spark.prep.ingest import skipped_files
-
-    for rel in ("_SUCCESS", ".x.crc", "_tmp/p.jsonl", "ok/p.jsonl"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("{}\n")
-    assert skipped_files(str(tmp_path)) == [".x.crc", "_SUCCESS", "_tmp/p.jsonl"]
+def test_content_keys_ignore_file_names_and_positions():
+    a = split_file("/in/a/part.jsonl", line())
+    b = split_file("/elsewhere/b.jsonl", b"\n".join([line({**GOOD, "response": "B."}), line()]))
+    assert a["record_id"] == [b["record_id"][1]] and b["record_id"][0] != a["record_id"][0]
+    malformed = split_file("/in/x.jsonl", b'{"instruction": "Q')
+    assert malformed["record_id"] == [content_key(None, b'{"instruction": "Q')]

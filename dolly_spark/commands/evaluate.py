@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.serve.evaluate import ALL, EvaluateConfig, EvaluateResult, run
 
 CONFIG = EvaluateConfig
@@ -66,6 +66,7 @@ def format_summary(r: EvaluateResult) -> str:
     return "\n".join(lines)
 
 
+@cli_errors("evaluate")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(EvaluateConfig, argv, "evaluate", __doc__)
     result, _ = tracked(cfg, spark_session())

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
+from dolly_spark.ops.config import ConfigError
+from dolly_spark.prep.ingest import InputUnavailableError, UnsupportedInputError, check_input
 from dolly_spark.prep.prepare import PrepareConfig, PrepareResult, run
 
 CONFIG = PrepareConfig
+
+
+def preflight(cfg: PrepareConfig) -> None:
+    """The input exists, is readable and in a supported compression: checked before the session,
+    any table or the MLflow store (a missing input must not leave an ``mlflow.db`` behind)."""
+    try:
+        check_input(cfg.input)
+    except (OSError, UnsupportedInputError, InputUnavailableError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def tracked(cfg: PrepareConfig, spark) -> PrepareResult:
@@ -34,7 +45,9 @@ def format_summary(result: PrepareResult) -> str:
     return "\n".join(lines)
 
 
+@cli_errors("prepare")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(PrepareConfig, argv, "prepare", __doc__)
+    preflight(cfg)
     print(format_summary(tracked(cfg, spark_session())))
     return 0

@@ -6,7 +6,7 @@ and its eval metrics. Scoring takes ``models:/NAME@ALIAS``.
 
 from __future__ import annotations
 
-from dolly_spark.commands.common import parse_job
+from dolly_spark.commands.common import cli_errors, parse_job
 from dolly_spark.serve.registry import RegisterConfig, RegisterResult, register
 
 CONFIG = RegisterConfig
@@ -16,6 +16,7 @@ def run(cfg: RegisterConfig, spark=None) -> RegisterResult:
     return register(cfg)
 
 
+@cli_errors("register")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(RegisterConfig, argv, "register", __doc__)
     result = register(cfg)

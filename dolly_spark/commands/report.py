@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.prep.report import ReportConfig, run
 
 CONFIG = ReportConfig
@@ -20,6 +20,7 @@ def tracked(cfg: ReportConfig, spark) -> dict[str, str]:
     return written
 
 
+@cli_errors("report")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(ReportConfig, argv, "report", __doc__)
     for what, path in tracked(cfg, spark_session()).items():

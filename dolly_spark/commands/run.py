@@ -18,8 +18,8 @@ from dolly_spark.commands import prepare as prepare_cmd
 from dolly_spark.commands import report as report_cmd
 from dolly_spark.commands import score as score_cmd
 from dolly_spark.commands import train as train_cmd
-from dolly_spark.commands.common import parse_job, spark_session
-from dolly_spark.ops.config import Location
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
+from dolly_spark.ops.config import ConfigError, Location
 from dolly_spark.ops.tracking import resolve_tracking
 from dolly_spark.prep.gold import GoldConfig
 from dolly_spark.prep.prepare import PrepareConfig
@@ -117,10 +117,14 @@ def _common(cfg) -> dict:
     return {"output_root": cfg.output_root, "catalog": cfg.catalog, "schema": cfg.schema}
 
 
+def prepare_config(cfg) -> PrepareConfig:
+    # The tokenizer lives in PrepareConfig's gold section (a top-level keyword would be a TypeError).
+    gold = {"gold": GoldConfig(tokenizer=cfg.tokenizer)} if cfg.tokenizer else {}
+    return PrepareConfig(input=cfg.input, **_common(cfg), **gold)
+
+
 def run_prepare(cfg, spark, state: dict) -> dict:
-    gold = GoldConfig(tokenizer=cfg.tokenizer) if cfg.tokenizer else GoldConfig()  # the tokenizer is gold's
-    pcfg = PrepareConfig(input=cfg.input, **_common(cfg), gold=gold)
-    result = prepare_cmd.tracked(pcfg, spark)
+    result = prepare_cmd.tracked(prepare_config(cfg), spark)
     state["prepare"] = result
     return {
         "tables": result.details.get("accounting", {}),
@@ -256,8 +260,15 @@ STAGE_RUNNERS = {
 }
 
 
+@cli_errors("run")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(RunConfig, argv, "run", __doc__, level=logging.WARNING)
+    try:
+        todo = selected_stages(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if "prepare" in todo:
+        prepare_cmd.preflight(prepare_config(cfg))  # before the pipeline's MLflow run
     t0 = time.time()
     outcomes = run(cfg, spark_session())
     print(format_summary(cfg, outcomes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dolly_spark.commands.common import log_flat_metrics, parse_job, spark_session
+from dolly_spark.commands.common import cli_errors, log_flat_metrics, parse_job, spark_session
 from dolly_spark.serve.score import ScoreConfig, ScoreResult, run
 
 CONFIG = ScoreConfig
@@ -32,6 +32,7 @@ def format_summary(r: ScoreResult) -> str:
     )
 
 
+@cli_errors("score")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(ScoreConfig, argv, "score", __doc__)
     print(format_summary(tracked(cfg, spark_session())))

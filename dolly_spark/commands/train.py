@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from dolly_spark.commands.common import parse_job, spark_session
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.launch.launcher import TrainingFailed, TrainResult, read_metrics, run
 from dolly_spark.launch.planning import WontFit
 from dolly_spark.train.config import TrainConfig
@@ -103,6 +103,7 @@ def print_plan(cfg: TrainConfig, spark) -> int:
     return 0
 
 
+@cli_errors("train")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(TrainConfig, argv, "train", __doc__)
     if cfg.plan:

@@ -61,6 +61,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, _prefix: st
                 help="named defaults (below --config and flags): "
                 + "; ".join(f"{k}: {v.get('_help', '')}" for k, v in cls.PRESETS.items()),
             )
+        parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+        )
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("cli") is False:
             continue
@@ -181,7 +184,7 @@ def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
             raise ConfigError(f"preset {preset!r} is not one of {sorted(presets)}")
         values = _merged({k: v for k, v in presets[preset].items() if k != "_help"}, values)
     for dest, v in vars(ns).items():
-        if dest in ("config", "preset"):
+        if dest in ("config", "preset", "debug"):
             continue
         *parents, leaf = dest.split(".")
         node = values

@@ -43,14 +43,23 @@ class CleanConfig:
     # Dolly trains on the text as published; normalisation rewrites ~3.3k of dolly-15k's records.
     raw_text: bool = field(default=False, metadata={"help": "keep the text byte for byte (no normalisation)"})
 
+    def __post_init__(self):
+        # A limit below 1 would quarantine every record: a typo, not a policy.
+        for name in ("max_instruction_chars", "max_context_chars", "max_response_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.categories:
+            raise ValueError("categories must name at least one category")
+
 
 # Wikipedia citation markers: [1], [12], [a], [citation needed], [note 3], [clarification needed].
 _CITATION = re.compile(r"\[(?:\d{1,3}|[a-z]|citation needed|clarification needed|note \d+|verification needed)\]")
 _SPACES = re.compile(r"[^\S\n]+")  # whitespace runs other than newlines
 _SPACE_BEFORE_PUNCT = re.compile(r" +([.,;:!?])")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
-# Control characters other than \t \n \r (those are whitespace we normalise).
-CONTROL_CHARS_RE = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
+# C0 controls other than \t \n \r (whitespace we normalise), DEL, and the C1 block U+0080-U+009F
+# (NEL too: JSON text never needs it, and it survives as a line break in some renderers).
+CONTROL_CHARS_RE = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]"
 
 
 RULE_PREFIX = "_rule_"
@@ -106,7 +115,14 @@ def normalize_text_value(s: str | None, strip_citations: bool = True) -> str | N
         s = _SPACE_BEFORE_PUNCT.sub(r"\1", s)
     s = _SPACES.sub(" ", s)
     s = "\n".join(line.strip() for line in s.split("\n"))
-    return _MANY_NEWLINES.sub("\n\n", s).strip()
+    s = _MANY_NEWLINES.sub("\n\n", s).strip()
+    # Only zero-width / format characters (U+200B-U+200F, U+2060, U+FEFF, any Cf) left: nothing a
+    # reader sees, so the field is empty. Inside visible text (emoji ZWJ, soft hyphens) they stay.
+    return "" if all(_invisible(ch) for ch in s) else s
+
+
+def _invisible(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
 
 
 def _normalize_udf(strip_citations: bool):
@@ -130,9 +146,19 @@ def keep_raw_text(df: DataFrame) -> DataFrame:
     return df.withColumn("context", F.coalesce(F.col("context"), F.lit("")))
 
 
+def normalize_category_value(s: str | None) -> str | None:
+    # str.split() knows every Unicode space (tab, NBSP, U+2000-U+200A, U+3000...); SQL trim only ' '.
+    return None if s is None else " ".join(s.split()).lower()
+
+
 def normalize_category(df: DataFrame) -> DataFrame:
-    """' Open_QA ' -> 'open_qa': case and surrounding space are not meaningful."""
-    return df.withColumn("category", F.lower(F.trim(F.col("category"))))
+    """' Open_QA\\t' or '\\u00a0open_qa' -> 'open_qa': case and surrounding whitespace are not meaningful."""
+
+    @pandas_udf("string")
+    def norm(col: pd.Series) -> pd.Series:
+        return col.map(normalize_category_value, na_action="ignore")
+
+    return df.withColumn("category", norm(F.col("category")))
 
 
 def flag_empty_fields(df: DataFrame) -> DataFrame:

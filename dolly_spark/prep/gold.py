@@ -2,10 +2,11 @@
 
 Stages are pure ``DataFrame -> DataFrame`` functions sharing one ``GoldConfig``:
 
-    format_prompts -> tokenize -> flag_too_many_tokens -> collect_reasons -> assign_split -> plan_packing
+    format_prompts -> tokenize -> flag_special_tokens -> flag_too_many_tokens -> collect_reasons
+    -> assign_split -> plan_packing
 
 ``build_gold`` chains them and keeps every row, with ``reasons``/``reason`` set on the rejected
-ones (``too_long``, ``response_key_missing``); ``gold_rows`` and ``gold_quarantine_rows`` split
+ones (``special_token_in_text``, ``too_long``, ``response_key_missing``); ``gold_rows`` and ``gold_quarantine_rows`` split
 the result. Records longer than ``max_seq_len`` are never truncated.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -194,6 +196,46 @@ def tokenize(df: DataFrame, cfg: GoldConfig) -> DataFrame:
 # 3. rules (no silent drops: a reason per rejected row)
 
 
+@functools.lru_cache(maxsize=4)
+def special_token_strings(src: str) -> frozenset[str]:
+    """Every special token of the tokenizer in use (``<|endoftext|>``, ``<|padding|>``, Dolly's keys...).
+
+    Read from the tokenizer itself, not a fixed list: another model family brings its own.
+    """
+    added = cached_tokenizer(src).get_added_tokens_decoder().values()
+    return frozenset(t.content for t in added if t.special and t.content)
+
+
+def _special_token_udf(src: str):
+    @pandas_udf("boolean")
+    def has_special(instruction: pd.Series, context: pd.Series, response: pd.Series) -> pd.Series:
+        specials = sorted(special_token_strings(src), key=len, reverse=True)
+        if not specials:  # an empty alternation would match every string
+            return pd.Series([False] * len(instruction), dtype=bool)
+        pattern = re.compile("|".join(re.escape(t) for t in specials))
+        return pd.Series(
+            [
+                any(isinstance(v, str) and pattern.search(v) is not None for v in row)
+                for row in zip(instruction, context, response)
+            ],
+            dtype=bool,
+        )
+
+    return has_special
+
+
+def flag_special_tokens(df: DataFrame, cfg: GoldConfig) -> DataFrame:
+    """User text holding a special-token string: the tokenizer would turn it into that token
+    (``<|endoftext|>`` -> id 0 mid-response), the same harm as a stray ``### End``. Quarantined."""
+    hit = _special_token_udf(cfg.tokenizer)(
+        F.col("instruction"), F.coalesce(F.col("context"), F.lit("")), F.col("response")
+    )
+    return df.withColumn(
+        RULE_PREFIX + "special_token_in_text",
+        F.when(hit, F.lit("special_token_in_text")).otherwise(F.lit(None).cast("string")),
+    )
+
+
 def flag_too_many_tokens(df: DataFrame, cfg: GoldConfig) -> DataFrame:
     """seq_len (+ separator tokens) > max_seq_len: quarantined as ``too_long``, never truncated."""
     return df.withColumn(
@@ -308,6 +350,7 @@ def build_gold(candidates: DataFrame, cfg: GoldConfig, silver_version: int | Non
     return (
         base.transform(format_prompts)
         .transform(lambda d: tokenize(d, cfg))
+        .transform(lambda d: flag_special_tokens(d, cfg))
         .transform(lambda d: flag_too_many_tokens(d, cfg))
         .transform(flag_response_key_missing)
         .transform(collect_reasons)
