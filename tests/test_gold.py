@@ -5,6 +5,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from dolly_spark.ops import tables
+from dolly_spark.ops.schemas import GOLD_SCHEMA
 from dolly_spark.prep import gold
 from dolly_spark.text import prompts
 from dolly_spark.text.tokenizer import load_fast_tokenizer
@@ -216,15 +217,35 @@ def test_plan_packing_per_split_skips_rejected(spark):
     )
 
 
+def test_plan_packing_in_parallel_groups_keeps_budget_ids_and_quality(spark):
+    rng = random.Random(3)
+    rows = [(f"r{i:04d}", "eval" if i % 10 == 0 else "train", rng.randint(5, 300), None) for i in range(3000)]
+    rows.append(("bad", "train", 9, "too_long"))
+    df = spark.createDataFrame(rows, "record_id string, split string, seq_len int, reason string")
+    c = cfg(max_seq_len=512, pack_group_rows=500)
+    assert gold.pack_groups(len(rows), c) == 7
+    out = gold.plan_packing(df, c, n_rows=len(rows)).select("record_id", "split", "seq_len", "pack_id").collect()
+    assert sorted(r["record_id"] for r in out) == sorted(r[0] for r in rows)  # every row once
+    assert [r["pack_id"] for r in out if r["record_id"] == "bad"] == [None]
+    totals: dict[tuple, int] = {}
+    for r in out:
+        if r["pack_id"] is not None:
+            totals[(r["split"], r["pack_id"])] = totals.get((r["split"], r["pack_id"]), 0) + r["seq_len"]
+    assert max(totals.values()) <= 512
+    one = gold.plan_packing(df, c, n_rows=None).select("split", "pack_id").distinct().count() - 1  # minus null
+    assert one <= len(totals) <= one + 2 * 7, "each group adds at most its last, partly filled pack"
+    assert gold.plan_packing(df, cfg(max_seq_len=512), n_rows=None).columns == df.columns + ["pack_id"]
+
+
 # ---- 4. assembly and stats ---------------------------------------------------------------------
 
 
 def test_build_gold_schema_and_version(spark):
     df = candidates(spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare.", "closed_qa")])
     g = gold.gold_rows(gold.build_gold(df, cfg(), silver_version=5))
-    contract = spark.createDataFrame([], gold.GOLD_SCHEMA).schema
+    contract = spark.createDataFrame([], GOLD_SCHEMA).schema
     assert [(f.name, f.dataType) for f in g.schema.fields] == [(f.name, f.dataType) for f in contract.fields]
-    assert gold.GOLD_SCHEMA.startswith("record_id string, category string, split string")
+    assert GOLD_SCHEMA.startswith("record_id string, category string, split string")
     row = g.first()
     assert (row.record_id, row.category, row.silver_version, row.pack_id, row.context) == (
         "a",

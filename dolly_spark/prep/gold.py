@@ -55,6 +55,13 @@ class GoldConfig:
         },
     )
     split_seed: int = field(default=42, metadata={"help": "salt of the record_id hash that assigns the split"})
+    pack_group_rows: int = field(
+        default=20000,
+        metadata={
+            "help": "records per packing group: each split is cut into ceil(rows / this) hash groups "
+            "packed in parallel (one Python task each)"
+        },
+    )
     pack_separator_tokens: int = field(
         default=0,
         metadata={"help": "tokens the collator appends per record (e.g. 1 for an EOS); counted against max_seq_len"},
@@ -69,6 +76,8 @@ class GoldConfig:
             )
         if self.pack_separator_tokens < 0:
             raise ValueError("pack_separator_tokens must be >= 0")
+        if self.pack_group_rows < 1:
+            raise ValueError("pack_group_rows must be >= 1")
 
     @property
     def eval_fraction(self) -> float:
@@ -256,36 +265,61 @@ def best_fit_decreasing(record_ids: list[str], lengths: list[int], budget: int, 
     return packs
 
 
-def _pack_split(budget: int, separator: int):
+PACK_GROUP = "_pack_group"
+
+
+def _pack_split(budget: int, separator: int, groups: int = 1):
     def pack(table: pa.Table) -> pa.Table:
         ok = pc.is_null(table["reason"]).to_pylist() if "reason" in table.column_names else [True] * table.num_rows
         at = [i for i, good in enumerate(ok) if good]
         ids, lengths = table["record_id"].to_pylist(), table["seq_len"].to_pylist()
         packs = best_fit_decreasing([ids[i] for i in at], [lengths[i] for i in at], budget, separator)
+        group = 0
+        if PACK_GROUP in table.column_names:
+            group = int(table[PACK_GROUP][0].as_py()) if table.num_rows else 0
+            table = table.drop_columns([PACK_GROUP])
         pack_id: list[int | None] = [None] * table.num_rows
         for i, p in zip(at, packs):
-            pack_id[i] = p
+            pack_id[i] = p * groups + group  # unique within the split across groups; = p for one group
         return table.append_column("pack_id", pa.array(pack_id, pa.int64()))
 
     return pack
 
 
-def plan_packing(df: DataFrame, cfg: GoldConfig) -> DataFrame:
+def pack_groups(n_rows: int | None, cfg: GoldConfig) -> int:
+    """Packing groups per split for ``n_rows`` input rows (1 when unknown or small)."""
+    return max(1, -(-int(n_rows or 0) // cfg.pack_group_rows))
+
+
+def plan_packing(df: DataFrame, cfg: GoldConfig, n_rows: int | None = None) -> DataFrame:
     """Add ``pack_id``: rows sharing (split, pack_id) fit in one row of ``pack_budget`` tokens.
 
-    One Arrow group per split carries every column through (no self-join, so the tokenizer runs
-    once per consumer: Sail's ``cache()`` is a no-op). Rows with a reject reason get a null pack_id.
+    Each split is cut into ``pack_groups(n_rows)`` groups by a hash of record_id, packed in
+    parallel: a random sample of thousands of records packs as tightly as the whole split (only
+    each group's last, partly filled pack is extra). One Arrow group carries every column through
+    (no self-join, so the tokenizer runs once per consumer: Sail's ``cache()`` is a no-op). Rows
+    with a reject reason get a null pack_id.
     """
     schema = StructType(df.schema.fields + [StructField("pack_id", LongType())])
-    return df.groupBy("split").applyInArrow(_pack_split(cfg.pack_budget, cfg.pack_separator_tokens), schema)
+    groups = pack_groups(n_rows, cfg)
+    pack = _pack_split(cfg.pack_budget, cfg.pack_separator_tokens, groups)
+    if groups == 1:
+        return df.groupBy("split").applyInArrow(pack, schema)
+    keyed = df.withColumn(PACK_GROUP, F.pmod(F.xxhash64("record_id"), F.lit(groups)))
+    return keyed.groupBy("split", PACK_GROUP).applyInArrow(pack, schema)
 
 
 # ---------------------------------------------------------------------------------------------
 # assembly
 
 
-def build_gold(candidates: DataFrame, cfg: GoldConfig, silver_version: int | None) -> DataFrame:
-    """Every candidate row with gold columns plus ``reasons``/``reason`` (null reason = gold)."""
+def build_gold(
+    candidates: DataFrame, cfg: GoldConfig, silver_version: int | None, n_rows: int | None = None
+) -> DataFrame:
+    """Every candidate row with gold columns plus ``reasons``/``reason`` (null reason = gold).
+
+    ``n_rows`` (the candidates' count, when known) sets how many packing groups run in parallel.
+    """
     base = candidates.select(
         "record_id", "instruction", "context", "response", "category", "source_file", "line_number"
     )
@@ -296,7 +330,7 @@ def build_gold(candidates: DataFrame, cfg: GoldConfig, silver_version: int | Non
         .transform(flag_response_key_missing)
         .transform(collect_reasons)
         .transform(lambda d: assign_split(d, cfg))
-        .transform(lambda d: plan_packing(d, cfg))
+        .transform(lambda d: plan_packing(d, cfg, n_rows))
         .withColumn("silver_version", F.lit(silver_version).cast("long"))
     )
 
@@ -379,10 +413,11 @@ def write_gold(
     from dolly_spark.ops import tables
     from dolly_spark.prep.accounting import AccountingError
 
+    input_rows = int(candidates.count()) if input_rows is None else int(input_rows)  # caller's count saves a job
     versions = {
         "gold": tables.write_table(
             spark,
-            gold_rows(build_gold(candidates, cfg, silver_version)),
+            gold_rows(build_gold(candidates, cfg, silver_version, input_rows)),
             names.gold,
             comment=f"Dolly-formatted, tokenized ({cfg.tokenizer}) train/eval records with a packing plan",
         )
@@ -412,7 +447,7 @@ def write_gold(
     by_split = {r["split"]: int(r["count"]) for r in gold.groupBy("split").count().collect()}
     result = {
         "versions": versions,
-        "input_rows": int(candidates.count()) if input_rows is None else int(input_rows),  # caller's count saves a job
+        "input_rows": input_rows,
         "gold_rows": sum(by_split.values()),
         "quarantined_rows": sum(reasons.values()),
         "quarantined_by_reason": reasons,
