@@ -222,7 +222,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     from transformers import TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
-    from dolly_spark.train import checkpoints, data
+    from dolly_spark.train import checkpoints, data, lazy
     from dolly_spark.train.hardware import load_ds_config, precision_flags
     from dolly_spark.train.model import build_model, count_parameters, load_tokenizer, weight_fingerprint
 
@@ -234,10 +234,9 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
 
     cache_dir = str(Path(job.run_dir) / "hf_datasets_cache")
     columns = list(data.TRAIN_COLUMNS)
-    train_rows = data.load_shards(job.train_files, cache_dir).select_columns(columns).to_list()
+    # Train examples are built on demand from the memory-mapped shards (no rows as Python lists).
+    train_ds, stats = lazy.lazy_examples(data.load_shards(job.train_files, cache_dir), cfg.pack, cfg.max_seq_len)
     eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
-    examples, stats = data.build_examples(train_rows, cfg.pack, cfg.max_seq_len)
-    train_ds = data.to_dataset(examples)
     eval_sets = data.eval_datasets_by_category(eval_rows, cfg.max_seq_len, cfg.max_eval_records)
     log.info(
         "train: %d records -> %d rows (pack=%s); eval: %s",
