@@ -1,9 +1,10 @@
 """``dolly-spark score``: batch generation from a Delta table (or SQL query) into ``predictions``.
 
 Incremental and idempotent: each input row gets a stable ``row_key``; rows already in
-``predictions`` for the same ``model_version`` are skipped, and new rows land through one Delta
-``MERGE`` on (row_key, model_version), retried on commit conflicts, so reruns and concurrent jobs
-never duplicate a row. A row that cannot be generated (e.g. a prompt longer than the context
+``predictions`` for the same ``model_version`` are skipped, and new rows land in chunks of
+``chunk_rows``, each through one Delta ``MERGE`` on (row_key, model_version), retried on commit
+conflicts: a killed run keeps its committed chunks, and reruns and concurrent jobs never duplicate
+a row. A row that cannot be generated (e.g. a prompt longer than the context
 window) gets an ``error`` instead of failing the job.
 """
 
