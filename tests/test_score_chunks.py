@@ -83,3 +83,23 @@ def test_every_chunk_is_its_own_commit_and_throughput_is_reported(spark, tmp_pat
     assert res.rows_per_s > 0 and res.tokens_per_s > 0 and res.prompt_tokens_per_s > res.tokens_per_s
     failed = tables.read_table(spark, ref).filter(F.col("error").isNotNull()).count()
     assert res.failed == failed
+
+
+def test_the_command_logs_and_prints_throughput(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from dolly_spark.commands import score as score_cmd
+    from dolly_spark.ops import tracking
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", tracking.PARENT_RUN_ENV):
+        monkeypatch.delenv(var, raising=False)
+    result = score.ScoreResult(
+        30, 0, 1, 30, 4, "m", "dir:x", chunks=3, generate_seconds=2.0, rows_per_s=15.0, tokens_per_s=45.0
+    )
+    monkeypatch.setattr(score_cmd, "run", lambda cfg, spark: result)
+    cfg = ScoreConfig(model_uri="m", output_root=str(tmp_path))
+    assert score_cmd.tracked(cfg, spark=None) is result
+    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("dolly_spark").experiment_id])[0]
+    assert run.data.metrics["score_rows_per_s"] == 15.0 and run.data.metrics["score_tokens_per_s"] == 45.0
+    assert run.data.metrics["score_chunks"] == 3
+    assert "15.0 rows/s, 45.0 generated tokens/s" in score_cmd.format_summary(result)
