@@ -144,6 +144,8 @@ def prep_one(spark, n: int, work: Path) -> dict:
         "staging_s": round(t_stage, 1),
         "total_s": round(t_prep + t_stage, 1),
         "peak_rss_gib": round(max(mem_prep.peak, mem_stage.peak) / GIB, 2),
+        "peak_rss_prepare_gib": round(mem_prep.peak / GIB, 2),
+        "peak_rss_staging_gib": round(mem_stage.peak / GIB, 2),
         "rss_before_gib": round(mem_prep.start_rss / GIB, 2),
         "gold": acc.get("gold"),
         "quarantine": acc.get("quarantine"),
