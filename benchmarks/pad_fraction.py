@@ -7,6 +7,7 @@ rows the same way. Also shown: length-grouped batches (sorted by length, no pack
 
     .venv/bin/python benchmarks/pad_fraction.py --output-root out          # prepared tables
     .venv/bin/python benchmarks/pad_fraction.py --output-root /tmp/b --build  # build them first
+    .venv/bin/python benchmarks/pad_fraction.py --output-root /tmp/c --build --pack-group-rows 2000  # 8 parallel groups
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DOLLY_TOKENIZER", str(SHARED / "tokenizer" / "gpt-neox-20b"))
 
 
-def prepared(root: str, build: bool):
+def prepared(root: str, build: bool, pack_group_rows: int | None = None):
     """(spark, TableNames) with silver and gold present under ``root`` (built when asked)."""
     from dolly_spark.ops import tables
     from dolly_spark.ops.session import get_spark
@@ -42,7 +43,7 @@ def prepared(root: str, build: bool):
             spark,
             names,
             tables.read_table(spark, names.silver),
-            gold.GoldConfig(),
+            gold.GoldConfig(**({"pack_group_rows": pack_group_rows} if pack_group_rows else {})),
             tables.table_version(spark, names.silver),
         )
     return spark, names
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
     p.add_argument("--output-root", default=str(REPO / "out"))
     p.add_argument("--build", action="store_true", help="prepare silver and gold under --output-root if missing")
     p.add_argument("--split", default="train", choices=("train", "eval"))
+    p.add_argument(
+        "--pack-group-rows", type=int, default=None, help="with --build: packing groups of this many records"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--pad-to-multiple-of", type=int, default=8)
     p.add_argument("--seeds", type=int, default=5, help="random batch orders averaged for the random policies")
@@ -75,7 +79,7 @@ def main(argv=None) -> int:
 
     from dolly_spark.ops import tables
 
-    spark, names = prepared(args.output_root, args.build)
+    spark, names = prepared(args.output_root, args.build, args.pack_group_rows)
     pdf = tables.read_table(spark, names.gold).where(f"split = '{args.split}'").select("seq_len", "pack_id").toPandas()
     lengths = pdf["seq_len"].astype(int).tolist()
     packs = pdf.groupby("pack_id")["seq_len"].sum().astype(int).tolist()

@@ -5,7 +5,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from dolly_spark.ops import schemas, tables
-from dolly_spark.prep import gold
+from dolly_spark.prep import gold, packing
 from dolly_spark.text import prompts
 from dolly_spark.text.tokenizer import load_fast_tokenizer
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
@@ -182,7 +182,7 @@ def test_best_fit_decreasing_packs_within_budget_deterministically():
     rng = random.Random(0)
     ids = [f"r{i}" for i in range(300)]
     lengths = [rng.randint(1, 100) for _ in ids]
-    packs = gold.best_fit_decreasing(ids, lengths, budget=100, separator=1)
+    packs = packing.best_fit_decreasing(ids, lengths, budget=100, separator=1)
     totals: dict[int, int] = {}
     for p, n in zip(packs, lengths):
         totals[p] = totals.get(p, 0) + n + 1
@@ -195,22 +195,22 @@ def test_best_fit_decreasing_packs_within_budget_deterministically():
     again = dict(
         zip(
             [i for i, _ in shuffled],
-            gold.best_fit_decreasing([i for i, _ in shuffled], [n for _, n in shuffled], 100, 1),
+            packing.best_fit_decreasing([i for i, _ in shuffled], [n for _, n in shuffled], 100, 1),
         )
     )
     assert again == dict(zip(ids, packs))  # input order does not matter
 
 
 def test_best_fit_decreasing_known_case_and_oversize():
-    assert gold.best_fit_decreasing(["a", "b", "c", "d"], [6, 4, 5, 5], 10) == [0, 0, 1, 1]
+    assert packing.best_fit_decreasing(["a", "b", "c", "d"], [6, 4, 5, 5], 10) == [0, 0, 1, 1]
     with pytest.raises(ValueError):
-        gold.best_fit_decreasing(["a"], [11], 10)
+        packing.best_fit_decreasing(["a"], [11], 10)
 
 
 def test_plan_packing_per_split_skips_rejected(spark):
     rows = [("a", "train", 6, None), ("b", "train", 4, None), ("c", "eval", 5, None), ("d", "train", 9, "too_long")]
     df = spark.createDataFrame(rows, "record_id string, split string, seq_len int, reason string")
-    out = gold.plan_packing(df, cfg(max_seq_len=10)).select("record_id", "pack_id")
+    out = packing.plan_packing(df, cfg(max_seq_len=10)).select("record_id", "pack_id")
     assertDataFrameEqual(
         out, spark.createDataFrame([("a", 0), ("b", 0), ("c", 0), ("d", None)], "record_id string, pack_id long")
     )

@@ -223,6 +223,7 @@ def run_score(cfg, spark, state: dict) -> dict:
         "scored": result.scored,
         "skipped": result.skipped,
         "failed": result.failed,
+        "rows_per_s": round(result.rows_per_s, 1),
         "predictions_version": result.predictions_version,
         "model_version": result.model_version,
     }

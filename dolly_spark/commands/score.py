@@ -28,7 +28,9 @@ def format_summary(r: ScoreResult) -> str:
         f"model {r.model_uri} (version {r.model_version})\n"
         f"input {r.total}  scored {r.scored}  skipped {r.skipped}  failed {r.failed}  "
         f"duplicate keys {r.duplicates}\n"
-        f"predictions@{r.predictions_version}  ({r.seconds:.1f}s)"
+        f"predictions@{r.predictions_version}  ({r.seconds:.1f}s, {r.chunks} chunks)\n"
+        f"throughput {r.rows_per_s:.1f} rows/s, {r.tokens_per_s:.1f} generated tokens/s, "
+        f"{r.prompt_tokens_per_s:.1f} prompt tokens/s"
     )
 
 

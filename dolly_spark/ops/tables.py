@@ -218,3 +218,15 @@ def table_history(ref: TableRef) -> list[dict]:
     from deltalake import DeltaTable
 
     return DeltaTable(ref.path).history()
+
+
+def write_parquet(df, path: str, num_files: int | None = None) -> list[str]:
+    """Write ``df`` as Parquet files under ``path`` by the engine (no driver copy of the rows).
+
+    Returns the data files written, sorted. ``num_files`` repartitions first, so each file holds
+    about ``rows / num_files`` rows.
+    """
+    if num_files:
+        df = df.repartition(int(num_files))
+    df.write.mode("overwrite").parquet(str(path))
+    return sorted(str(p) for p in Path(path).rglob("*.parquet") if not p.name.startswith((".", "_")))

@@ -12,7 +12,6 @@ the result. Records longer than ``max_seq_len`` are never truncated.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 import re
@@ -22,14 +21,14 @@ from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
 from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine
+from dolly_spark.prep.packing import plan_packing
 from dolly_spark.text import prompts
 from dolly_spark.text.model_config import PYTHIA_CONTEXT, model_max_positions
 from dolly_spark.text.tokenizer import default_tokenizer, load_fast_tokenizer
@@ -66,6 +65,13 @@ class GoldConfig:
         },
     )
     split_seed: int = field(default=42, metadata={"help": "salt of the record_id hash that assigns the split"})
+    pack_group_rows: int = field(
+        default=20000,
+        metadata={
+            "help": "records per packing group: each split is cut into ceil(rows / this) hash groups "
+            "packed in parallel (one Python task each)"
+        },
+    )
     pack_separator_tokens: int = field(
         default=0,
         metadata={"help": "tokens the collator appends per record (e.g. 1 for an EOS); counted against max_seq_len"},
@@ -82,6 +88,8 @@ class GoldConfig:
             )
         if self.pack_separator_tokens < 0:
             raise ValueError("pack_separator_tokens must be >= 0")
+        if self.pack_group_rows < 1:
+            raise ValueError("pack_group_rows must be >= 1")
 
     @property
     def eval_fraction(self) -> float:
@@ -284,66 +292,20 @@ def assign_split(df: DataFrame, cfg: GoldConfig) -> DataFrame:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. packing plan
-
-
-def best_fit_decreasing(record_ids: list[str], lengths: list[int], budget: int, separator: int = 0) -> list[int]:
-    """Pack ids into rows of at most ``budget`` tokens; returns a pack number per input position.
-
-    Longest first (ties by record_id), each into the fullest pack that still fits: deterministic,
-    O(n log n), and within 11/9 of the optimal pack count.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], record_ids[i]))
-    free: list[tuple[int, int]] = []  # (remaining tokens, pack number), sorted
-    packs = [0] * len(lengths)
-    n_packs = 0
-    for i in order:
-        need = lengths[i] + separator
-        if need > budget:
-            raise ValueError(f"record {record_ids[i]} needs {need} tokens, more than the pack budget {budget}")
-        at = bisect.bisect_left(free, (need, -1))
-        if at < len(free):
-            remaining, pack = free.pop(at)
-        else:
-            remaining, pack = budget, n_packs
-            n_packs += 1
-        packs[i] = pack
-        if remaining - need > 0:
-            bisect.insort(free, (remaining - need, pack))
-    return packs
-
-
-def _pack_split(budget: int, separator: int):
-    def pack(table: pa.Table) -> pa.Table:
-        ok = pc.is_null(table["reason"]).to_pylist() if "reason" in table.column_names else [True] * table.num_rows
-        at = [i for i, good in enumerate(ok) if good]
-        ids, lengths = table["record_id"].to_pylist(), table["seq_len"].to_pylist()
-        packs = best_fit_decreasing([ids[i] for i in at], [lengths[i] for i in at], budget, separator)
-        pack_id: list[int | None] = [None] * table.num_rows
-        for i, p in zip(at, packs):
-            pack_id[i] = p
-        return table.append_column("pack_id", pa.array(pack_id, pa.int64()))
-
-    return pack
-
-
-def plan_packing(df: DataFrame, cfg: GoldConfig) -> DataFrame:
-    """Add ``pack_id``: rows sharing (split, pack_id) fit in one row of ``pack_budget`` tokens.
-
-    One Arrow group per split carries every column through (no self-join, so the tokenizer runs
-    once per consumer: Sail's ``cache()`` is a no-op). Rows with a reject reason get a null pack_id.
-    """
-    schema = StructType(df.schema.fields + [StructField("pack_id", LongType())])
-    return df.groupBy("split").applyInArrow(_pack_split(cfg.pack_budget, cfg.pack_separator_tokens), schema)
+# 5. the packing plan: dolly_spark.prep.packing
 
 
 # ---------------------------------------------------------------------------------------------
 # assembly
 
 
-def build_gold(candidates: DataFrame, cfg: GoldConfig, silver_version: int | None) -> DataFrame:
-    """Every candidate row with gold columns plus ``reasons``/``reason`` (null reason = gold)."""
+def build_gold(
+    candidates: DataFrame, cfg: GoldConfig, silver_version: int | None, n_rows: int | None = None
+) -> DataFrame:
+    """Every candidate row with gold columns plus ``reasons``/``reason`` (null reason = gold).
+
+    ``n_rows`` (the candidates' count, when known) sets how many packing groups run in parallel.
+    """
     base = candidates.select(
         "record_id", "instruction", "context", "response", "category", "source_file", "line_number"
     )
@@ -355,7 +317,7 @@ def build_gold(candidates: DataFrame, cfg: GoldConfig, silver_version: int | Non
         .transform(flag_response_key_missing)
         .transform(collect_reasons)
         .transform(lambda d: assign_split(d, cfg))
-        .transform(lambda d: plan_packing(d, cfg))
+        .transform(lambda d: plan_packing(d, cfg, n_rows))
         .withColumn("silver_version", F.lit(silver_version).cast("long"))
     )
 
@@ -438,10 +400,11 @@ def write_gold(
     from dolly_spark.ops import tables
     from dolly_spark.prep.accounting import AccountingError
 
+    input_rows = int(candidates.count()) if input_rows is None else int(input_rows)  # caller's count saves a job
     versions = {
         "gold": tables.write_table(
             spark,
-            gold_rows(build_gold(candidates, cfg, silver_version)),
+            gold_rows(build_gold(candidates, cfg, silver_version, input_rows)),
             names.gold,
             comment=f"Dolly-formatted, tokenized ({cfg.tokenizer}) train/eval records with a packing plan",
         )
@@ -471,7 +434,7 @@ def write_gold(
     by_split = {r["split"]: int(r["count"]) for r in gold.groupBy("split").count().collect()}
     result = {
         "versions": versions,
-        "input_rows": int(candidates.count()) if input_rows is None else int(input_rows),  # caller's count saves a job
+        "input_rows": input_rows,
         "gold_rows": sum(by_split.values()),
         "quarantined_rows": sum(reasons.values()),
         "quarantined_by_reason": reasons,

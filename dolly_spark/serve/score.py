@@ -1,19 +1,20 @@
 """``dolly-spark score``: batch generation from a Delta table (or SQL query) into ``predictions``.
 
 Incremental and idempotent: each input row gets a stable ``row_key``; rows already in
-``predictions`` for the same ``model_version`` are skipped, and new rows land through one Delta
-``MERGE`` on (row_key, model_version), retried on commit conflicts, so reruns and concurrent jobs
-never duplicate a row. A row that cannot be generated (e.g. a prompt longer than the context
+``predictions`` for the same ``model_version`` are skipped, and new rows land in chunks of
+``chunk_rows``, each through one Delta ``MERGE`` on (row_key, model_version), retried on commit
+conflicts: a killed run keeps its committed chunks, and reruns and concurrent jobs never duplicate
+a row. A row that cannot be generated (e.g. a prompt longer than the context
 window) gets an ``error`` instead of failing the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -28,6 +29,14 @@ from dolly_spark.ops import tables
 from dolly_spark.ops.config import Location
 from dolly_spark.ops.schemas import RESULT_COLUMNS, RESULT_DDL
 from dolly_spark.serve.generate import GenerationConfig
+from dolly_spark.serve.merge import (  # noqa: F401  (re-exported: score.merge_new_rows, ...)
+    MERGE_RETRIES,
+    drop_staging,
+    ensure_table,
+    merge_new_rows,
+    remove_stale_staging,
+    staging_ref,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,6 @@ UDF_MODES = ("pandas_iter", "spark_udf")
 # What the generation UDF returns, one struct per row (also the pyfunc's output columns).
 # Gold columns that only training needs; dropped from predictions by default.
 TRAINING_ONLY_COLUMNS = ("prompt", "text", "input_ids", "prompt_len", "seq_len", "pack_id")
-MERGE_RETRIES = 5
 OUTPUT_ONLY_COLUMNS = ("row_key", *RESULT_COLUMNS, "model_uri", "model_version", "generation_config", "scored_at")
 
 
@@ -68,6 +76,10 @@ class ScoreConfig(Location):
     limit: int | None = field(default=None, metadata={"help": "score at most this many rows (the first by row_key)"})
     num_partitions: int | None = field(
         default=None, metadata={"help": "repartition before generating (e.g. one per GPU)"}
+    )
+    chunk_rows: int = field(
+        default=10000,
+        metadata={"help": "rows generated and MERGEd per commit: a killed run keeps every finished chunk"},
     )
     download_dir: str | None = field(
         default=None,
@@ -104,6 +116,11 @@ class ScoreResult:
     model_version: str
     duplicates: int = 0  # input rows sharing a row_key with another input row
     seconds: float = 0.0
+    chunks: int = 0  # chunks committed by this run
+    generate_seconds: float = 0.0  # generating and staging the chunks (MERGEs excluded)
+    rows_per_s: float = 0.0  # generated rows per generate second
+    tokens_per_s: float = 0.0  # generated (completion) tokens per generate second
+    prompt_tokens_per_s: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,106 +343,59 @@ def read_input(cfg: ScoreConfig, spark, names: tables.TableNames):
     return df
 
 
-def staging_ref(target: tables.TableRef, run_id: str) -> tables.TableRef:
-    """A sibling table that holds this run's generations until they are merged."""
-    name = tables.validate_identifier(f"{target.name.split('.')[-1]}__staging_{run_id}", "staging table")
-    if target.path is not None:
-        return tables.TableRef(target.logical, name, tables.validate_path(str(Path(target.path).parent / name)))
-    return tables.TableRef(target.logical, ".".join(target.name.split(".")[:-1] + [name]))
+def chunked(pending, n_pending: int, chunk_rows: int, spark, target: tables.TableRef, run_id: str):
+    """Yield (chunk number, DataFrame) covering ``pending`` once, about ``chunk_rows`` rows each.
 
-
-def drop_staging(spark, ref: tables.TableRef) -> None:
-    if ref.path is not None:
-        spark.sql(f"DROP TABLE IF EXISTS `{ref.name}`")
-        shutil.rmtree(ref.path, ignore_errors=True)
-    else:
-        spark.sql(f"DROP TABLE IF EXISTS {ref.sql}")
-
-
-def remove_stale_staging(spark, target: tables.TableRef, older_than_hours: float) -> list[str]:
-    """Drop staging tables a killed run left behind (local roots). Only old ones: a concurrent
-    job's fresh staging table is still in use."""
-    if target.path is None:
-        return []
-    cutoff = time.time() - older_than_hours * 3600
-    prefix = f"{target.name.split('.')[-1]}__staging_"
-    removed = []
-    for d in Path(target.path).parent.glob(prefix + "*"):
-        newest = max((p.stat().st_mtime for p in d.rglob("*")), default=d.stat().st_mtime)
-        if newest < cutoff:
-            drop_staging(spark, tables.TableRef(target.logical, d.name, tables.validate_path(str(d))))
-            removed.append(d.name)
-            log.warning("removed stale staging table %s (last written %.1f h ago)", d, (time.time() - newest) / 3600)
-    return removed
-
-
-def _is_conflict(err: Exception) -> bool:
-    text = str(err).lower()
-    # Sail says "Failed to commit transaction"; Databricks raises Concurrent*Exception.
-    return any(k in text for k in ("conflict", "concurrent", "failed to commit", "transaction"))
-
-
-def merge_new_rows(spark, staged: tables.TableRef, target: tables.TableRef, retries: int = MERGE_RETRIES) -> int:
-    """Insert staged rows whose (row_key, model_version) the target lacks; returns rows inserted.
-
-    Delta commits optimistically: a concurrent writer makes our commit fail, and the retry re-reads
-    the target, so rows the other job inserted meanwhile are matched, not duplicated.
+    Several chunks: the pending rows are written once to a staging table with a ``_chunk`` column
+    (a hash of row_key), so the input query and anti-join run once, not once per chunk.
     """
-    sql = (
-        f"MERGE INTO {target.sql} AS t USING {staged.sql} AS s "
-        "ON t.row_key = s.row_key AND t.model_version = s.model_version "
-        "WHEN NOT MATCHED THEN INSERT *"
-    )
-    for attempt in range(retries + 1):
-        try:
-            row = spark.sql(sql).collect()
-            break
-        except Exception as err:
-            if attempt == retries or not _is_conflict(err):
-                raise
-            wait = 0.2 * 2**attempt
-            log.warning(
-                "MERGE into %s conflicted (%s); retry %d in %.1fs", target.name, str(err)[:200], attempt + 1, wait
-            )
-            time.sleep(wait)
-    tables.register_table(spark, target)  # Sail pins the snapshot seen at registration
-    return _inserted_rows(row)
-
-
-def _inserted_rows(rows) -> int:
-    if not rows:
-        return 0
-    d = rows[0].asDict()
-    for key in ("num_inserted_rows", "count", "num_affected_rows"):
-        if key in d:
-            return int(d[key])
-    return int(next(iter(d.values())))
-
-
-def ensure_table(spark, df, ref: tables.TableRef) -> None:
-    """Create the target empty with ``df``'s schema; an empty append is harmless if two jobs race."""
-    if tables.table_exists(spark, ref):
+    n_chunks = max(1, -(-int(n_pending) // max(1, int(chunk_rows))))
+    if n_chunks == 1:
+        yield 0, n_chunks, pending
         return
-    for attempt in range(MERGE_RETRIES + 1):
-        try:
-            tables.write_table(
-                spark,
-                df.limit(0),
-                ref,
-                mode="append",
-                comment="generations per (row_key, model_version); see docs/scoring.md",
-            )
-            return
-        except Exception as err:
-            if tables.table_exists(spark, ref):
-                return
-            if attempt == MERGE_RETRIES:
-                raise
-            log.warning("creating %s failed (%s); retrying", ref.name, str(err)[:200])
-            time.sleep(0.2 * 2**attempt)
+    ref = staging_ref(target, f"{run_id}_pending")
+    bucket = F.pmod(F.xxhash64("row_key"), F.lit(n_chunks))
+    try:
+        tables.write_table(spark, pending.withColumn("_chunk", bucket), ref, partition_by=["_chunk"])
+        frame = tables.read_table(spark, ref)
+        for k in range(n_chunks):
+            yield k, n_chunks, frame.where(F.col("_chunk") == F.lit(k)).drop("_chunk")
+    finally:
+        drop_staging(spark, ref)
 
 
-def run(cfg: ScoreConfig, spark) -> ScoreResult:
+def score_chunk(cfg: ScoreConfig, spark, chunk, model: ResolvedModel, gen: GenerationConfig, staged) -> dict:
+    """Generate one chunk into the staging table ``staged``; returns its row and token counts."""
+    if cfg.num_partitions:
+        chunk = chunk.repartition(int(cfg.num_partitions), "row_key")
+    scored = with_generation(chunk, model, gen, cfg.udf_mode, spark).select(
+        *chunk.columns,
+        *RESULT_COLUMNS,
+        F.lit(cfg.model_uri).alias("model_uri"),
+        F.lit(model.version).alias("model_version"),
+        F.lit(json.dumps(asdict(gen), sort_keys=True)).alias("generation_config"),
+        F.current_timestamp().alias("scored_at"),
+    )
+    # Stage first: the UDF runs exactly once, and a MERGE retry does not regenerate.
+    tables.write_table(spark, scored, staged, mode="overwrite")
+    row = (
+        tables.read_table(spark, staged)
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(F.col("error")).alias("failed"),
+            F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
+            F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
+        )
+        .collect()[0]
+    )
+    return {k: int(row[k]) for k in ("rows", "failed", "prompt_tokens", "completion_tokens")}
+
+
+def run(cfg: ScoreConfig, spark, after_chunk=None) -> ScoreResult:
+    """Score the pending rows chunk by chunk, each chunk one idempotent MERGE.
+
+    ``after_chunk(k, inserted)`` runs after chunk ``k`` is committed (tests inject failures there).
+    """
     t0 = time.time()
     names = cfg.table_names()
     target = names.ref(cfg.output_table)
@@ -446,45 +416,51 @@ def run(cfg: ScoreConfig, spark) -> ScoreResult:
         pending = unique.join(done, "row_key", "left_anti")
     n_pending = pending.count()
     log.info("[2/4] %d input rows, %d duplicate keys, %d to score", total, duplicates, n_pending)
+    result = ScoreResult(0, total - duplicates, 0, total, None, cfg.model_uri, model.version, duplicates)
     if n_pending == 0:
-        version = tables.table_version(spark, target) if tables.table_exists(spark, target) else None
-        return ScoreResult(
-            0, total - duplicates, 0, total, version, cfg.model_uri, model.version, duplicates, time.time() - t0
-        )
+        result.predictions_version = tables.table_version(spark, target) if tables.table_exists(spark, target) else None
+        result.seconds = time.time() - t0
+        return result
 
-    if cfg.num_partitions:
-        pending = pending.repartition(int(cfg.num_partitions), "row_key")
-    scored = with_generation(pending, model, gen, cfg.udf_mode, spark).select(
-        *pending.columns,
-        *RESULT_COLUMNS,
-        F.lit(cfg.model_uri).alias("model_uri"),
-        F.lit(model.version).alias("model_version"),
-        F.lit(json.dumps(asdict(gen), sort_keys=True)).alias("generation_config"),
-        F.current_timestamp().alias("scored_at"),
-    )
-    # Stage first: the UDF runs exactly once, and a MERGE retry does not regenerate.
     remove_stale_staging(spark, target, cfg.stale_staging_hours)
-    staged = staging_ref(target, uuid.uuid4().hex[:12])
-    try:
-        tables.write_table(spark, scored, staged, mode="overwrite")
-        staged_df = tables.read_table(spark, staged)
-        n_staged = staged_df.count()
-        failed = staged_df.filter(F.col("error").isNotNull()).count()
-        log.info("[3/4] generated %d rows (%d failed) in %.1fs", n_staged, failed, time.time() - t0)
-        ensure_table(spark, staged_df, target)
-        inserted = merge_new_rows(spark, staged, target)
-    finally:
-        drop_staging(spark, staged)
-    version = tables.table_version(spark, target)
-    log.info("[4/4] merged %d new rows into %s@%d", inserted, target.name, version)
-    return ScoreResult(
-        inserted,
-        total - duplicates - inserted,
-        failed,
-        total,
-        version,
-        cfg.model_uri,
-        model.version,
-        duplicates,
-        time.time() - t0,
-    )
+    run_id = uuid.uuid4().hex[:12]
+    tokens = {"prompt_tokens": 0, "completion_tokens": 0, "rows": 0}
+    # closing(): a failure mid-loop drops the pending table now, not when the generator is collected.
+    with contextlib.closing(chunked(pending, n_pending, cfg.chunk_rows, spark, target, run_id)) as chunks:
+        for k, n_chunks, chunk in chunks:
+            staged = staging_ref(target, f"{run_id}_c{k}")
+            try:
+                t_gen = time.time()
+                counts = score_chunk(cfg, spark, chunk, model, gen, staged)
+                result.generate_seconds += time.time() - t_gen
+                if counts["rows"] == 0:  # a hash bucket can be empty: nothing to commit
+                    continue
+                for key in tokens:
+                    tokens[key] += counts[key]
+                ensure_table(spark, tables.read_table(spark, staged), target)
+                inserted = merge_new_rows(spark, staged, target)
+            finally:
+                drop_staging(spark, staged)
+            result.scored += inserted
+            result.failed += counts["failed"]
+            result.chunks += 1
+            log.info(
+                "[3/4] chunk %d/%d: %d rows (%d failed), %d merged, %.0f rows/s so far",
+                k + 1,
+                n_chunks,
+                counts["rows"],
+                counts["failed"],
+                inserted,
+                tokens["rows"] / max(result.generate_seconds, 1e-9),
+            )
+            if after_chunk is not None:
+                after_chunk(k, inserted)
+    result.skipped = total - duplicates - result.scored
+    result.predictions_version = tables.table_version(spark, target)
+    if result.generate_seconds > 0:
+        result.rows_per_s = tokens["rows"] / result.generate_seconds
+        result.tokens_per_s = tokens["completion_tokens"] / result.generate_seconds
+        result.prompt_tokens_per_s = tokens["prompt_tokens"] / result.generate_seconds
+    result.seconds = time.time() - t0
+    log.info("[4/4] merged %d new rows into %s@%d", result.scored, target.name, result.predictions_version)
+    return result

@@ -93,37 +93,43 @@ def build_examples(rows: Iterable[dict], pack: bool, max_seq_len: int) -> tuple[
     examples: list[dict] = []
     for group in _group_rows(rows, pack):
         for part in _fit_to_length(group, max_seq_len, stats):
-            ids: list[int] = []
-            labels: list[int] = []
-            pos: list[int] = []
-            record_ids: list[str] = []
-            for r in part:
-                rec = list(r["input_ids"])
-                if len(rec) > max_seq_len:
-                    rec = rec[:max_seq_len]
-                    stats.truncated_records += 1
-                lab = record_labels(rec, r["prompt_len"])
-                if all(t == IGNORE_INDEX for t in lab):
-                    stats.dropped["no_response_tokens"] += 1
-                    continue
-                ids += rec
-                labels += lab
-                pos += list(range(len(rec)))
-                record_ids.append(r["record_id"])
-            if record_ids:
-                examples.append(
-                    {
-                        "input_ids": ids,
-                        "labels": labels,
-                        "position_ids": pos,
-                        "record_ids": record_ids,
-                        "category": part[0]["category"],
-                    }
-                )
+            example = build_example(part, max_seq_len, stats)
+            if example is not None:
+                examples.append(example)
     stats.examples_out = len(examples)
     for reason, n in stats.dropped.items():
         log.warning("dropped %d records: %s", n, reason)
     return examples, stats
+
+
+def build_example(part: list[dict], max_seq_len: int, stats: BuildStats) -> dict | None:
+    """One packed row from the records of ``part`` (None when none has a response token)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    record_ids: list[str] = []
+    for r in part:
+        rec = list(r["input_ids"])
+        if len(rec) > max_seq_len:
+            rec = rec[:max_seq_len]
+            stats.truncated_records += 1
+        lab = record_labels(rec, r["prompt_len"])
+        if all(t == IGNORE_INDEX for t in lab):
+            stats.dropped["no_response_tokens"] += 1
+            continue
+        ids += rec
+        labels += lab
+        pos += list(range(len(rec)))
+        record_ids.append(r["record_id"])
+    if not record_ids:
+        return None
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": pos,
+        "record_ids": record_ids,
+        "category": part[0]["category"],
+    }
 
 
 def to_dataset(examples: list[dict]):

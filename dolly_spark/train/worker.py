@@ -253,7 +253,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     from transformers import TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
-    from dolly_spark.train import checkpoints, data, sampling
+    from dolly_spark.train import checkpoints, data, lazy, sampling
     from dolly_spark.train.hardware import load_ds_config, precision_flags
     from dolly_spark.train.model import build_model, count_parameters, load_tokenizer, weight_fingerprint
 
@@ -265,11 +265,10 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
 
     cache_dir = str(Path(job.run_dir) / "hf_datasets_cache")
     columns = list(data.TRAIN_COLUMNS)
-    train_rows = data.load_shards(job.train_files, cache_dir).select_columns(columns).to_list()
-    eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
+    # Train examples are built on demand from the memory-mapped shards (no rows as Python lists).
     max_seq_len = cfg.resolved_max_seq_len()
-    examples, stats = data.build_examples(train_rows, cfg.pack, max_seq_len)
-    train_ds = data.to_dataset(examples)
+    train_ds, stats = lazy.lazy_examples(data.load_shards(job.train_files, cache_dir), cfg.pack, max_seq_len)
+    eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
     eval_sets = data.eval_datasets_by_category(eval_rows, max_seq_len, cfg.max_eval_records)
     log.info(
         "train: %d records -> %d rows (pack=%s); eval: %s",
@@ -286,7 +285,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     )
     batch = cfg.batch_size_for(family)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    lengths = [len(e["input_ids"]) for e in examples]
+    lengths = train_ds.lengths
     schedule = schedule_summary(cfg, lengths, batch, world)
     if cfg.group_by_length:
         train_ds = sampling.EpochOrder(train_ds, lengths, batch * world, cfg.seed)
