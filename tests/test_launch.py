@@ -286,3 +286,15 @@ def test_training_failed_without_tracebacks_names_the_dead_rank_and_keeps_the_ta
         < message.index("no rank wrote a traceback")
         < message.index("last line")
     )
+
+
+def test_worker_env_puts_the_package_parent_on_the_path_and_keys_the_extension_cache(monkeypatch):
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    env = launch.worker_env("cpu")
+    first = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+    assert (first / "dolly_spark" / "train" / "worker.py").is_file()  # -m dolly_spark.train.worker resolves here
+    from importlib.metadata import version
+
+    assert env["TORCH_EXTENSIONS_DIR"].endswith(f"deepspeed-{version('deepspeed')}")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/x/ext")
+    assert launch.worker_env("cpu")["TORCH_EXTENSIONS_DIR"] == "/x/ext"  # a user's choice wins

@@ -187,13 +187,27 @@ def launch_command(launcher: str, nproc: int, port: int, job_path: Path, ds_path
     raise ValueError(f"no local command for launcher {launcher!r}")
 
 
+def _ds_release() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepspeed")
+    except PackageNotFoundError:
+        return "none"
+
+
 def worker_env(family: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    pkg_parent = str(Path(__file__).resolve().parents[1])
+    pkg_parent = str(Path(__file__).resolve().parents[2])  # the directory holding dolly_spark/
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # DeepSpeed JIT-builds its ops into one shared cache: a .so built by another DeepSpeed release
+    # (another runtime row, another venv) loads and then fails. One cache per release.
+    env.setdefault(
+        "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" / f"deepspeed-{_ds_release()}")
+    )
     if family == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
         env.setdefault("OMP_NUM_THREADS", "1")
