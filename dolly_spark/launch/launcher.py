@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dolly_spark.launch.staging import stage_gold
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import load_ds_config, local_device_count, resolve_family
@@ -313,7 +313,8 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     gold = names.gold
     if not tables.table_exists(spark, gold):
         raise FileNotFoundError(f"gold table {gold.path or gold.name} not found: run `dolly-spark prepare` first")
-    version = cfg.gold_version if cfg.gold_version is not None else tables.table_version(spark, gold)
+    # The gold of the last completed prepare run, never a newer one a running/killed prepare left.
+    version = cfg.gold_version if cfg.gold_version is not None else manifest.pinned_version(spark, names, "gold")
     staging = cfg.resolved_staging_dir()
     staged = stage_gold(spark, gold, version, staging)
     log.info(

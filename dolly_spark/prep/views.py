@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest
 from dolly_spark.ops.tables import TableNames, validate_identifier
 
 log = logging.getLogger(__name__)
@@ -78,20 +78,35 @@ def view_name(names: TableNames, view: str) -> str:
     return f"`{local}`"
 
 
-def view_select(names: TableNames, view: str) -> str:
+def view_select(names: TableNames, view: str, sources_sql: dict[str, str] | None = None) -> str:
     sources, sql = VIEW_SQL[view]
-    return sql.format(**{s: names.ref(s).sql for s in sources})
+    return sql.format(**{s: (sources_sql or {}).get(s, names.ref(s).sql) for s in sources})
+
+
+def _pinned_source(spark, names: TableNames, logical: str) -> str:
+    """SQL naming ``logical`` at the last completed prepare run's version, so a view never mixes
+    tables of two runs. Locally a hidden temp view over the pinned frame (Sail has no time travel
+    in SQL on path tables); on Databricks ``VERSION AS OF``."""
+    version = manifest.committed_version(spark, names, logical)
+    if version is None:
+        return names.ref(logical).sql
+    if names.catalog is not None:
+        return f"{names.ref(logical).sql} VERSION AS OF {int(version)}"
+    hidden = validate_identifier(f"_committed_{names.prefix}{logical}", "view")
+    manifest.read_committed(spark, names, logical).createOrReplaceTempView(hidden)
+    return f"`{hidden}`"
 
 
 def create_views(spark, names: TableNames) -> list[str]:
-    """Create (or replace) every view whose source tables exist; returns the created view names."""
+    """Create (or replace) every view whose source tables are committed; returns the created view names."""
     created = []
     for view, (sources, _) in VIEW_SQL.items():
-        absent = [s for s in sources if not tables.table_exists(spark, names.ref(s))]
+        absent = [s for s in sources if not manifest.available(spark, names, s)]
         if absent:
-            log.warning("view %s skipped: table(s) %s not written yet", view, ", ".join(absent))
+            log.warning("view %s skipped: table(s) %s not in the last completed prepare run", view, ", ".join(absent))
             continue
+        pinned = {s: _pinned_source(spark, names, s) for s in sources}
         kind = "VIEW" if names.catalog is not None else "TEMP VIEW"
-        spark.sql(f"CREATE OR REPLACE {kind} {view_name(names, view)} AS {view_select(names, view)}")
+        spark.sql(f"CREATE OR REPLACE {kind} {view_name(names, view)} AS {view_select(names, view, pinned)}")
         created.append(view_name(names, view).replace("`", ""))
     return created
