@@ -72,6 +72,12 @@ class DedupConfig:
     # Each counted field must also reach the threshold on its own: without it, different questions
     # about one long shared passage (common in closed_qa / summarization) count as duplicates.
     per_field_threshold: bool = True
+    # Short fields: bigram Jaccard punishes one changed word hard (a 9-word instruction with one
+    # substitution scores 0.6). With per_field_threshold, a field of at most ``short_field_words``
+    # words also counts as close when both sides have the same word count and at most
+    # floor(short_field_substitution_rate * words) words differ (0 turns this off); see docs/dedup.md.
+    short_field_words: int = 32
+    short_field_substitution_rate: float = 0.15
     union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
     max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
     # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
@@ -88,6 +94,12 @@ class DedupConfig:
             raise ValueError("need ngram >= 1, num_perm >= 2 and 0 < threshold <= 1")
         if self.max_bucket_size < 2:
             raise ValueError("max_bucket_size must be at least 2")
+        if self.short_field_words < 1 or not 0.0 <= self.short_field_substitution_rate < 0.5:
+            raise ValueError("need short_field_words >= 1 and 0 <= short_field_substitution_rate < 0.5")
+
+    @property
+    def short_rule(self) -> bool:
+        return self.per_field_threshold and self.short_field_substitution_rate > 0
 
 
 # --- 1. normalisation and exact groups --------------------------------------------------------
@@ -113,6 +125,11 @@ def normalize_for_matching(df: DataFrame, cfg: DedupConfig) -> DataFrame:
 def field_shingle_columns(cfg: DedupConfig) -> list[str]:
     """Per-field shingle columns that ``verify_pairs`` also checks (empty unless per_field_threshold)."""
     return [f"shingles_{c}" for c in FIELDS[cfg.fields]] if cfg.per_field_threshold else []
+
+
+def field_text_columns(cfg: DedupConfig) -> list[str]:
+    """Per-field normalised texts for the short-field substitution rule (empty when it is off)."""
+    return [f"norm_{c}" for c in FIELDS[cfg.fields]] if cfg.short_rule else []
 
 
 def _keep_key(cfg: DedupConfig, response_chars: Column) -> Column:
@@ -162,6 +179,8 @@ def add_shingles(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     df = df.withColumn("shingles", shingle(F.col("dedup_text")))
     for c, name in zip(FIELDS[cfg.fields], field_shingle_columns(cfg)):
         df = df.withColumn(name, shingle(_normalize_column(F.col(c), cfg)))
+    for c, name in zip(FIELDS[cfg.fields], field_text_columns(cfg)):
+        df = df.withColumn(name, _normalize_column(F.col(c), cfg))
     return df
 
 
@@ -239,26 +258,107 @@ def jaccard(a: Column, b: Column) -> Column:
     return (F.size(F.array_intersect(a, b)) / F.size(F.array_union(a, b))).cast("double")
 
 
-def verify_pairs(
-    pairs: DataFrame, shingled: DataFrame, threshold: float, field_columns: list[str] | tuple[str, ...] = ()
-) -> DataFrame:
-    """Candidate pairs whose shingle sets have Jaccard >= threshold: ``id_a, id_b, jaccard``.
+def within_substitution_budget(a: str, b: str, max_words: int, rate: float) -> bool:
+    """Two normalised texts with the same word count n <= ``max_words`` and at most
+    floor(rate * n) words differing position by position (none for short texts: n * rate < 1)."""
+    wa, wb = (a or "").split(" "), (b or "").split(" ")
+    if len(wa) != len(wb) or len(wa) > max_words:
+        return False
+    return sum(x != y for x, y in zip(wa, wb)) <= int(len(wa) * rate)
 
-    With ``field_columns`` (per-field shingle arrays) each of those must reach it too.
+
+def _budget_udf(max_words: int, rate: float):
+    # A pandas UDF: Sail has no zip_with. It runs on verified candidates only (few rows).
+    @pandas_udf("boolean")
+    def budget(a: pd.Series, b: pd.Series) -> pd.Series:
+        return pd.Series([within_substitution_budget(x, y, max_words, rate) for x, y in zip(a, b)], dtype=bool)
+
+    return budget
+
+
+def verify_pairs(
+    pairs: DataFrame,
+    shingled: DataFrame,
+    threshold: float,
+    field_columns: list[str] | tuple[str, ...] = (),
+    text_columns: list[str] | tuple[str, ...] = (),
+    short_field_words: int = 32,
+    substitution_rate: float = 0.0,
+) -> DataFrame:
+    """Candidate pairs that are near duplicates: ``id_a, id_b, jaccard`` (whole-text Jaccard).
+
+    Without ``field_columns``: whole-text Jaccard >= threshold. With them (per-field shingle
+    arrays), every field must be close too. With ``text_columns`` (per-field normalised texts)
+    a short field is also close when it is within its word-substitution budget, and the record
+    then passes when the whole text reaches the threshold or every field is within its budget.
     """
-    cols = ["shingles", *field_columns]
+    cols = ["shingles", *field_columns, *text_columns]
     sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
     sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
-    ok = F.lit(True)
-    for c in field_columns:
-        ok = ok & (jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold))
+    whole = jaccard(F.col("a_shingles"), F.col("b_shingles"))
+    fields_close, all_within_budget = F.lit(True), F.lit(True)
+    for i, c in enumerate(field_columns):
+        close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
+        if text_columns:
+            t = text_columns[i]
+            budget = _budget_udf(short_field_words, substitution_rate)(F.col("a_" + t), F.col("b_" + t))
+            close = close | budget
+            all_within_budget = all_within_budget & budget
+        fields_close = fields_close & close
+    record_close = (whole >= F.lit(threshold)) | (all_within_budget if text_columns else F.lit(False))
     return (
         pairs.join(sa, "id_a")
         .join(sb, "id_b")
-        .where(ok)
-        .select("id_a", "id_b", jaccard(F.col("a_shingles"), F.col("b_shingles")).alias("jaccard"))
-        .where(F.col("jaccard") >= F.lit(threshold))
+        .where(fields_close & record_close)
+        .select("id_a", "id_b", whole.alias("jaccard"))
     )
+
+
+def _short_key_udf(max_words: int, rate: float):
+    import hashlib
+    import itertools
+
+    def variants(text: str) -> list[str] | None:
+        words = text.split(" ") if text else []
+        n = len(words)
+        if n > max_words:
+            return None
+        k = int(n * rate)  # substitutions allowed; with k of them, one of k+1 segments is intact
+        if k == 0:
+            return [f"{n}|{text}"]
+        cuts = [round(j * n / (k + 1)) for j in range(k + 2)]
+        return [f"{n}|{j}|{' '.join(words[cuts[j] : cuts[j + 1]])}" for j in range(k + 1)]
+
+    @pandas_udf("array<long>")
+    def keys(*texts: pd.Series) -> pd.Series:
+        out = []
+        for row in zip(*(t.tolist() for t in texts)):
+            per_field = [variants(t or "") for t in row]
+            if any(v is None for v in per_field):
+                out.append([])  # a long field: whole-text LSH finds these
+                continue
+            out.append(
+                [
+                    int.from_bytes(
+                        hashlib.blake2b("\u241e".join(combo).encode(), digest_size=8).digest(), "big", signed=True
+                    )
+                    for combo in itertools.product(*per_field)
+                ]
+            )
+        return pd.Series(out)
+
+    return keys
+
+
+def short_record_buckets(shingled: DataFrame, cfg: DedupConfig) -> DataFrame:
+    """Blocking for records whose fields are all short, where LSH on bigrams misses one-word
+    substitutions: ``record_id, band, bucket`` with band -1. Each field is cut into k+1
+    segments (k = its substitution budget), so a pair within budget shares an intact segment in
+    every field, hence one key of the product (at most (k+1) per field; fields are short)."""
+    keys = _short_key_udf(cfg.short_field_words, cfg.short_field_substitution_rate)(
+        *[F.col(c) for c in field_text_columns(cfg)]
+    )
+    return shingled.select("record_id", F.lit(-1).alias("band"), F.explode(keys).alias("bucket"))
 
 
 # --- top level --------------------------------------------------------------------------------
@@ -303,7 +403,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     shingled = work.materialize(
         survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id")
         .transform(lambda d: add_shingles(d, cfg))
-        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg)),
+        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg), *field_text_columns(cfg)),
         "shingles",
     )
     shared = work.materialize(
@@ -313,9 +413,25 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
         "shared_buckets",
     )
     stats.update(capped_bucket_stats(shared, cfg.max_bucket_size))
-    pairs = work.materialize(candidate_pairs(shared, cfg.max_bucket_size), "candidate_pairs")
+    pairs = candidate_pairs(shared, cfg.max_bucket_size)
+    if cfg.short_rule:
+        short = work.materialize(shared_buckets(short_record_buckets(shingled, cfg)), "short_buckets")
+        stats.update({f"short_{k}": v for k, v in capped_bucket_stats(short, cfg.max_bucket_size).items()})
+        pairs = pairs.unionByName(candidate_pairs(short, cfg.max_bucket_size)).distinct()
+    pairs = work.materialize(pairs, "candidate_pairs")
     stats["candidate_pairs"] = pairs.count()
-    edges = work.materialize(verify_pairs(pairs, shingled, cfg.threshold, field_shingle_columns(cfg)), "verified_pairs")
+    edges = work.materialize(
+        verify_pairs(
+            pairs,
+            shingled,
+            cfg.threshold,
+            field_shingle_columns(cfg),
+            field_text_columns(cfg),
+            cfg.short_field_words,
+            cfg.short_field_substitution_rate,
+        ),
+        "verified_pairs",
+    )
     stats["verified_pairs"] = edges.count()
     components, method = clusters(edges, cfg.union_find_max_edges, cfg.max_iterations, work)
     stats["components_method"] = method
