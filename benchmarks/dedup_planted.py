@@ -13,11 +13,13 @@ and scores the pairs found:
 Two planted classes target short records (issue 15):
 
 - ``subst_short``: a copy of a short record (every field at most 32 words, instruction and
-  response at least 7) with one word substituted in the instruction and one in the response.
-  These are duplicates.
+  response at least 7) with one word substituted in the instruction and one, independently, in
+  the response (not the same word, not the same replacement). These are duplicates.
 - near misses, which must NOT be merged: ``near_miss_real`` (a short real record with one
   instruction word substituted and the response of another record: a different question with a
-  different answer) and ``near_miss_template`` (families such as "What is the capital of
+  different answer), ``near_miss_slot`` (one word of the instruction that the response repeats,
+  changed in both: "safe for dogs to eat chocolate?" / "No, chocolate is ..." against the same
+  with avocado, as found in dolly-15k) and ``near_miss_template`` (families such as "What is the capital of
   France?" / "...of Spain?" with their different answers). Any found pair touching one of these
   is a false positive (unless it is a natural duplicate among the originals).
 
@@ -275,11 +277,15 @@ def is_short(rec: dict, max_words: int = 32, min_words: int = 7) -> bool:
     return min_words <= len(ins) <= max_words and min_words <= len(resp) <= max_words and len(ctx) <= max_words
 
 
-def _substitute(rng: random.Random, text: str) -> str:
+def _substitute(rng: random.Random, text: str, avoid: set[str] = frozenset()) -> tuple[str, set[str]]:
+    """One word replaced; returns the text and {old, new} (lower case). Words in ``avoid`` are
+    neither replaced nor inserted: two independent edits rarely touch the same word."""
     words = text.split(" ")
-    i = rng.randrange(len(words))
-    words[i] = rng.choice([w for w in SUBSTITUTES if w != words[i].lower()])
-    return " ".join(words)
+    choices = [i for i, w in enumerate(words) if w.lower() not in avoid] or list(range(len(words)))
+    i = rng.choice(choices)
+    old = words[i]
+    words[i] = rng.choice([w for w in SUBSTITUTES if w != old.lower() and w not in avoid])
+    return " ".join(words), {old.lower(), words[i]}
 
 
 def plant_short(records: list[dict], n: int, seed: int, taken: set[str]):
@@ -289,7 +295,8 @@ def plant_short(records: list[dict], n: int, seed: int, taken: set[str]):
     variants, pairs = [], []
     for rec in rng.sample(pool, min(n, len(pool))):
         vid = f"{rec['record_id']}-subst_short"
-        ins, resp = _substitute(rng, rec["instruction"]), _substitute(rng, rec["response"])
+        ins, touched = _substitute(rng, rec["instruction"])
+        resp, _ = _substitute(rng, rec["response"], avoid=touched)  # an independent edit
         variants.append({**rec, "record_id": vid, "instruction": ins, "response": resp})
         pairs.append((rec["record_id"], vid, "subst_short"))
     return variants, pairs
@@ -317,7 +324,7 @@ def plant_near_misses(records: list[dict], n_real: int, seed: int, taken: set[st
     picked = rng.sample(pool, min(n_real, len(pool)))
     for rec in picked:
         other = rng.choice([r for r in records if r["record_id"] != rec["record_id"]])
-        ins = _substitute(rng, rec["instruction"])
+        ins, _ = _substitute(rng, rec["instruction"])
         out.append(
             {
                 **rec,
@@ -326,6 +333,28 @@ def plant_near_misses(records: list[dict], n_real: int, seed: int, taken: set[st
                 "response": other["response"],
             }
         )
+    # The slot follows into the answer ("safe for dogs to eat chocolate?" / "No, chocolate is ..."
+    # against the same with avocado): a word of the instruction that the response repeats, changed in both.
+    slots = 0
+    for rec in pool:
+        if slots >= n_real or rec in picked:
+            continue
+        resp_words = set(rec["response"].split(" "))
+        shared = [w for w in rec["instruction"].split(" ") if w in resp_words and w.isalpha() and len(w) > 3]
+        if not shared:
+            continue
+        w = rng.choice(shared)
+        y = rng.choice([s for s in SUBSTITUTES if s != w.lower()])
+        swap = lambda t: " ".join(y if x == w else x for x in t.split(" "))  # noqa: E731
+        out.append(
+            {
+                **rec,
+                "record_id": f"{rec['record_id']}-near_miss_slot",
+                "instruction": swap(rec["instruction"]),
+                "response": swap(rec["response"]),
+            }
+        )
+        slots += 1
     return out
 
 
@@ -337,12 +366,12 @@ def rule_holds(a: list, b: list, cfg: DedupConfig) -> bool:
         return j[0] >= cfg.threshold
     if not cfg.short_rule:
         return min(j) >= cfg.threshold
-    budget = [
-        within_substitution_budget(x, y, cfg.short_field_words, cfg.short_field_substitution_rate)
-        for x, y in zip(a[1 + nf :], b[1 + nf :])
-    ]
+    budget = within_substitution_budget(
+        a[1 + nf :], b[1 + nf :], cfg.short_field_words, cfg.short_field_substitution_rate
+    )
+    *budget, slot = budget
     fields_close = all(jf >= cfg.threshold or ok for jf, ok in zip(j[1:], budget))
-    return fields_close and (j[0] >= cfg.threshold or all(budget))
+    return fields_close and (j[0] >= cfg.threshold or all(budget)) and not slot
 
 
 def groups_of(duplicates_rows) -> dict[str, str]:

@@ -258,20 +258,43 @@ def jaccard(a: Column, b: Column) -> Column:
     return (F.size(F.array_intersect(a, b)) / F.size(F.array_union(a, b))).cast("double")
 
 
-def within_substitution_budget(a: str, b: str, max_words: int, rate: float) -> bool:
-    """Two normalised texts with the same word count n <= ``max_words`` and at most
-    floor(rate * n) words differing position by position (none for short texts: n * rate < 1)."""
+def _substitutions(a: str, b: str) -> list[tuple[str, str]] | None:
+    """The (old, new) word pairs that differ position by position, or None when the texts do not
+    have the same word count."""
     wa, wb = (a or "").split(" "), (b or "").split(" ")
-    if len(wa) != len(wb) or len(wa) > max_words:
-        return False
-    return sum(x != y for x, y in zip(wa, wb)) <= int(len(wa) * rate)
+    if len(wa) != len(wb):
+        return None
+    return [(x, y) for x, y in zip(wa, wb) if x != y]
 
 
-def _budget_udf(max_words: int, rate: float):
-    # A pandas UDF: Sail has no zip_with. It runs on verified candidates only (few rows).
-    @pandas_udf("boolean")
-    def budget(a: pd.Series, b: pd.Series) -> pd.Series:
-        return pd.Series([within_substitution_budget(x, y, max_words, rate) for x, y in zip(a, b)], dtype=bool)
+def within_substitution_budget(a_fields: list[str], b_fields: list[str], max_words: int, rate: float) -> list[bool]:
+    """Per field: the same word count n <= ``max_words`` and at most floor(rate * n) words
+    substituted (none for n * rate < 1); then one more flag, True when the pair is a *slot change*:
+    the same word replaced in two fields ("chocolate" -> "avocado" in the question and in its
+    answer), which makes it a different question whatever its similarity."""
+    subs = [_substitutions(a, b) for a, b in zip(a_fields, b_fields)]
+    ok = [
+        s is not None and len((a or "").split(" ")) <= max_words and len(s) <= int(len((a or "").split(" ")) * rate)
+        for s, a in zip(subs, a_fields)
+    ]
+    # A word replaced in two fields (its old or its new form: "chocolate -> avacado" in the
+    # question, "chocolate -> avocado" in the answer, typos included).
+    seen: dict[str, int] = {}
+    slot = False
+    for i, s in enumerate(subs):
+        for word in {w for pair in s or [] for w in (f"old:{pair[0]}", f"new:{pair[1]}")}:
+            slot = slot or seen.get(word, i) != i
+            seen.setdefault(word, i)
+    return ok + [slot]
+
+
+def _budget_udf(max_words: int, rate: float, n_fields: int):
+    # A pandas UDF: Sail has no zip_with. It runs on candidate pairs only (few rows).
+    @pandas_udf("array<boolean>")
+    def budget(*texts: pd.Series) -> pd.Series:
+        cols = [t.tolist() for t in texts]
+        rows = zip(zip(*cols[:n_fields]), zip(*cols[n_fields:]))
+        return pd.Series([within_substitution_budget(list(a), list(b), max_words, rate) for a, b in rows])
 
     return budget
 
@@ -289,23 +312,28 @@ def verify_pairs(
 
     Without ``field_columns``: whole-text Jaccard >= threshold. With them (per-field shingle
     arrays), every field must be close too. With ``text_columns`` (per-field normalised texts)
-    a short field is also close when it is within its word-substitution budget, and the record
-    then passes when the whole text reaches the threshold or every field is within its budget.
+    a short field is also close when it is within its word-substitution budget, the record then
+    passes when the whole text reaches the threshold or every field is within its budget, and a
+    slot change (the same word replaced in two fields) never passes.
     """
     cols = ["shingles", *field_columns, *text_columns]
     sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
     sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
     whole = jaccard(F.col("a_shingles"), F.col("b_shingles"))
     fields_close, all_within_budget = F.lit(True), F.lit(True)
+    if text_columns:
+        texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
+        budgets = _budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
     for i, c in enumerate(field_columns):
         close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
         if text_columns:
-            t = text_columns[i]
-            budget = _budget_udf(short_field_words, substitution_rate)(F.col("a_" + t), F.col("b_" + t))
+            budget = F.element_at(budgets, i + 1)
             close = close | budget
             all_within_budget = all_within_budget & budget
         fields_close = fields_close & close
     record_close = (whole >= F.lit(threshold)) | (all_within_budget if text_columns else F.lit(False))
+    if text_columns:  # a slot change is a different question, however similar the texts
+        record_close = record_close & ~F.element_at(budgets, len(text_columns) + 1)
     return (
         pairs.join(sa, "id_a")
         .join(sb, "id_b")

@@ -17,6 +17,9 @@ COPY = (
     "The Danube river runs through the middle of Budapest.",  # flows -> runs
 )
 DIFFERENT = [
+    # from dolly-15k: the slot changes in the question and in the answer
+    ("Is it safe for dogs to eat chocolate?", "No, chocolate is considered dangerous for dogs to consume."),
+    ("Is it safe for dogs to eat avocado?", "No, avocado is considered dangerous for dogs to consume."),
     ("What is the capital of France?", "Paris"),
     ("What is the capital of Spain?", "Madrid"),
     ("What is the capital of France?", "The capital of France is Paris."),
