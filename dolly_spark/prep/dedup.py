@@ -30,6 +30,7 @@ from pyspark.sql.functions import pandas_udf
 
 from dolly_spark.ops.schemas import DUPLICATES_COLUMNS
 from dolly_spark.prep.dedup_clusters import WorkDir, clusters
+from dolly_spark.prep.dedup_short import budget_udf, short_record_buckets, within_substitution_budget  # noqa: F401 (re-export)
 from dolly_spark.prep.minhash import band_hashes, minhash_signatures, optimal_bands_rows, permutations, shingle_hashes
 
 log = logging.getLogger(__name__)
@@ -258,47 +259,6 @@ def jaccard(a: Column, b: Column) -> Column:
     return (F.size(F.array_intersect(a, b)) / F.size(F.array_union(a, b))).cast("double")
 
 
-def _substitutions(a: str, b: str) -> list[tuple[str, str]] | None:
-    """The (old, new) word pairs that differ position by position, or None when the texts do not
-    have the same word count."""
-    wa, wb = (a or "").split(" "), (b or "").split(" ")
-    if len(wa) != len(wb):
-        return None
-    return [(x, y) for x, y in zip(wa, wb) if x != y]
-
-
-def within_substitution_budget(a_fields: list[str], b_fields: list[str], max_words: int, rate: float) -> list[bool]:
-    """Per field: the same word count n <= ``max_words`` and at most floor(rate * n) words
-    substituted (none for n * rate < 1); then one more flag, True when the pair is a *slot change*:
-    the same word replaced in two fields ("chocolate" -> "avocado" in the question and in its
-    answer), which makes it a different question whatever its similarity."""
-    subs = [_substitutions(a, b) for a, b in zip(a_fields, b_fields)]
-    ok = [
-        s is not None and len((a or "").split(" ")) <= max_words and len(s) <= int(len((a or "").split(" ")) * rate)
-        for s, a in zip(subs, a_fields)
-    ]
-    # A word replaced in two fields (its old or its new form: "chocolate -> avacado" in the
-    # question, "chocolate -> avocado" in the answer, typos included).
-    seen: dict[str, int] = {}
-    slot = False
-    for i, s in enumerate(subs):
-        for word in {w for pair in s or [] for w in (f"old:{pair[0]}", f"new:{pair[1]}")}:
-            slot = slot or seen.get(word, i) != i
-            seen.setdefault(word, i)
-    return ok + [slot]
-
-
-def _budget_udf(max_words: int, rate: float, n_fields: int):
-    # A pandas UDF: Sail has no zip_with. It runs on candidate pairs only (few rows).
-    @pandas_udf("array<boolean>")
-    def budget(*texts: pd.Series) -> pd.Series:
-        cols = [t.tolist() for t in texts]
-        rows = zip(zip(*cols[:n_fields]), zip(*cols[n_fields:]))
-        return pd.Series([within_substitution_budget(list(a), list(b), max_words, rate) for a, b in rows])
-
-    return budget
-
-
 def verify_pairs(
     pairs: DataFrame,
     shingled: DataFrame,
@@ -323,7 +283,7 @@ def verify_pairs(
     fields_close, all_within_budget = F.lit(True), F.lit(True)
     if text_columns:
         texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
-        budgets = _budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
+        budgets = budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
     for i, c in enumerate(field_columns):
         close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
         if text_columns:
@@ -340,53 +300,6 @@ def verify_pairs(
         .where(fields_close & record_close)
         .select("id_a", "id_b", whole.alias("jaccard"))
     )
-
-
-def _short_key_udf(max_words: int, rate: float):
-    import hashlib
-    import itertools
-
-    def variants(text: str) -> list[str] | None:
-        words = text.split(" ") if text else []
-        n = len(words)
-        if n > max_words:
-            return None
-        k = int(n * rate)  # substitutions allowed; with k of them, one of k+1 segments is intact
-        if k == 0:
-            return [f"{n}|{text}"]
-        cuts = [round(j * n / (k + 1)) for j in range(k + 2)]
-        return [f"{n}|{j}|{' '.join(words[cuts[j] : cuts[j + 1]])}" for j in range(k + 1)]
-
-    @pandas_udf("array<long>")
-    def keys(*texts: pd.Series) -> pd.Series:
-        out = []
-        for row in zip(*(t.tolist() for t in texts)):
-            per_field = [variants(t or "") for t in row]
-            if any(v is None for v in per_field):
-                out.append([])  # a long field: whole-text LSH finds these
-                continue
-            out.append(
-                [
-                    int.from_bytes(
-                        hashlib.blake2b("\u241e".join(combo).encode(), digest_size=8).digest(), "big", signed=True
-                    )
-                    for combo in itertools.product(*per_field)
-                ]
-            )
-        return pd.Series(out)
-
-    return keys
-
-
-def short_record_buckets(shingled: DataFrame, cfg: DedupConfig) -> DataFrame:
-    """Blocking for records whose fields are all short, where LSH on bigrams misses one-word
-    substitutions: ``record_id, band, bucket`` with band -1. Each field is cut into k+1
-    segments (k = its substitution budget), so a pair within budget shares an intact segment in
-    every field, hence one key of the product (at most (k+1) per field; fields are short)."""
-    keys = _short_key_udf(cfg.short_field_words, cfg.short_field_substitution_rate)(
-        *[F.col(c) for c in field_text_columns(cfg)]
-    )
-    return shingled.select("record_id", F.lit(-1).alias("band"), F.explode(keys).alias("bucket"))
 
 
 # --- top level --------------------------------------------------------------------------------
@@ -443,7 +356,14 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     stats.update(capped_bucket_stats(shared, cfg.max_bucket_size))
     pairs = candidate_pairs(shared, cfg.max_bucket_size)
     if cfg.short_rule:
-        short = work.materialize(shared_buckets(short_record_buckets(shingled, cfg)), "short_buckets")
+        short = work.materialize(
+            shared_buckets(
+                short_record_buckets(
+                    shingled, field_text_columns(cfg), cfg.short_field_words, cfg.short_field_substitution_rate
+                )
+            ),
+            "short_buckets",
+        )
         stats.update({f"short_{k}": v for k, v in capped_bucket_stats(short, cfg.max_bucket_size).items()})
         pairs = pairs.unionByName(candidate_pairs(short, cfg.max_bucket_size)).distinct()
     pairs = work.materialize(pairs, "candidate_pairs")

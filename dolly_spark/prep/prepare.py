@@ -258,9 +258,7 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
             raw_rows, tables.read_table(spark, getattr(names, out_name)).count(), q_table, duplicates_n, what=out_name
         )
     _clear_downstream(spark, names, cfg.until, versions)
-    versions["metrics"] = tables.write_table(
-        spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append"
-    )
+    versions["metrics"] = tables.write_table(spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append")
     # Last write: from here on readers see this run's tables (manifest.read_committed).
     manifest.commit(spark, names, run_id, cfg.until, versions)
     if cfg.until == "gold":
