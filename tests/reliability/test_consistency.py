@@ -40,8 +40,6 @@ def test_partial_reruns_keep_the_accounting_of_what_readers_see(spark, tmp_path)
     """`--until silver` on a prepared root used to rewrite quarantine without gold's rejects:
     8 of 2,000 records ended in no table. Now a partial run commits the tables it wrote and
     empties the later stages' ones (built from the old silver), at every stop."""
-    from dolly_spark.ops import manifest
-
     src, root = _head(tmp_path, 2000), tmp_path / "out"
     names = PrepareConfig(output_root=str(root)).table_names()
     run(PrepareConfig(input=str(src), output_root=str(root)), spark)
@@ -56,6 +54,8 @@ def test_partial_reruns_keep_the_accounting_of_what_readers_see(spark, tmp_path)
         # The latest versions on disk (what a by-name SQL query sees) are a partition too.
         latest = {t: _latest_rows(root, t) for t in ("bronze", "quarantine", "duplicates", "gold", final)}
         assert latest["bronze"] == latest[final] + latest["quarantine"] + latest["duplicates"], (until, latest)
+        from dolly_spark.ops import manifest
+
         if until != "gold":
             assert latest["gold"] == 0, f"--until {until} left stale gold rows in place"
             with pytest.raises(manifest.NotCommittedError, match=f"--until {until}"):
@@ -68,9 +68,6 @@ def test_failed_run_leaves_readers_on_the_previous_consistent_set(spark, tmp_pat
     """A run that dies after bronze, silver and dedup were rewritten (here: gold raises) leaves
     new bronze next to old gold. Readers still see the old run's tables as a whole, and the next
     run says the last one did not complete."""
-    from dolly_spark.ops import manifest
-    from dolly_spark.prep import report
-
     corpus = tmp_path / "corpus"
     corpus_mod.write_corpus(corpus, include_large=False)
     other, root = _head(tmp_path, 300), tmp_path / "out"
@@ -90,6 +87,9 @@ def test_failed_run_leaves_readers_on_the_previous_consistent_set(spark, tmp_pat
     assert helpers.table_content(t["bronze"]) != old["bronze"], "the failed run must have rewritten bronze"
 
     helpers.assert_accounted(root)  # at the pinned versions: the old run, whole
+    from dolly_spark.ops import manifest
+    from dolly_spark.prep import report
+
     pinned = helpers.committed_versions(root)
     for table in ("bronze", "silver", "quarantine", "duplicates", "gold"):
         assert helpers.table_content(t[table], pinned[table]) == old[table], table
