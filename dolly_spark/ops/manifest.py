@@ -23,7 +23,7 @@ from dolly_spark.ops import tables
 
 log = logging.getLogger(__name__)
 
-STARTED, COMMITTED = "started", "committed"
+STARTED, COMMITTED, FAILED = "started", "committed", "failed"
 # The tables a prepare run commits together; other tables (predictions...) are read at their latest.
 PREPARE_TABLES = ("bronze", "silver", "quarantine", "duplicates", "candidates", "gold", "gold_stats", "metrics")
 SCHEMA = "run_id string, status string, until string, versions string, pid long, host string, at string"
@@ -62,6 +62,11 @@ def mark_started(spark, names: tables.TableNames, run_id: str, until: str) -> in
     return _append(spark, names, _row(run_id, STARTED, until, {}))
 
 
+def mark_failed(spark, names: tables.TableNames, run_id: str, until: str) -> int:
+    """A run that raised says so (a killed one cannot): it no longer holds a Databricks lease."""
+    return _append(spark, names, _row(run_id, FAILED, until, {}))
+
+
 def commit(spark, names: tables.TableNames, run_id: str, until: str, versions: dict[str, int]) -> int:
     """The run's last write: from this commit on, readers see ``versions``."""
     return _append(spark, names, _row(run_id, COMMITTED, until, versions))
@@ -72,9 +77,9 @@ def _rows(spark, names: tables.TableNames) -> list[dict]:
     if not tables.table_exists(spark, ref):
         return []
     # Delta appends keep commit order only by timestamp; ``at`` has microseconds; ties (never seen) put
-    # started before committed.
+    # started before committed or failed.
     rows = [r.asDict() for r in tables.read_table(spark, ref).collect()]
-    return sorted(rows, key=lambda r: (r["at"], r["status"] == COMMITTED))
+    return sorted(rows, key=lambda r: (r["at"], r["status"] != STARTED))
 
 
 def latest(spark, names: tables.TableNames) -> Manifest | None:
@@ -89,10 +94,12 @@ def latest(spark, names: tables.TableNames) -> Manifest | None:
     return Manifest(last["run_id"], last["until"], json.loads(last["versions"]), last["at"], later)
 
 
-def incomplete_runs(spark, names: tables.TableNames) -> list[dict]:
-    """``started`` rows with no ``committed`` row: runs that were killed or failed."""
+def incomplete_runs(spark, names: tables.TableNames, include_failed: bool = True) -> list[dict]:
+    """``started`` rows with no ``committed`` row: runs that were killed (or, with
+    ``include_failed``, that raised)."""
     rows = _rows(spark, names)
-    done = {r["run_id"] for r in rows if r["status"] == COMMITTED}
+    ended = (COMMITTED,) if include_failed else (COMMITTED, FAILED)
+    done = {r["run_id"] for r in rows if r["status"] in ended}
     return [r for r in rows if r["status"] == STARTED and r["run_id"] not in done]
 
 

@@ -93,7 +93,7 @@ def root_lock(cfg: PrepareConfig, spark, run_id: str):
 
 def _check_lease(spark, names: tables.TableNames) -> None:
     cutoff = datetime.now(UTC) - timedelta(hours=LEASE_HOURS)
-    for r in manifest.incomplete_runs(spark, names):
+    for r in manifest.incomplete_runs(spark, names, include_failed=False):
         if datetime.fromisoformat(r["at"]) > cutoff:
             raise ConcurrentRunError(
                 f"another prepare (run {r['run_id']}, pid {r['pid']} on {r['host']}, started {r['at']}) has not "
@@ -127,7 +127,12 @@ def _clear_downstream(spark, names: tables.TableNames, until: str, versions: dic
 def run(cfg: PrepareConfig, spark, run_id: str | None = None) -> PrepareResult:
     run_id = run_id or uuid.uuid4().hex
     with root_lock(cfg, spark, run_id):
-        return _run(cfg, spark, run_id)
+        try:
+            return _run(cfg, spark, run_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the original error matters more
+                manifest.mark_failed(spark, cfg.table_names(), run_id, cfg.until)
+            raise
 
 
 def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
