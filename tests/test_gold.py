@@ -303,6 +303,16 @@ def real_gold(spark, tmp_path_factory):
         names = tables.TableNames(root=str(root))
         silver = tables.read_table(spark, names.silver)
         result = gold.write_gold(spark, names, silver, cfg(), tables.table_version(spark, names.silver))
+        # Readers see what a prepare run committed: commit this hand-built set as prepare would.
+        from dolly_spark.ops import manifest
+        from dolly_spark.ops.schemas import DUPLICATES_SCHEMA
+
+        # No dedup ran: an empty duplicates table, so every view has its sources.
+        tables.write_table(spark, spark.createDataFrame([], DUPLICATES_SCHEMA), names.duplicates)
+        versions = {
+            t: tables.table_version(spark, names.ref(t)) for t in ("bronze", "silver", "quarantine", "duplicates")
+        }
+        manifest.commit(spark, names, "real_gold_fixture", "gold", {**versions, **result["versions"]})
         _REAL_GOLD["built"] = (names, result)
     return _REAL_GOLD["built"]
 

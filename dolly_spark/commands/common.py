@@ -21,9 +21,11 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from dolly_spark.ops.lock import ConcurrentRunError
+    from dolly_spark.ops.manifest import NotCommittedError
     from dolly_spark.prep.accounting import AccountingError
 
-    return (AccountingError,)
+    return (AccountingError, ConcurrentRunError, NotCommittedError)
 
 
 def cli_errors(command: str):

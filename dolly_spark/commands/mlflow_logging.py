@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +37,9 @@ from dolly_spark.ops.tracking import (
 )
 
 log = logging.getLogger(__name__)
+
+# Who runs a job: lets a later job mark the run FAILED when that process died (reap_dead_runs).
+TAG_PID, TAG_HOST = "dolly.pid", "dolly.host"
 
 # MLflow's limits (mlflow.utils.validation): longer values are rejected, not truncated.
 MAX_PARAM_VALUE = 6000
@@ -139,7 +143,8 @@ def job_run(
         from dolly_spark.ops.session import detect_engine
 
         engine = detect_engine().name
-    run_tags = {TAG_JOB: job, TAG_ENGINE: engine, **(tags or {})}
+    run_tags = {TAG_JOB: job, TAG_ENGINE: engine, TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+    run_tags.update(tags or {})
     commit = git_commit()
     if commit:
         run_tags[TAG_GIT_COMMIT] = commit
@@ -152,6 +157,42 @@ def job_run(
         log_params_batched(flatten_params(resolved))
         mlflow.log_dict(resolved, "config.yaml")
         yield run
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
+def reap_dead_runs() -> list[str]:
+    """Mark FAILED the runs left RUNNING by a killed process of this host; returns their ids.
+
+    Only runs tagged with this host and a pid that no longer exists: a live job (or one on
+    another machine, whose pid means nothing here) is never touched.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    reaped = []
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return reaped
+    query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
+    for r in client.search_runs(exp_ids, filter_string=query, max_results=1000):
+        pid = r.data.tags.get(TAG_PID, "")
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            client.set_tag(r.info.run_id, "dolly.failure", f"process {pid} on {host} died while the run was RUNNING")
+            client.set_terminated(r.info.run_id, status="FAILED")
+            reaped.append(r.info.run_id)
+    if reaped:
+        log.warning("marked %d run(s) of dead processes FAILED: %s", len(reaped), ", ".join(reaped))
+    return reaped
 
 
 def _run_exists(run_id: str) -> bool:

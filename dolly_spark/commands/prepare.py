@@ -4,11 +4,12 @@ duplicates, metrics). ``--until STAGE`` stops early."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.ops.config import ConfigError
 from dolly_spark.prep.ingest import InputUnavailableError, UnsupportedInputError, check_input
-from dolly_spark.prep.prepare import PrepareConfig, PrepareResult, run
+from dolly_spark.prep.prepare import PrepareConfig, PrepareResult, root_lock, run
 
 CONFIG = PrepareConfig
 
@@ -25,10 +26,13 @@ def preflight(cfg: PrepareConfig) -> None:
 def tracked(cfg: PrepareConfig, spark) -> PrepareResult:
     import mlflow
 
-    from dolly_spark.commands.mlflow_logging import job_run, log_metrics_table
+    from dolly_spark.commands.mlflow_logging import job_run, log_metrics_table, reap_dead_runs
 
-    with job_run("prepare", cfg):
-        result = run(cfg, spark)
+    run_id = uuid.uuid4().hex
+    # The root lock first: a concurrent loser fails before it opens a run or touches a table.
+    with root_lock(cfg, spark, run_id), job_run("prepare", cfg):
+        reap_dead_runs()
+        result = run(cfg, spark, run_id)
         log_metrics_table(spark, cfg.table_names(), run_id_filter=result.run_id)
         mlflow.set_tags({f"dolly.{k}_version": str(v) for k, v in result.versions.items()})
         mlflow.log_dict(dataclasses.asdict(result), "prepare_result.json")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dolly_spark.launch import planning
 from dolly_spark.launch.staging import stage_gold
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import load_ds_config, local_device_count, resolve_family
@@ -334,7 +334,8 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     gold = names.gold
     if not tables.table_exists(spark, gold):
         raise FileNotFoundError(f"gold table {gold.path or gold.name} not found: run `dolly-spark prepare` first")
-    version = cfg.gold_version if cfg.gold_version is not None else tables.table_version(spark, gold)
+    # The gold of the last completed prepare run, never a newer one a running/killed prepare left.
+    version = cfg.gold_version if cfg.gold_version is not None else manifest.pinned_version(spark, names, "gold")
     # Resolved once here so every rank (and the plan) uses the same length.
     cfg = dataclasses.replace(cfg, gold_version=int(version), max_seq_len=cfg.resolved_max_seq_len())
     plan = planning.plan_for(cfg, spark)

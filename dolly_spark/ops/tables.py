@@ -23,6 +23,7 @@ LOGICAL_TABLES = (
     "gold",
     "gold_stats",  # sequence-length statistics and packing plan summary
     "metrics",
+    "manifest",  # one row per prepare run started / committed, with the versions it committed
     "predictions",
     "eval_generations",
     "sql_views",  # view definitions, re-created whenever a session opens the tables

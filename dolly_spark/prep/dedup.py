@@ -30,6 +30,7 @@ from pyspark.sql.functions import pandas_udf
 
 from dolly_spark.ops.schemas import DUPLICATES_COLUMNS
 from dolly_spark.prep.dedup_clusters import WorkDir, clusters
+from dolly_spark.prep.dedup_short import budget_udf, short_record_buckets, within_substitution_budget  # noqa: F401 (re-export)
 from dolly_spark.prep.minhash import band_hashes, minhash_signatures, optimal_bands_rows, permutations, shingle_hashes
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ class DedupConfig:
     # Each counted field must also reach the threshold on its own: without it, different questions
     # about one long shared passage (common in closed_qa / summarization) count as duplicates.
     per_field_threshold: bool = True
+    # Short fields: bigram Jaccard punishes one changed word hard (a 9-word instruction with one
+    # substitution scores 0.6). With per_field_threshold, a field of at most ``short_field_words``
+    # words also counts as close when both sides have the same word count and at most
+    # floor(short_field_substitution_rate * words) words differ (0 turns this off); see docs/dedup.md.
+    short_field_words: int = 32
+    short_field_substitution_rate: float = 0.15
     union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
     max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
     # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
@@ -88,6 +95,12 @@ class DedupConfig:
             raise ValueError("need ngram >= 1, num_perm >= 2 and 0 < threshold <= 1")
         if self.max_bucket_size < 2:
             raise ValueError("max_bucket_size must be at least 2")
+        if self.short_field_words < 1 or not 0.0 <= self.short_field_substitution_rate < 0.5:
+            raise ValueError("need short_field_words >= 1 and 0 <= short_field_substitution_rate < 0.5")
+
+    @property
+    def short_rule(self) -> bool:
+        return self.per_field_threshold and self.short_field_substitution_rate > 0
 
 
 # --- 1. normalisation and exact groups --------------------------------------------------------
@@ -113,6 +126,11 @@ def normalize_for_matching(df: DataFrame, cfg: DedupConfig) -> DataFrame:
 def field_shingle_columns(cfg: DedupConfig) -> list[str]:
     """Per-field shingle columns that ``verify_pairs`` also checks (empty unless per_field_threshold)."""
     return [f"shingles_{c}" for c in FIELDS[cfg.fields]] if cfg.per_field_threshold else []
+
+
+def field_text_columns(cfg: DedupConfig) -> list[str]:
+    """Per-field normalised texts for the short-field substitution rule (empty when it is off)."""
+    return [f"norm_{c}" for c in FIELDS[cfg.fields]] if cfg.short_rule else []
 
 
 def _keep_key(cfg: DedupConfig, response_chars: Column) -> Column:
@@ -162,6 +180,8 @@ def add_shingles(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     df = df.withColumn("shingles", shingle(F.col("dedup_text")))
     for c, name in zip(FIELDS[cfg.fields], field_shingle_columns(cfg)):
         df = df.withColumn(name, shingle(_normalize_column(F.col(c), cfg)))
+    for c, name in zip(FIELDS[cfg.fields], field_text_columns(cfg)):
+        df = df.withColumn(name, _normalize_column(F.col(c), cfg))
     return df
 
 
@@ -240,24 +260,45 @@ def jaccard(a: Column, b: Column) -> Column:
 
 
 def verify_pairs(
-    pairs: DataFrame, shingled: DataFrame, threshold: float, field_columns: list[str] | tuple[str, ...] = ()
+    pairs: DataFrame,
+    shingled: DataFrame,
+    threshold: float,
+    field_columns: list[str] | tuple[str, ...] = (),
+    text_columns: list[str] | tuple[str, ...] = (),
+    short_field_words: int = 32,
+    substitution_rate: float = 0.0,
 ) -> DataFrame:
-    """Candidate pairs whose shingle sets have Jaccard >= threshold: ``id_a, id_b, jaccard``.
+    """Candidate pairs that are near duplicates: ``id_a, id_b, jaccard`` (whole-text Jaccard).
 
-    With ``field_columns`` (per-field shingle arrays) each of those must reach it too.
+    Without ``field_columns``: whole-text Jaccard >= threshold. With them (per-field shingle
+    arrays), every field must be close too. With ``text_columns`` (per-field normalised texts)
+    a short field is also close when it is within its word-substitution budget, the record then
+    passes when the whole text reaches the threshold or every field is within its budget, and a
+    slot change (the same word replaced in two fields) never passes.
     """
-    cols = ["shingles", *field_columns]
+    cols = ["shingles", *field_columns, *text_columns]
     sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
     sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
-    ok = F.lit(True)
-    for c in field_columns:
-        ok = ok & (jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold))
+    whole = jaccard(F.col("a_shingles"), F.col("b_shingles"))
+    fields_close, all_within_budget = F.lit(True), F.lit(True)
+    if text_columns:
+        texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
+        budgets = budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
+    for i, c in enumerate(field_columns):
+        close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
+        if text_columns:
+            budget = F.element_at(budgets, i + 1)
+            close = close | budget
+            all_within_budget = all_within_budget & budget
+        fields_close = fields_close & close
+    record_close = (whole >= F.lit(threshold)) | (all_within_budget if text_columns else F.lit(False))
+    if text_columns:  # a slot change is a different question, however similar the texts
+        record_close = record_close & ~F.element_at(budgets, len(text_columns) + 1)
     return (
         pairs.join(sa, "id_a")
         .join(sb, "id_b")
-        .where(ok)
-        .select("id_a", "id_b", jaccard(F.col("a_shingles"), F.col("b_shingles")).alias("jaccard"))
-        .where(F.col("jaccard") >= F.lit(threshold))
+        .where(fields_close & record_close)
+        .select("id_a", "id_b", whole.alias("jaccard"))
     )
 
 
@@ -303,7 +344,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     shingled = work.materialize(
         survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id")
         .transform(lambda d: add_shingles(d, cfg))
-        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg)),
+        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg), *field_text_columns(cfg)),
         "shingles",
     )
     shared = work.materialize(
@@ -313,9 +354,32 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
         "shared_buckets",
     )
     stats.update(capped_bucket_stats(shared, cfg.max_bucket_size))
-    pairs = work.materialize(candidate_pairs(shared, cfg.max_bucket_size), "candidate_pairs")
+    pairs = candidate_pairs(shared, cfg.max_bucket_size)
+    if cfg.short_rule:
+        short = work.materialize(
+            shared_buckets(
+                short_record_buckets(
+                    shingled, field_text_columns(cfg), cfg.short_field_words, cfg.short_field_substitution_rate
+                )
+            ),
+            "short_buckets",
+        )
+        stats.update({f"short_{k}": v for k, v in capped_bucket_stats(short, cfg.max_bucket_size).items()})
+        pairs = pairs.unionByName(candidate_pairs(short, cfg.max_bucket_size)).distinct()
+    pairs = work.materialize(pairs, "candidate_pairs")
     stats["candidate_pairs"] = pairs.count()
-    edges = work.materialize(verify_pairs(pairs, shingled, cfg.threshold, field_shingle_columns(cfg)), "verified_pairs")
+    edges = work.materialize(
+        verify_pairs(
+            pairs,
+            shingled,
+            cfg.threshold,
+            field_shingle_columns(cfg),
+            field_text_columns(cfg),
+            cfg.short_field_words,
+            cfg.short_field_substitution_rate,
+        ),
+        "verified_pairs",
+    )
     stats["verified_pairs"] = edges.count()
     components, method = clusters(edges, cfg.union_find_max_edges, cfg.max_iterations, work)
     stats["components_method"] = method

@@ -3,17 +3,21 @@ duplicates, metrics). ``--until STAGE`` stops early."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
+from dolly_spark.ops.lock import ConcurrentRunError, exclusive
 from dolly_spark.prep.accounting import StageCount, check_invariant, metrics_frame
 from dolly_spark.prep.clean import CleanConfig, quarantine_rows, silver_rows, validate
 from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
@@ -23,6 +27,16 @@ from dolly_spark.prep.ingest import read_bronze
 log = logging.getLogger(__name__)
 
 STAGES = ("bronze", "silver", "dedup", "gold")
+# The tables each stage (re)writes. A run to --until S commits the tables of S and earlier; the
+# tables of later stages it leaves behind were built from the previous silver, so it empties them.
+STAGE_TABLES = {
+    "bronze": ("bronze",),
+    "silver": ("silver", "quarantine"),
+    "dedup": ("duplicates", "candidates"),
+    "gold": ("gold", "quarantine", "gold_stats"),
+}
+# Databricks has no shared file lock: a started, uncommitted run younger than this holds the root.
+LEASE_HOURS = 6.0
 
 
 # Exact Dolly: the published text, Dolly's 200 eval records with seed 42, and Dolly's length filter
@@ -68,9 +82,74 @@ def _reason_counts(df) -> dict[str, int]:
     return {r["reason"]: int(r["count"]) for r in df.groupBy("reason").count().collect()}
 
 
-def run(cfg: PrepareConfig, spark) -> PrepareResult:
+@contextlib.contextmanager
+def root_lock(cfg: PrepareConfig, spark, run_id: str):
+    """Hold the output root for one prepare run; on first entry, clean what killed runs left.
+
+    Raises :class:`ConcurrentRunError` at once when another prepare holds the root.
+    """
     names = cfg.table_names()
-    run_id = uuid.uuid4().hex
+    if names.root is None:
+        _check_lease(spark, names)
+        yield True
+        return
+    with exclusive(names.root, run_id) as first:
+        if first:
+            note = manifest.status_line(spark, names)
+            if note:
+                log.warning("%s", note)
+                print(f"[prepare] warning: {note}", flush=True)
+            _clean_stale_work_dirs(cfg)
+        yield first
+
+
+def _check_lease(spark, names: tables.TableNames) -> None:
+    cutoff = datetime.now(UTC) - timedelta(hours=LEASE_HOURS)
+    for r in manifest.incomplete_runs(spark, names, include_failed=False):
+        if datetime.fromisoformat(r["at"]) > cutoff:
+            raise ConcurrentRunError(
+                f"another prepare (run {r['run_id']}, pid {r['pid']} on {r['host']}, started {r['at']}) has not "
+                f"committed to {names.catalog}.{names.schema}; if it is dead, its lease ends {LEASE_HOURS:g} h after start"
+            )
+
+
+def _clean_stale_work_dirs(cfg: PrepareConfig) -> None:
+    """Dedup intermediates of killed runs (``_work/dedup/<uuid>``): stale, since we hold the root."""
+    if cfg.dedup.work_dir or not cfg.output_root:
+        return  # a user-chosen work dir may be shared with other roots: not ours to clean
+    work = Path(cfg.dedup_config().work_dir)
+    stale = [p for p in work.iterdir() if p.is_dir()] if work.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    if stale:
+        log.info("removed %d stale dedup work dir(s) under %s", len(stale), work)
+
+
+def _clear_downstream(spark, names: tables.TableNames, until: str, versions: dict[str, int]) -> None:
+    """Empty the existing tables of stages after ``until`` (one commit each; history stays)."""
+    later = {t for s in STAGES[STAGES.index(until) + 1 :] for t in STAGE_TABLES[s]} - set(versions)
+    for logical in sorted(later):
+        ref = names.ref(logical)
+        if tables.table_exists(spark, ref):
+            empty = spark.createDataFrame([], schema=tables.read_table(spark, ref).schema)
+            tables.write_table(spark, empty, ref)
+            log.info("emptied %s: built from an earlier silver, and this run stopped at %s", logical, until)
+
+
+def run(cfg: PrepareConfig, spark, run_id: str | None = None) -> PrepareResult:
+    run_id = run_id or uuid.uuid4().hex
+    with root_lock(cfg, spark, run_id):
+        try:
+            return _run(cfg, spark, run_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the original error matters more
+                manifest.mark_failed(spark, cfg.table_names(), run_id, cfg.until)
+            raise
+
+
+def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
+    names = cfg.table_names()
+    manifest.mark_started(spark, names, run_id, cfg.until)
     counts: list[StageCount] = []
     versions: dict[str, int] = {}
     details: dict = {}
@@ -156,8 +235,6 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
 
     if STAGES.index(cfg.until) >= 3:
         # 4. gold: Dolly prompts, tokens, split, packing plan; too-long rows to quarantine.
-        from dolly_spark.prep.views import create_views
-
         t0 = time.time()
         g = write_gold(
             spark,
@@ -187,7 +264,6 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
         quarantined += q_gold_n
         progress(4, "gold", t0, f"{gold_n} rows ({splits}), {q_gold_n} quarantined")
         check_invariant(raw_rows, gold_n, quarantined, duplicates_n, what="gold")
-        create_views(spark, names)
         out_rows, out_name = gold_n, "gold"
 
     for c in counts:
@@ -198,6 +274,13 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
         check_invariant(
             raw_rows, tables.read_table(spark, getattr(names, out_name)).count(), q_table, duplicates_n, what=out_name
         )
-    tables.write_table(spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append")
+    _clear_downstream(spark, names, cfg.until, versions)
+    versions["metrics"] = tables.write_table(spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append")
+    # Last write: from here on readers see this run's tables (manifest.read_committed).
+    manifest.commit(spark, names, run_id, cfg.until, versions)
+    if cfg.until == "gold":
+        from dolly_spark.prep.views import create_views
+
+        create_views(spark, names)  # after the commit: views pin the versions it names
     details["accounting"] = {"raw": raw_rows, out_name: out_rows, "quarantine": quarantined, "duplicates": duplicates_n}
     return PrepareResult(run_id, counts, versions, details)

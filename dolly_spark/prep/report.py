@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,10 @@ def category_counts(spark, names: tables.TableNames) -> dict[str, dict[str, int]
     """
     out: dict[str, dict[str, int]] = {}
     for stage in STAGE_TABLES:
-        ref = names.ref(stage)
-        if not tables.table_exists(spark, ref):
+        if not manifest.available(spark, names, stage):
             continue
         cat = F.coalesce(F.lower(F.trim(F.col("category"))), F.lit(MISSING_CATEGORY)).alias("category")
-        rows = tables.read_table(spark, ref).groupBy(cat).count().collect()
+        rows = manifest.read_committed(spark, names, stage).groupBy(cat).count().collect()
         out[stage] = {r["category"]: int(r["count"]) for r in rows}
     return out
 
@@ -123,11 +122,18 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str, int]], views: list[str]) -> str:
-    lines = ["# Dolly data-quality report", "", "## Records per stage", ""]
+    lines = ["# Dolly data-quality report", ""]
+    m = manifest.latest(spark, names)
+    if m is not None:
+        lines += [f"Tables of prepare run {m.run_id} (committed {m.at}, until {m.until}).", ""]
+    note = manifest.status_line(spark, names)
+    if note:
+        lines += [f"**Warning:** {note}.", ""]
+    lines += ["## Records per stage", ""]
     lines += _md_table(["stage", "records"], [[s, sum(c.values())] for s, c in counts.items()])
-    if tables.table_exists(spark, names.quarantine):
+    if manifest.available(spark, names, "quarantine"):
         q = (
-            tables.read_table(spark, names.quarantine)
+            manifest.read_committed(spark, names, "quarantine")
             .groupBy("stage", "reason")
             .count()
             .orderBy("stage", "reason")
@@ -139,8 +145,8 @@ def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str
             if q
             else ["(empty)"]
         )
-    if tables.table_exists(spark, names.gold_stats):
-        stats = tables.read_table(spark, names.gold_stats).orderBy("split", "category").collect()
+    if manifest.available(spark, names, "gold_stats"):
+        stats = manifest.read_committed(spark, names, "gold_stats").orderBy("split", "category").collect()
         lines += ["", "## Gold: split x category, sequence lengths (tokens)", ""]
         lines += _md_table(
             ["split", "category", "records", "mean", "p50", "p95", "max", "packs", "pad (packed)"],
@@ -159,7 +165,7 @@ def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str
                 for r in stats
             ],
         )
-        versions = tables.read_table(spark, names.gold).select("silver_version").distinct().collect()
+        versions = manifest.read_committed(spark, names, "gold").select("silver_version").distinct().collect()
         lines += ["", f"Gold built from silver version(s): {', '.join(str(r[0]) for r in versions)}."]
     if views:
         lines += ["", "## SQL views", "", *[f"- `{v}`" for v in views]]
@@ -175,8 +181,11 @@ def run(cfg: ReportConfig, spark) -> dict[str, str]:
     if not counts:
         raise FileNotFoundError(f"no prepared tables found for {names}; run `dolly-spark prepare` first")
     written["category_counts"] = str(plot_category_counts(counts, out / "category_counts.png"))
-    if tables.table_exists(spark, names.gold):
-        pdf = tables.read_table(spark, names.gold).select("category", "seq_len").toPandas()
+    note = manifest.status_line(spark, names)
+    if note:
+        log.warning("%s", note)
+    if manifest.available(spark, names, "gold"):
+        pdf = manifest.read_committed(spark, names, "gold").select("category", "seq_len").toPandas()
         by_cat = {c: g["seq_len"].astype(int).tolist() for c, g in pdf.groupby("category")}
         written["token_lengths"] = str(plot_token_lengths(by_cat, cfg.max_seq_len, out / "token_lengths.png"))
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.sqltext import split_statements
 from dolly_spark.ops.tables import TableNames, validate_identifier
 
@@ -83,18 +83,33 @@ def view_name(names: TableNames, view: str) -> str:
     return f"`{local}`"
 
 
-def view_select(names: TableNames, view: str, definitions=None) -> str:
-    """The view's SELECT with its source tables named for ``names``; checked to be one read-only query."""
+def view_select(names: TableNames, view: str, definitions=None, sources_sql: dict[str, str] | None = None) -> str:
+    """The view's SELECT with its source tables named for ``names`` (or as ``sources_sql`` gives
+    them); checked to be one read-only query."""
     sources, sql = (definitions or VIEW_SQL)[view]
-    select = sql.format(**{s: names.ref(s).sql for s in sources})
+    select = sql.format(**{s: (sources_sql or {}).get(s, names.ref(s).sql) for s in sources})
     statements = split_statements(select)
     if len(statements) != 1 or statements[0].first not in ("SELECT", "WITH") or not statements[0].is_read_only():
         raise ValueError(f"view {view}: its definition must be one SELECT statement")
     return select
 
 
+def _pinned_source(spark, names: TableNames, logical: str) -> str:
+    """SQL naming ``logical`` at the last completed prepare run's version, so a view never mixes
+    tables of two runs. Locally a hidden temp view over the pinned frame (Sail has no time travel
+    in SQL on path tables); on Databricks ``VERSION AS OF``."""
+    version = manifest.committed_version(spark, names, logical)
+    if version is None:
+        return names.ref(logical).sql
+    if names.catalog is not None:
+        return f"{names.ref(logical).sql} VERSION AS OF {int(version)}"
+    hidden = validate_identifier(f"_committed_{names.prefix}{logical}", "view")
+    manifest.read_committed(spark, names, logical).createOrReplaceTempView(hidden)
+    return f"`{hidden}`"
+
+
 def create_views(spark, names: TableNames, definitions=None) -> list[str]:
-    """Create (or replace) every view whose source tables exist; returns the created view names.
+    """Create (or replace) every view whose source tables are committed; returns the created view names.
 
     ``definitions`` defaults to this module's ``VIEW_SQL``; the definitions given are stored
     in the ``sql_views`` table unless they were read from it.
@@ -103,11 +118,12 @@ def create_views(spark, names: TableNames, definitions=None) -> list[str]:
     definitions = VIEW_SQL if definitions is None else definitions
     created = []
     for view, (sources, _) in definitions.items():
-        absent = [s for s in sources if not tables.table_exists(spark, names.ref(s))]
+        absent = [s for s in sources if not manifest.available(spark, names, s)]
         if absent:
-            log.warning("view %s skipped: table(s) %s not written yet", view, ", ".join(absent))
+            log.warning("view %s skipped: table(s) %s not in the last completed prepare run", view, ", ".join(absent))
             continue
-        select = view_select(names, view, definitions)
+        pinned = {s: _pinned_source(spark, names, s) for s in sources}
+        select = view_select(names, view, definitions, pinned)
         kind = "VIEW" if names.catalog is not None else "TEMP VIEW"
         spark.sql(f"CREATE OR REPLACE {kind} {view_name(names, view)} AS {select}")
         created.append(view_name(names, view).replace("`", ""))

@@ -18,7 +18,7 @@ from typing import Iterator
 import pandas as pd
 from pyspark.sql import functions as F
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
 from dolly_spark.serve.generate import GenerationConfig
 from dolly_spark.serve.score import RESULT_COLUMNS, cached_model, resolve_model, with_generation
@@ -148,7 +148,7 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
     names = cfg.table_names()
     model = resolve_model(cfg.model_uri, cfg.download_dir)
     eval_id = uuid.uuid4().hex
-    gold = tables.read_table(spark, names.gold).filter(F.col("split") == F.lit(cfg.split))
+    gold = manifest.read_committed(spark, names, "gold").filter(F.col("split") == F.lit(cfg.split))
 
     # 1. loss and perplexity per category, summed in Spark.
     per_row = gold.select(

@@ -25,7 +25,7 @@ from typing import Iterator
 import pandas as pd
 from pyspark.sql import functions as F
 
-from dolly_spark.ops import tables
+from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
 from dolly_spark.ops.schemas import RESULT_COLUMNS, RESULT_DDL
 from dolly_spark.serve.generate import GenerationConfig
@@ -320,7 +320,7 @@ def read_input(cfg: ScoreConfig, spark, names: tables.TableNames):
     if cfg.query:
         df = spark.sql(cfg.query)  # user SQL, run as given (CLI only); nothing is spliced into it
     elif cfg.input_table in tables.LOGICAL_TABLES:
-        df = tables.read_table(spark, names.ref(cfg.input_table))
+        df = manifest.read_committed(spark, names, cfg.input_table)  # prepare's tables: the committed set
     else:
         parts = cfg.input_table.split(".")
         if not 1 <= len(parts) <= 3:

@@ -24,7 +24,7 @@ CLI = REPO / ".venv" / "bin" / "dolly-spark"
 # Columns that legitimately differ between two runs over the same input.
 VOLATILE_COLUMNS = ("ingested_at", "created_at", "run_id", "scored_at", "updated_at")
 # Appended per run (history, not state): compared per run, not as a whole.
-APPEND_ONLY_TABLES = ("metrics",)
+APPEND_ONLY_TABLES = ("metrics", "manifest")
 
 
 def load_corpus_module():
@@ -77,15 +77,33 @@ def ids(rows: list[dict], table: str) -> list[str]:
     return [r["record_id"] for r in rows]
 
 
+def committed_versions(root) -> dict[str, int] | None:
+    """The table versions the last completed prepare run committed (None without a manifest)."""
+    t = existing_tables(root)
+    if "manifest" not in t:
+        return None
+    rows = sorted(read_rows(t["manifest"]), key=lambda r: (r["at"], r["status"] == "committed"))
+    done = [r for r in rows if r["status"] == "committed"]
+    assert done, f"{root}: a manifest without a completed run"
+    return json.loads(done[-1]["versions"])
+
+
 def accounting(root) -> dict[str, list[str]]:
-    """record ids per destination: raw (bronze), the final table, quarantine, duplicates."""
+    """record ids per destination, as readers see them: raw (bronze), the final table,
+    quarantine, duplicates. With a manifest, each table at the version it committed."""
     t = existing_tables(root)
     assert "bronze" in t, f"no bronze table under {root}"
-    final = "gold" if "gold" in t else "silver"
-    parts = {"raw": ids(read_rows(t["bronze"]), "bronze"), final: ids(read_rows(t[final]), final)}
+    pinned = committed_versions(root)
+    if pinned is None:
+        final = "gold" if "gold" in t else "silver"
+        pinned = {name: None for name in t}
+    else:
+        final = next(n for n in ("gold", "candidates", "silver", "bronze") if n in pinned)
+    parts = {"raw": ids(read_rows(t["bronze"], pinned["bronze"]), "bronze")}
+    parts[final] = ids(read_rows(t[final], pinned[final]), final)  # --until bronze: raw is the output
     for name in ("quarantine", "duplicates"):
-        if name in t:
-            parts[name] = ids(read_rows(t[name]), name)
+        if name in t and name in pinned:
+            parts[name] = ids(read_rows(t[name], pinned[name]), name)
     return parts
 
 
