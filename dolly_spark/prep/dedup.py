@@ -355,7 +355,16 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     )
     removed = work.materialize(exact_removed.unionByName(near_removed), "removed")
 
-    duplicates = removed.join(silver.select("record_id", "category"), "record_id").select(*DUPLICATES_COLUMNS)
+    # Which source each side came from: dedup runs across sources.
+    src = F.col("source") if "source" in silver.columns else F.lit(None).cast("string")
+    sources = silver.select("record_id", src.alias("source"))
+    kept_sources = sources.select(F.col("record_id").alias("kept_record_id"), F.col("source").alias("kept_source"))
+    duplicates = (
+        removed.join(silver.select("record_id", "category"), "record_id")
+        .join(sources, "record_id")
+        .join(kept_sources, "kept_record_id", "left")
+        .select(*DUPLICATES_COLUMNS)
+    )
     kept = silver.join(removed.select("record_id"), "record_id", "left_anti").select(*silver.columns)
 
     groups = exact.where(F.col("exact_group_size") > 1).agg(F.countDistinct("exact_hash").alias("n")).collect()[0]
