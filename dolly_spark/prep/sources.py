@@ -94,7 +94,8 @@ def name_from_uri(uri: str) -> str:
     base = uri.rstrip("/").rsplit("/", 1)[-1]
     if _TABLE_NAME.fullmatch(uri):
         base = uri.rsplit(".", 1)[-1]
-    base = re.sub(r"[*?\[\]]", "", base)
+    if re.search(r"[*?\[]", base):  # a glob: its folder names it (/data/chats/*.jsonl -> chats)
+        base = uri.rstrip("/").rsplit("/", 2)[-2] if uri.count("/") else "source"
     while Path(base).suffix in (".gz", *_SUFFIX_FORMAT):
         base = base[: -len(Path(base).suffix)]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "source"
