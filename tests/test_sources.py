@@ -229,3 +229,22 @@ def test_prepare_mixes_dolly_with_a_delta_table(spark, tmp_path):
     assert per_source.groupby("source")["records"].sum().to_dict() == {s: t["gold"] for s, t in by_source.items()}
     q = deltalake.DeltaTable(str(out / "quarantine")).to_pandas()
     assert q[q["source"] == "tickets"]["reason"].tolist() == ["empty_instruction"]
+
+
+def test_weighted_sources_repeat_in_the_train_staging_only():
+    from dolly_spark.launch.staging import repeat_weighted
+
+    table = pa.table(
+        {
+            "record_id": ["a", "b", "c", "d"],
+            "split": ["train", "train", "eval", "train"],
+            "pack_id": pa.array([0, 0, 0, 1], pa.int64()),
+            "weight": pa.array([3, 1, 3, None], pa.int32()),
+        }
+    )
+    out = repeat_weighted(table).to_pylist()
+    ids = sorted(r["record_id"] for r in out)
+    assert ids == ["a", "a", "a", "b", "c", "d"]  # eval and weight-1 rows once
+    # Copies go to new packs (pack_id + j * 2), never into a pack that is already full.
+    assert sorted(r["pack_id"] for r in out if r["record_id"] == "a") == [0, 2, 4]
+    assert repeat_weighted(table.drop(["weight"])).num_rows == 4

@@ -28,6 +28,28 @@ class StagedGold:
     eval_records: int
 
 
+def repeat_weighted(table):
+    """Train rows of a source with weight k staged k times (gold keeps each record once, so the
+    accounting is untouched); eval rows once. Copy j of a pack gets pack_id + j * (max + 1): a
+    copy holds a subset of its pack's records, so it still fits the pack budget."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "weight" not in table.column_names or table.num_rows == 0:
+        return table
+    weight = pc.if_else(pc.equal(table["split"], "train"), pc.fill_null(table["weight"], 1), 1)
+    most = int(pc.max(weight).as_py())
+    if most <= 1:
+        return table
+    stride = int(pc.max(pc.fill_null(table["pack_id"], 0)).as_py()) + 1
+    parts = [table]
+    for j in range(1, most):
+        copy = table.filter(pc.greater(weight, j))
+        pack = pc.add(copy["pack_id"], pa.scalar(j * stride, pa.int64()))
+        parts.append(copy.set_column(copy.column_names.index("pack_id"), "pack_id", pack))
+    return pa.concat_tables(parts)
+
+
 def stage_gold(spark, ref: tables.TableRef, version: int, staging_root: Path) -> StagedGold:
     """Gold at ``version`` -> ``STAGING/gold_v<version>/{train,eval}/part-*.parquet``.
 
@@ -46,8 +68,8 @@ def stage_gold(spark, ref: tables.TableRef, version: int, staging_root: Path) ->
     if out.exists():
         shutil.rmtree(out)  # a partial staging without manifest
     df = tables.read_table(spark, ref, version)
-    cols = list(TRAIN_COLUMNS) + (["silver_version"] if "silver_version" in df.columns else [])
-    table = df.select(*cols).toArrow()  # Dataset.from_spark fails on Spark Connect
+    cols = list(TRAIN_COLUMNS) + [c for c in ("silver_version", "weight") if c in df.columns]
+    table = repeat_weighted(df.select(*cols).toArrow())  # Dataset.from_spark fails on Spark Connect
     table = table.sort_by([("split", "ascending"), ("pack_id", "ascending"), ("record_id", "ascending")])
     silver_version = None
     if "silver_version" in table.column_names and table.num_rows:
