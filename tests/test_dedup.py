@@ -27,8 +27,8 @@ from dolly_spark.prep.dedup import (
     shingle_hashes,
     verify_pairs,
 )
-from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
 from dolly_spark.prep.dedup_clusters import WorkDir, clusters, clusters_label_propagation, clusters_union_find
+from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
 from tests.shared_data import DOLLY_JSONL
 
 SILVER_SCHEMA = (

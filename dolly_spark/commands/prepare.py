@@ -30,6 +30,12 @@ def format_summary(result: PrepareResult) -> str:
         lines.append(f"{c.stage:<10}{c.input_rows:>8}{c.output_rows:>8}{c.quarantined_rows:>10}{c.removed_rows:>9}")
         for reason, n in sorted(c.details.get("quarantined_by_reason", {}).items()):
             lines.append(f"{'':<12}{reason:<28}{n:>6}")
+    by_source = result.details.get("by_source") or {}
+    if by_source:
+        keys = list(next(iter(by_source.values())))
+        lines.append(f"{'source':<24}" + "".join(f"{k:>12}" for k in keys))
+        for src, t in by_source.items():
+            lines.append(f"{src or '(none)':<24}" + "".join(f"{t[k]:>12}" for k in keys))
     lines.append("versions: " + ", ".join(f"{k}@{v}" for k, v in result.versions.items()))
     return "\n".join(lines)
 

@@ -74,6 +74,9 @@ class DedupConfig:
     per_field_threshold: bool = True
     union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
     max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
+    # Sources in order of preference: of records duplicated across sources, the earliest source's
+    # is kept (a user's copy of a dolly record is the duplicate); then the keep rule. Set by prepare.
+    source_priority: tuple[str, ...] = field(default=(), metadata={"cli": False})
     # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
     work_dir: str | None = field(default=None, metadata={"cli": False})
 
@@ -115,12 +118,21 @@ def field_shingle_columns(cfg: DedupConfig) -> list[str]:
     return [f"shingles_{c}" for c in FIELDS[cfg.fields]] if cfg.per_field_threshold else []
 
 
-def _keep_key(cfg: DedupConfig, response_chars: Column) -> Column:
-    """A struct whose minimum over a group is the record kept: the lowest record_id, or the
-    longest response with ties broken by the lowest record_id."""
+def source_rank(df: DataFrame, cfg: DedupConfig) -> Column:
+    """Position of the record's source in ``source_priority`` (unlisted sources last)."""
+    if not cfg.source_priority or "source" not in df.columns:
+        return F.lit(0)
+    pos = F.array_position(F.array(*[F.lit(s) for s in cfg.source_priority]), F.col("source"))
+    return F.when(pos > 0, pos).otherwise(F.lit(len(cfg.source_priority) + 1)).cast("long")
+
+
+def _keep_key(cfg: DedupConfig, response_chars: Column, rank: Column | None = None) -> Column:
+    """A struct whose minimum over a group is the record kept: the earliest source (``rank``),
+    then the lowest record_id, or the longest response with ties broken by the lowest record_id."""
+    first = [rank.alias("source_rank")] if rank is not None else []
     if cfg.keep == "longest_response":
-        return F.struct((-response_chars).alias("neg_response_chars"), F.col("record_id").alias("record_id"))
-    return F.struct(F.col("record_id").alias("record_id"))
+        return F.struct(*first, (-response_chars).alias("neg_response_chars"), F.col("record_id").alias("record_id"))
+    return F.struct(*first, F.col("record_id").alias("record_id"))
 
 
 def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
@@ -132,7 +144,7 @@ def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     hashed = df.withColumn("exact_hash", F.sha2(F.col("dedup_text"), 256))
     reps = hashed.groupBy("exact_hash").agg(
         F.count(F.lit(1)).alias("exact_group_size"),
-        F.min(_keep_key(cfg, response_chars)).getField("record_id").alias("exact_rep"),
+        F.min(_keep_key(cfg, response_chars, source_rank(df, cfg))).getField("record_id").alias("exact_rep"),
     )
     return hashed.join(reps, "exact_hash").select(*df.columns, "exact_hash", "exact_group_size", "exact_rep")
 
@@ -294,6 +306,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
             "exact_group_size",
             "exact_rep",
             F.length(F.coalesce(F.col("response"), F.lit(""))).alias("response_chars"),
+            source_rank(silver, cfg).alias("source_rank"),
         ),
         "exact",
     )
@@ -303,7 +316,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     shingled = work.materialize(
         survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id")
         .transform(lambda d: add_shingles(d, cfg))
-        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg)),
+        .select("record_id", "response_chars", "source_rank", "shingles", *field_shingle_columns(cfg)),
         "shingles",
     )
     shared = work.materialize(
@@ -322,9 +335,9 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     components = work.materialize(components, "components")
 
     # The record kept per near-duplicate cluster, by the same keep rule as exact groups.
-    members = components.join(shingled.select("record_id", "response_chars"), "record_id")
+    members = components.join(shingled.select("record_id", "response_chars", "source_rank"), "record_id")
     reps = members.groupBy("cluster").agg(
-        F.min(_keep_key(cfg, F.col("response_chars"))).getField("record_id").alias("near_rep")
+        F.min(_keep_key(cfg, F.col("response_chars"), F.col("source_rank"))).getField("record_id").alias("near_rep")
     )
     near = work.materialize(members.join(reps, "cluster").select("record_id", "cluster", "near_rep"), "near_reps")
 

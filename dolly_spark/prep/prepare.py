@@ -82,10 +82,14 @@ class PrepareConfig(Location):
         return dataclasses.replace(self.clean, categories=cats)
 
     def dedup_config(self) -> DedupConfig:
-        """Intermediates under the output root (never a driver temp dir on a cluster)."""
-        if self.dedup.work_dir or not self.output_root:
-            return self.dedup
-        return dataclasses.replace(self.dedup, work_dir=str(Path(self.output_root).resolve() / "_work" / "dedup"))
+        """Intermediates under the output root (never a driver temp dir on a cluster); of records
+        duplicated across sources, the earliest listed source's is kept."""
+        dedup = self.dedup
+        if len(self.source_list()) > 1 and not dedup.source_priority:
+            dedup = dataclasses.replace(dedup, source_priority=tuple(s.source_name for s in self.source_list()))
+        if dedup.work_dir or not self.output_root:
+            return dedup
+        return dataclasses.replace(dedup, work_dir=str(Path(self.output_root).resolve() / "_work" / "dedup"))
 
 
 @dataclass
