@@ -48,6 +48,11 @@ def test_alpaca_preset_in_every_file_format(spark, tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(ALPACA))  # one JSON array, as alpaca_data.json ships
     pd.DataFrame(ALPACA).to_parquet(paths["parquet"])
     pd.DataFrame(ALPACA).to_csv(paths["csv"], index=False)
+    # Without "input" in the data the alpaca preset still fits (context is optional).
+    no_input = read_source(
+        spark, SourceConfig(uri=_jsonl(tmp_path / "n.jsonl", [{"instruction": "i", "output": "o"}]), preset="alpaca")
+    )
+    assert [(r["context"], r["category"]) for r in no_input.collect()] == [(None, "n")]
     for kind, path in paths.items():
         rows = _rows(read_source(spark, SourceConfig(uri=path, preset="alpaca", category="alpaca", name=kind)))
         assert [r["instruction"] for r in rows] == ["Add the numbers.", "Name a primary colour."], kind
@@ -248,3 +253,23 @@ def test_weighted_sources_repeat_in_the_train_staging_only():
     # Copies go to new packs (pack_id + j * 2), never into a pack that is already full.
     assert sorted(r["pack_id"] for r in out if r["record_id"] == "a") == [0, 2, 4]
     assert repeat_weighted(table.drop(["weight"])).num_rows == 4
+
+
+def test_hub_and_table_sources_fail_with_one_line(spark):
+    # Offline in tests: a hub id other than dolly-15k cannot be downloaded.
+    with pytest.raises(SourceError, match="source somedata: could not download hub dataset someorg/somedata"):
+        read_source(spark, SourceConfig(uri="someorg/somedata", preset="alpaca"))
+    with pytest.raises(SourceError, match=r"source tickets: cannot read main\.support\.tickets as table"):
+        read_source(spark, SourceConfig(uri="main.support.tickets", preset="alpaca"))
+
+
+def test_categories_any_accepts_own_categories(spark):
+    from dolly_spark.prep.clean import CleanConfig, validate
+
+    df = spark.createDataFrame(
+        [("a", "i", "", "r", "Support", None, [], [])],
+        "record_id string, instruction string, context string, response string, category string, "
+        "ingest_error string, field_errors array<string>, extra_keys array<string>",
+    )
+    assert validate(df).first()["reason"] == "unknown_category"
+    assert validate(df, CleanConfig(categories=("any",))).first()["reason"] is None

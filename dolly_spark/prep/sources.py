@@ -304,6 +304,10 @@ def mapped_frame(df: DataFrame, src: SourceConfig, version: int | None) -> DataF
         values.update({f: _text_column(df, c, who, f) for f, c in extra.items()})
     else:
         mapping = {f: c for f, c in src.mapping().items() if f in FIELDS}
+        # A preset's optional columns (context, category) may be absent; explicit ones may not.
+        for f in ("context", "category"):
+            if f in mapping and f not in src.columns and mapping[f] not in df.columns:
+                del mapping[f]
         if src.category is not None:
             mapping.pop("category", None)
         for f in REQUIRED:
