@@ -5,6 +5,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from dolly_spark.ops import tables
+from dolly_spark.ops.schemas import GOLD_SCHEMA
 from dolly_spark.prep import gold
 from dolly_spark.text import prompts
 from dolly_spark.text.tokenizer import load_fast_tokenizer
@@ -222,9 +223,9 @@ def test_plan_packing_per_split_skips_rejected(spark):
 def test_build_gold_schema_and_version(spark):
     df = candidates(spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare.", "closed_qa")])
     g = gold.gold_rows(gold.build_gold(df, cfg(), silver_version=5))
-    contract = spark.createDataFrame([], gold.GOLD_SCHEMA).schema
+    contract = spark.createDataFrame([], GOLD_SCHEMA).schema
     assert [(f.name, f.dataType) for f in g.schema.fields] == [(f.name, f.dataType) for f in contract.fields]
-    assert gold.GOLD_SCHEMA.startswith("record_id string, category string, split string")
+    assert GOLD_SCHEMA.startswith("record_id string, category string, split string")
     row = g.first()
     assert (row.record_id, row.category, row.silver_version, row.pack_id, row.context) == (
         "a",
@@ -263,7 +264,7 @@ def test_length_stats_on_literal_frame(spark):
 def test_write_gold_keeps_other_stages_and_is_idempotent(spark, tmp_path):
     names = tables.TableNames(root=str(tmp_path))
     silver_reject = spark.createDataFrame(
-        [("bad", "silver", "empty_response", ["empty_response"], "f.jsonl", 9, '{"x": 1}', "open_qa")],
+        [("bad", "silver", "empty_response", ["empty_response"], "f.jsonl", 9, '{"x": 1}', "open_qa", None)],
         gold.QUARANTINE_SCHEMA,
     )
     tables.write_table(spark, silver_reject, names.quarantine)

@@ -234,6 +234,12 @@ def test_prepare_mixes_dolly_with_a_delta_table(spark, tmp_path):
     assert per_source.groupby("source")["records"].sum().to_dict() == {s: t["gold"] for s, t in by_source.items()}
     q = deltalake.DeltaTable(str(out / "quarantine")).to_pandas()
     assert q[q["source"] == "tickets"]["reason"].tolist() == ["empty_instruction"]
+    # The quality report: records per source per table.
+    from dolly_spark.prep.report import source_counts, summary_markdown
+
+    counts = source_counts(spark, cfg.table_names())
+    assert counts["tickets"] == {"bronze": 5, "quarantine": 1, "duplicates": 2, "gold": 2}
+    assert "## Records per source" in summary_markdown(spark, cfg.table_names(), {"gold": {}}, [])
 
 
 def test_weighted_sources_repeat_in_the_train_staging_only():
