@@ -224,29 +224,33 @@ def _read_frame(spark, src: SourceConfig, fmt: str, location: str, files: list[s
     """(their rows as a DataFrame, Delta version read or None)."""
     who = src.source_name
     try:
-        if fmt == "delta":
-            import deltalake
-
-            version = int(deltalake.DeltaTable(location).version())
-            # Pinned to the version recorded as lineage, even if the table moves meanwhile.
-            return spark.read.format("delta").option("versionAsOf", version).load(location), version
-        if fmt == "table":
-            return spark.read.table(location), None
-        if fmt == "parquet":
-            return spark.read.parquet(*files), None
-        if fmt == "csv":
-            return spark.read.option("header", "true").option("multiLine", "true").option("escape", '"').csv(
-                files
-            ), None
-        if fmt == "jsonl":
-            return spark.read.json(files), None
-        if fmt == "json":
-            return _json_array_frame(spark, files, who), None
+        df, version = _open_frame(spark, fmt, location, files, who)
+        _ = df.schema  # readers are lazy: a missing table or unreadable file fails here, not mid-write
+        return df, version
     except SourceError:
         raise
     except Exception as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise SourceError(f"source {who}: cannot read {src.uri} as {fmt} ({type(err).__name__}: {first})") from err
+
+
+def _open_frame(spark, fmt: str, location: str, files: list[str], who: str) -> tuple[DataFrame, int | None]:
+    if fmt == "delta":
+        import deltalake
+
+        version = int(deltalake.DeltaTable(location).version())
+        # Pinned to the version recorded as lineage, even if the table moves meanwhile.
+        return spark.read.format("delta").option("versionAsOf", version).load(location), version
+    if fmt == "table":
+        return spark.read.table(location), None
+    if fmt == "parquet":
+        return spark.read.parquet(*files), None
+    if fmt == "csv":
+        return spark.read.option("header", "true").option("multiLine", "true").option("escape", '"').csv(files), None
+    if fmt == "jsonl":
+        return spark.read.json(files), None
+    if fmt == "json":
+        return _json_array_frame(spark, files, who), None
     raise SourceError(f"source {who}: unsupported format {fmt!r}")
 
 
