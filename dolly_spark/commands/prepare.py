@@ -20,6 +20,10 @@ def tracked(cfg: PrepareConfig, spark) -> PrepareResult:
         result = run(cfg, spark)
         log_metrics_table(spark, cfg.table_names(), run_id_filter=result.run_id)
         mlflow.set_tags({f"dolly.{k}_version": str(v) for k, v in result.versions.items()})
+        # Lineage of Delta sources: the version each one was read at.
+        mlflow.set_tags(
+            {f"dolly.source.{k}_version": str(v) for k, v in result.details.get("source_versions", {}).items()}
+        )
         mlflow.log_dict(dataclasses.asdict(result), "prepare_result.json")
     return result
 
