@@ -234,6 +234,12 @@ def test_prepare_mixes_dolly_with_a_delta_table(spark, tmp_path):
     assert per_source.groupby("source")["records"].sum().to_dict() == {s: t["gold"] for s, t in by_source.items()}
     q = deltalake.DeltaTable(str(out / "quarantine")).to_pandas()
     assert q[q["source"] == "tickets"]["reason"].tolist() == ["empty_instruction"]
+    # The metrics table carries the per-source accounting in the last stage's details.
+    metrics = deltalake.DeltaTable(str(out / "metrics")).to_pandas()
+    gold_details = json.loads(
+        metrics[(metrics["run_id"] == result.run_id) & (metrics["stage"] == "gold")]["details"].iloc[0]
+    )
+    assert gold_details["by_source"] == by_source
     # The quality report: records per source per table.
     from dolly_spark.prep.report import source_counts, summary_markdown
 
