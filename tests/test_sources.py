@@ -80,6 +80,10 @@ def test_delta_source_with_columns_records_its_version(spark, tmp_path):
     assert rows[1]["response"] == "Use the reset link." and rows[1]["context"] == "User locked out"
     # Inferred as Delta without format.
     assert read_source(spark, SourceConfig(uri=path, columns=src.columns)).count() == 3
+    # A catalog table by name (a Unity Catalog catalog.schema.table on Databricks).
+    spark.sql(f"CREATE TABLE IF NOT EXISTS tickets_by_name USING delta LOCATION '{path}'")
+    by_name = read_source(spark, SourceConfig(uri="tickets_by_name", format="table", columns=src.columns))
+    assert by_name.count() == 3 and {r["source"] for r in by_name.collect()} == {"tickets_by_name"}
 
 
 @pytest.mark.parametrize("keys", [("role", "content", "user", "assistant"), ("from", "value", "human", "gpt")])
