@@ -303,6 +303,8 @@ def test_deduplicate_partitions_rows_with_lineage(spark):
             "string",
             "double",
             "string",
+            "string",
+            "string",
         ]
         kept = {r["record_id"] for r in result.kept.collect()}
         dups = {r["record_id"]: r for r in result.duplicates.collect()}

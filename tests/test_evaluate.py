@@ -48,6 +48,7 @@ def gold_rows() -> list[dict]:
                     input_ids=list(seq),
                     prompt_len=int(plen),
                     seq_len=len(seq),
+                    source="dolly" if k % 2 else "own",  # two sources: evaluate reports loss per source
                 )
             )
     return rows
@@ -55,7 +56,7 @@ def gold_rows() -> list[dict]:
 
 SCHEMA = (
     "record_id string, category string, split string, instruction string, context string, response string, "
-    "text string, input_ids array<int>, prompt_len int, seq_len int"
+    "text string, input_ids array<int>, prompt_len int, seq_len int, source string"
 )
 
 
@@ -128,6 +129,11 @@ def test_evaluate_writes_generations_and_logs_to_mlflow(spark, gold, tiny_model_
         assert res.loss_by_category[c] == pytest.approx(sum(s for s, _ in parts) / sum(n for _, n in parts), rel=1e-4)
         assert res.ppl_by_category[c] == pytest.approx(math.exp(res.loss_by_category[c]), rel=1e-6)
     assert res.records == len(CATEGORIES) * PER_CATEGORY
+    for src in ("dolly", "own"):
+        parts = [
+            hf_loss(model, r["input_ids"], r["prompt_len"]) for r in rows if r["source"] == src and r["split"] == "eval"
+        ]
+        assert res.loss_by_source[src] == pytest.approx(sum(s for s, _ in parts) / sum(n for _, n in parts), rel=1e-4)
     assert math.isfinite(res.eval_loss) and res.perplexity == pytest.approx(math.exp(res.eval_loss))
 
     names = tables.TableNames(root=str(root))

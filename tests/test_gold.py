@@ -263,7 +263,7 @@ def test_length_stats_on_literal_frame(spark):
 def test_write_gold_keeps_other_stages_and_is_idempotent(spark, tmp_path):
     names = tables.TableNames(root=str(tmp_path))
     silver_reject = spark.createDataFrame(
-        [("bad", "silver", "empty_response", ["empty_response"], "f.jsonl", 9, '{"x": 1}', "open_qa")],
+        [("bad", "silver", "empty_response", ["empty_response"], "f.jsonl", 9, '{"x": 1}', "open_qa", None)],
         gold.QUARANTINE_SCHEMA,
     )
     tables.write_table(spark, silver_reject, names.quarantine)

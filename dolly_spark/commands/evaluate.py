@@ -44,10 +44,15 @@ def tracked(cfg: EvaluateConfig, spark) -> tuple[EvaluateResult, str | None]:
         result = run(cfg, spark)
         if active is not None:
             log_evaluation(result.loss_table, result.generations_table)
+            if len(result.loss_by_source) > 1:
+                from dolly_spark.commands.mlflow_logging import log_metric_dict
+
+                log_metric_dict({f"eval_loss_source_{s}": v for s, v in result.loss_by_source.items()})
         if cfg.model_uri.startswith("models:/") and "@" in cfg.model_uri:
             # evaluate runs after register: its metrics reach the model version as tags
             metrics = {"eval_loss": result.eval_loss, "perplexity": result.perplexity}
             metrics.update({f"eval_loss_{c}": v for c, v in result.loss_by_category.items()})
+            metrics.update({f"eval_loss_source_{s}": v for s, v in result.loss_by_source.items()})
             tag_version_metrics(cfg.model_uri, {k: v for k, v in metrics.items() if v is not None})
     return result, (active.info.run_id if active is not None else None)
 
@@ -60,6 +65,8 @@ def format_summary(r: EvaluateResult) -> str:
     for cat in sorted(r.loss_by_category):
         lines.append(f"{cat:<24}{r.loss_by_category[cat]:>8.4f}{r.ppl_by_category[cat]:>12.2f}")
     lines.append(f"{ALL:<24}{r.eval_loss:>8.4f}{r.perplexity:>12.2f}  ({r.records} records, {r.loss_tokens} tokens)")
+    for src in sorted(r.loss_by_source):
+        lines.append(f"{'source ' + src:<24}{r.loss_by_source[src]:>8.4f}")
     lines.append(
         f"generations {r.generations} ({r.failed_generations} failed) -> eval_generations@{r.eval_generations_version}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from pathlib import Path
 
 from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.ops.config import ConfigError
@@ -15,11 +16,21 @@ CONFIG = PrepareConfig
 
 
 def preflight(cfg: PrepareConfig) -> None:
-    """The input exists, is readable and in a supported compression: checked before the session,
-    any table or the MLflow store (a missing input must not leave an ``mlflow.db`` behind)."""
+    """Every source exists, is readable and in a supported compression: checked before the
+    session, any table or the MLflow store (a missing input must not leave an ``mlflow.db``)."""
+    from dolly_spark.prep.sources import SourceError, check_names, resolve
+
+    sources = cfg.source_list()
     try:
-        check_input(cfg.input)
-    except (OSError, UnsupportedInputError, InputUnavailableError) as err:
+        check_names(sources)
+        for src in sources:
+            fmt, location, files = resolve(src)  # no engine needed: files, Delta logs, names
+            if src.is_dolly() and fmt == "hub":
+                check_input(src.uri)
+            elif src.is_dolly() and fmt == "jsonl":  # as the line ingest reads it: the path, else each file
+                for target in [location] if Path(location).exists() else files:
+                    check_input(target)
+    except (OSError, UnsupportedInputError, InputUnavailableError, SourceError) as err:
         raise ConfigError(str(err)) from err
 
 
@@ -35,6 +46,10 @@ def tracked(cfg: PrepareConfig, spark) -> PrepareResult:
         result = run(cfg, spark, run_id)
         log_metrics_table(spark, cfg.table_names(), run_id_filter=result.run_id)
         mlflow.set_tags({f"dolly.{k}_version": str(v) for k, v in result.versions.items()})
+        # Lineage of Delta sources: the version each one was read at.
+        mlflow.set_tags(
+            {f"dolly.source.{k}_version": str(v) for k, v in result.details.get("source_versions", {}).items()}
+        )
         mlflow.log_dict(dataclasses.asdict(result), "prepare_result.json")
     return result
 
@@ -45,6 +60,12 @@ def format_summary(result: PrepareResult) -> str:
         lines.append(f"{c.stage:<10}{c.input_rows:>8}{c.output_rows:>8}{c.quarantined_rows:>10}{c.removed_rows:>9}")
         for reason, n in sorted(c.details.get("quarantined_by_reason", {}).items()):
             lines.append(f"{'':<12}{reason:<28}{n:>6}")
+    by_source = result.details.get("by_source") or {}
+    if by_source:
+        keys = list(next(iter(by_source.values())))
+        lines.append(f"{'source':<24}" + "".join(f"{k:>12}" for k in keys))
+        for src, t in by_source.items():
+            lines.append(f"{src or '(none)':<24}" + "".join(f"{t[k]:>12}" for k in keys))
     lines.append("versions: " + ", ".join(f"{k}@{v}" for k, v in result.versions.items()))
     return "\n".join(lines)
 

@@ -22,8 +22,10 @@ from dolly_spark.commands.common import cli_errors, parse_job, spark_session
 from dolly_spark.ops.config import ConfigError, Location
 from dolly_spark.ops.tracking import resolve_tracking
 from dolly_spark.prep.gold import GoldConfig
+from dolly_spark.prep.ingest import HF_DATASET_ID
 from dolly_spark.prep.prepare import PrepareConfig
 from dolly_spark.prep.report import ReportConfig
+from dolly_spark.prep.sources import SourceConfig
 from dolly_spark.serve.evaluate import EvaluateConfig
 from dolly_spark.serve.registry import RegisterConfig, register
 from dolly_spark.serve.score import ScoreConfig
@@ -39,6 +41,10 @@ class RunConfig(Location):
     input: str = field(
         default="databricks/databricks-dolly-15k", metadata={"help": "JSONL file/dir, Volume path or HF id"}
     )
+    # Own data, as in prepare (README "Your own data"): YAML sources / categories, --source NAME=URI.
+    sources: tuple[SourceConfig, ...] = field(default=(), metadata={"cli": False})
+    source: tuple[str, ...] = field(default=(), metadata={"help": "add a source: NAME=URI (repeatable list)"})
+    categories: tuple[str, ...] | str | None = field(default=None, metadata={"cli": False})
     tokenizer: str | None = field(
         default=None, metadata={"help": "tokenizer hub id or local dir (default: $DOLLY_TOKENIZER)"}
     )
@@ -118,9 +124,17 @@ def _common(cfg) -> dict:
 
 
 def prepare_config(cfg) -> PrepareConfig:
-    # The tokenizer lives in PrepareConfig's gold section (a top-level keyword would be a TypeError).
-    gold = {"gold": GoldConfig(tokenizer=cfg.tokenizer)} if cfg.tokenizer else {}
-    return PrepareConfig(input=cfg.input, **_common(cfg), **gold)
+    # With sources given, the default --input (the hub id) is not added as one more source.
+    own = bool(cfg.sources or cfg.source)
+    return PrepareConfig(
+        input=None if own and cfg.input == HF_DATASET_ID else cfg.input,
+        sources=tuple(cfg.sources),
+        source=tuple(cfg.source),
+        categories=cfg.categories,
+        **_common(cfg),
+        # The tokenizer is a gold setting (PrepareConfig has no tokenizer field of its own).
+        **({"gold": GoldConfig(tokenizer=cfg.tokenizer)} if cfg.tokenizer else {}),
+    )
 
 
 def run_prepare(cfg, spark, state: dict) -> dict:

@@ -34,6 +34,23 @@ class StagedGold:
     file_rows: dict[str, int] = field(default_factory=dict)  # shard path -> rows (older manifests: empty)
 
 
+def repeat_weighted(df):
+    """Train rows of a source with weight k staged k times (gold keeps each record once, so the
+    accounting is untouched); eval rows once. Copy j of a pack gets pack_id + j * (max + 1): a
+    copy holds a subset of its pack's records, so it still fits the pack budget."""
+    from pyspark.sql import functions as F
+
+    if "weight" not in df.columns:
+        return df
+    weight = F.when(F.col("split") == F.lit("train"), F.coalesce(F.col("weight"), F.lit(1))).otherwise(F.lit(1))
+    most, top_pack = df.agg(F.max(weight), F.max(F.coalesce(F.col("pack_id"), F.lit(0)))).first()
+    if not most or int(most) <= 1:
+        return df.drop("weight")
+    stride = int(top_pack or 0) + 1
+    copies = df.withColumn("_copy", F.explode(F.sequence(F.lit(0), (weight - 1).cast("int"))))
+    return copies.withColumn("pack_id", F.col("pack_id") + F.col("_copy") * F.lit(stride)).drop("_copy", "weight")
+
+
 def shard_frame(df, split: str, shards: int):
     """One split's rows in ``shards`` partitions; a pack stays in one shard, sorted by (pack_id, record_id)."""
     from pyspark.sql import functions as F
@@ -86,8 +103,8 @@ def stage_gold(
     if out.exists():
         shutil.rmtree(out)  # a partial staging without manifest
     df = tables.read_table(spark, ref, version)
-    cols = list(TRAIN_COLUMNS) + (["silver_version"] if "silver_version" in df.columns else [])
-    df = df.select(*cols)
+    cols = list(TRAIN_COLUMNS) + [c for c in ("silver_version", "weight") if c in df.columns]
+    df = repeat_weighted(df.select(*cols))
     counts, silver_version = _split_counts(df)
     unknown = sum(n for s, n in counts.items() if s not in SPLITS)
     if unknown:

@@ -7,15 +7,47 @@ BRONZE_SCHEMA = (
     "instruction string, context string, response string, category string, "
     "ingest_error string, field_errors array<string>, extra_keys array<string>"
 )
-SILVER_COLUMNS = ("record_id", "instruction", "context", "response", "category", "source_file", "line_number")
-QUARANTINE_COLUMNS = ("record_id", "stage", "reason", "reasons", "source_file", "line_number", "raw_line", "category")
+BRONZE_COLUMNS = tuple(c.split()[0] for c in BRONZE_SCHEMA.split(", "))
+# ``source``: the name of the input source a record came from (prep/sources.py), bronze to gold.
+SILVER_COLUMNS = (
+    "record_id",
+    "instruction",
+    "context",
+    "response",
+    "category",
+    "source_file",
+    "line_number",
+    "source",
+)
+QUARANTINE_COLUMNS = (
+    "record_id",
+    "stage",
+    "reason",
+    "reasons",
+    "source_file",
+    "line_number",
+    "raw_line",
+    "category",
+    "source",
+)
 QUARANTINE_SCHEMA = (
     "record_id string, stage string, reason string, reasons array<string>, source_file string, "
-    "line_number long, raw_line string, category string"
+    "line_number long, raw_line string, category string, source string"
 )
-DUPLICATES_COLUMNS = ("record_id", "kept_record_id", "cluster_id", "method", "jaccard", "category")
+# source / kept_source: the source of the removed record and of the record kept in its place.
+DUPLICATES_COLUMNS = (
+    "record_id",
+    "kept_record_id",
+    "cluster_id",
+    "method",
+    "jaccard",
+    "category",
+    "source",
+    "kept_source",
+)
 DUPLICATES_SCHEMA = (
-    "record_id string, kept_record_id string, cluster_id string, method string, jaccard double, category string"
+    "record_id string, kept_record_id string, cluster_id string, method string, jaccard double, category string, "
+    "source string, kept_source string"
 )
 GOLD_TYPES = (
     ("record_id", "string"),
@@ -31,6 +63,8 @@ GOLD_TYPES = (
     ("seq_len", "int"),
     ("pack_id", "long"),
     ("silver_version", "long"),
+    ("source", "string"),
+    ("weight", "int"),  # the source's weight: copies of a train record in the training data
 )
 GOLD_COLUMNS = tuple(c for c, _ in GOLD_TYPES)
 GOLD_SCHEMA = ", ".join(f"{c} {t}" for c, t in GOLD_TYPES)

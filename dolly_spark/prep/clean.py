@@ -31,6 +31,7 @@ KNOWN_CATEGORIES = (
     "creative_writing",
 )
 TEXT_FIELDS = ("instruction", "context", "response")
+ANY_CATEGORY = "any"  # categories: any -> no category is unknown
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ def flag_empty_fields(df: DataFrame) -> DataFrame:
 
 
 def flag_unknown_category(df: DataFrame, categories: tuple[str, ...] = KNOWN_CATEGORIES) -> DataFrame:
+    """A category outside ``categories``; ``("any",)`` accepts every category (own data)."""
+    if ANY_CATEGORY in categories:
+        return _flag(df, "unknown_category", F.lit(False))
     bad = F.col("category").isNotNull() & ~F.col("category").isin(list(categories))
     return _flag(df, "unknown_category", bad)
 
@@ -208,8 +212,13 @@ def validate(df: DataFrame, cfg: CleanConfig = CleanConfig()) -> DataFrame:
     )
 
 
+def with_source(df: DataFrame) -> DataFrame:
+    """A null ``source`` where a frame predates sources (tests build bronze by hand)."""
+    return df if "source" in df.columns else df.withColumn("source", F.lit(None).cast("string"))
+
+
 def silver_rows(validated: DataFrame) -> DataFrame:
-    return validated.where(F.size("reasons") == 0).select(*SILVER_COLUMNS)
+    return validated.transform(with_source).where(F.size("reasons") == 0).select(*SILVER_COLUMNS)
 
 
 def quarantine_rows(validated: DataFrame, stage: str) -> DataFrame:
@@ -228,4 +237,5 @@ def to_quarantine(df: DataFrame, stage: str) -> DataFrame:
         F.col("line_number") if "line_number" in cols else F.lit(None).cast("long").alias("line_number"),
         F.col("raw_line") if "raw_line" in cols else F.lit(None).cast("string").alias("raw_line"),
         F.col("category") if "category" in cols else F.lit(None).cast("string").alias("category"),
+        F.col("source") if "source" in cols else F.lit(None).cast("string").alias("source"),
     )

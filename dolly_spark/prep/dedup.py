@@ -81,6 +81,9 @@ class DedupConfig:
     short_field_substitution_rate: float = 0.15
     union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
     max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
+    # Sources in order of preference: of records duplicated across sources, the earliest source's
+    # is kept (a user's copy of a dolly record is the duplicate); then the keep rule. Set by prepare.
+    source_priority: tuple[str, ...] = field(default=(), metadata={"cli": False})
     # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
     work_dir: str | None = field(default=None, metadata={"cli": False})
 
@@ -133,12 +136,21 @@ def field_text_columns(cfg: DedupConfig) -> list[str]:
     return [f"norm_{c}" for c in FIELDS[cfg.fields]] if cfg.short_rule else []
 
 
-def _keep_key(cfg: DedupConfig, response_chars: Column) -> Column:
-    """A struct whose minimum over a group is the record kept: the lowest record_id, or the
-    longest response with ties broken by the lowest record_id."""
+def source_rank(df: DataFrame, cfg: DedupConfig) -> Column:
+    """Position of the record's source in ``source_priority`` (unlisted sources last)."""
+    if not cfg.source_priority or "source" not in df.columns:
+        return F.lit(0)
+    pos = F.array_position(F.array(*[F.lit(s) for s in cfg.source_priority]), F.col("source"))
+    return F.when(pos > 0, pos).otherwise(F.lit(len(cfg.source_priority) + 1)).cast("long")
+
+
+def _keep_key(cfg: DedupConfig, response_chars: Column, rank: Column | None = None) -> Column:
+    """A struct whose minimum over a group is the record kept: the earliest source (``rank``),
+    then the lowest record_id, or the longest response with ties broken by the lowest record_id."""
+    first = [rank.alias("source_rank")] if rank is not None else []
     if cfg.keep == "longest_response":
-        return F.struct((-response_chars).alias("neg_response_chars"), F.col("record_id").alias("record_id"))
-    return F.struct(F.col("record_id").alias("record_id"))
+        return F.struct(*first, (-response_chars).alias("neg_response_chars"), F.col("record_id").alias("record_id"))
+    return F.struct(*first, F.col("record_id").alias("record_id"))
 
 
 def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
@@ -150,7 +162,7 @@ def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     hashed = df.withColumn("exact_hash", F.sha2(F.col("dedup_text"), 256))
     reps = hashed.groupBy("exact_hash").agg(
         F.count(F.lit(1)).alias("exact_group_size"),
-        F.min(_keep_key(cfg, response_chars)).getField("record_id").alias("exact_rep"),
+        F.min(_keep_key(cfg, response_chars, source_rank(df, cfg))).getField("record_id").alias("exact_rep"),
     )
     return hashed.join(reps, "exact_hash").select(*df.columns, "exact_hash", "exact_group_size", "exact_rep")
 
@@ -335,6 +347,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
             "exact_group_size",
             "exact_rep",
             F.length(F.coalesce(F.col("response"), F.lit(""))).alias("response_chars"),
+            source_rank(silver, cfg).alias("source_rank"),
         ),
         "exact",
     )
@@ -344,7 +357,14 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     shingled = work.materialize(
         survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id")
         .transform(lambda d: add_shingles(d, cfg))
-        .select("record_id", "response_chars", "shingles", *field_shingle_columns(cfg), *field_text_columns(cfg)),
+        .select(
+            "record_id",
+            "response_chars",
+            "source_rank",
+            "shingles",
+            *field_shingle_columns(cfg),
+            *field_text_columns(cfg),
+        ),
         "shingles",
     )
     shared = work.materialize(
@@ -386,9 +406,9 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     components = work.materialize(components, "components")
 
     # The record kept per near-duplicate cluster, by the same keep rule as exact groups.
-    members = components.join(shingled.select("record_id", "response_chars"), "record_id")
+    members = components.join(shingled.select("record_id", "response_chars", "source_rank"), "record_id")
     reps = members.groupBy("cluster").agg(
-        F.min(_keep_key(cfg, F.col("response_chars"))).getField("record_id").alias("near_rep")
+        F.min(_keep_key(cfg, F.col("response_chars"), F.col("source_rank"))).getField("record_id").alias("near_rep")
     )
     near = work.materialize(members.join(reps, "cluster").select("record_id", "cluster", "near_rep"), "near_reps")
 
@@ -419,7 +439,16 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
     )
     removed = work.materialize(exact_removed.unionByName(near_removed), "removed")
 
-    duplicates = removed.join(silver.select("record_id", "category"), "record_id").select(*DUPLICATES_COLUMNS)
+    # Which source each side came from: dedup runs across sources.
+    src = F.col("source") if "source" in silver.columns else F.lit(None).cast("string")
+    sources = silver.select("record_id", src.alias("source"))
+    kept_sources = sources.select(F.col("record_id").alias("kept_record_id"), F.col("source").alias("kept_source"))
+    duplicates = (
+        removed.join(silver.select("record_id", "category"), "record_id")
+        .join(sources, "record_id")
+        .join(kept_sources, "kept_record_id", "left")
+        .select(*DUPLICATES_COLUMNS)
+    )
     kept = silver.join(removed.select("record_id"), "record_id", "left_anti").select(*silver.columns)
 
     groups = exact.where(F.col("exact_group_size") > 1).agg(F.countDistinct("exact_hash").alias("n")).collect()[0]

@@ -27,7 +27,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
-from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine
+from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine, with_source
 from dolly_spark.prep.packing import plan_packing
 from dolly_spark.text import prompts
 from dolly_spark.text.model_config import PYTHIA_CONTEXT, model_max_positions
@@ -283,9 +283,10 @@ def split_unit_col(seed: int):
 def assign_split(df: DataFrame, cfg: GoldConfig) -> DataFrame:
     """``eval`` iff sha256(seed:record_id) falls below eval_fraction, else ``train``.
 
-    The test depends on the record alone and a constant fraction, so adding records never moves
-    existing ones. Applied within every category alike, each category gets the same expected eval
-    share (stratified in expectation; the realised counts are in gold_stats).
+    The test depends on the record alone and a constant fraction, so adding records (or whole
+    sources) never moves existing ones. Applied within every (source, category) stratum alike,
+    each stratum gets the same expected eval share (stratified in expectation; the realised
+    counts per source and category are in gold_stats).
     """
     return df.withColumn(
         "split", F.when(split_unit_col(cfg.split_seed) < F.lit(cfg.eval_fraction), "eval").otherwise("train")
@@ -299,15 +300,28 @@ def assign_split(df: DataFrame, cfg: GoldConfig) -> DataFrame:
 # assembly
 
 
+def source_weight(weights: dict[str, int] | None):
+    """The ``weight`` column: the record's source weight (1 when the source has none)."""
+    w = F.lit(1)
+    for name, k in sorted((weights or {}).items()):
+        w = F.when(F.col("source") == F.lit(name), F.lit(int(k))).otherwise(w)
+    return w.cast("int")
+
+
 def build_gold(
-    candidates: DataFrame, cfg: GoldConfig, silver_version: int | None, n_rows: int | None = None
+    candidates: DataFrame,
+    cfg: GoldConfig,
+    silver_version: int | None,
+    n_rows: int | None = None,
+    weights: dict[str, int] | None = None,
 ) -> DataFrame:
     """Every candidate row with gold columns plus ``reasons``/``reason`` (null reason = gold).
 
-    ``n_rows`` (the candidates' count, when known) sets how many packing groups run in parallel.
+    ``n_rows`` (the candidates' count, when known) sets how many packing groups run in parallel;
+    ``weights`` (source -> k) fills the ``weight`` column training staging repeats train rows by.
     """
-    base = candidates.select(
-        "record_id", "instruction", "context", "response", "category", "source_file", "line_number"
+    base = candidates.transform(with_source).select(
+        "record_id", "instruction", "context", "response", "category", "source_file", "line_number", "source"
     )
     return (
         base.transform(format_prompts)
@@ -319,6 +333,7 @@ def build_gold(
         .transform(lambda d: assign_split(d, cfg))
         .transform(lambda d: plan_packing(d, cfg, n_rows))
         .withColumn("silver_version", F.lit(silver_version).cast("long"))
+        .withColumn("weight", source_weight(weights))
     )
 
 
@@ -356,10 +371,15 @@ def length_stats(gold: DataFrame, pack_budget: int = 2048) -> DataFrame:
             .withColumn("category", category)
         )
 
-    per_cat = stats(["split", "category"], F.col("category"))
-    per_split = stats(["split"], F.lit(ALL_CATEGORIES))
+    # Rows per (split, category) and per split carry source '*'; rows per (split, source) carry
+    # category '*' (own data mixed with dolly: counts and lengths by source).
+    gold = gold.transform(with_source).withColumn("source", F.coalesce(F.col("source"), F.lit(ALL_CATEGORIES)))
+    per_cat = stats(["split", "category"], F.col("category")).withColumn("source", F.lit(ALL_CATEGORIES))
+    per_split = stats(["split"], F.lit(ALL_CATEGORIES)).withColumn("source", F.lit(ALL_CATEGORIES))
+    per_source = stats(["split", "source"], F.lit(ALL_CATEGORIES)).where(F.col("source") != ALL_CATEGORIES)
     cols = [
         "split",
+        "source",
         "category",
         "records",
         "tokens",
@@ -372,9 +392,11 @@ def length_stats(gold: DataFrame, pack_budget: int = 2048) -> DataFrame:
         "packs",
     ]
     out = per_cat.select(*cols).unionByName(per_split.select(*cols))
-    efficiency = F.when(F.col("category") == ALL_CATEGORIES, F.col("tokens") / (F.col("packs") * F.lit(budget))).cast(
-        "double"
-    )
+    out = out.unionByName(per_source.select(*cols))
+    efficiency = F.when(
+        (F.col("category") == ALL_CATEGORIES) & (F.col("source") == ALL_CATEGORIES),
+        F.col("tokens") / (F.col("packs") * F.lit(budget)),
+    ).cast("double")
     return (
         out.withColumn("pack_budget", F.lit(budget).cast("int"))
         .withColumn("packing_efficiency", efficiency)
@@ -390,6 +412,7 @@ def write_gold(
     silver_version: int | None,
     other_quarantine: pa.Table | None = None,
     input_rows: int | None = None,
+    weights: dict[str, int] | None = None,
 ) -> dict:
     """Write gold (overwrite), put its rejects in quarantine (stage ``gold``), write gold_stats.
 
@@ -404,7 +427,7 @@ def write_gold(
     versions = {
         "gold": tables.write_table(
             spark,
-            gold_rows(build_gold(candidates, cfg, silver_version, input_rows)),
+            gold_rows(build_gold(candidates, cfg, silver_version, input_rows, weights)),
             names.gold,
             comment=f"Dolly-formatted, tokenized ({cfg.tokenizer}) train/eval records with a packing plan",
         )

@@ -15,14 +15,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
 
+from pyspark.sql import functions as F
+
 from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
 from dolly_spark.ops.lock import ConcurrentRunError, exclusive
 from dolly_spark.prep.accounting import StageCount, check_invariant, metrics_frame
-from dolly_spark.prep.clean import CleanConfig, quarantine_rows, silver_rows, validate
+from dolly_spark.prep.clean import (
+    ANY_CATEGORY,
+    KNOWN_CATEGORIES,
+    CleanConfig,
+    quarantine_rows,
+    silver_rows,
+    validate,
+)
 from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
 from dolly_spark.prep.gold import GoldConfig, write_gold
-from dolly_spark.prep.ingest import read_bronze
+from dolly_spark.prep.ingest import HF_DATASET_ID
+from dolly_spark.prep.sources import SourceConfig, parse_source_flag, read_sources, weights
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +62,17 @@ DOLLY_PRESET = {
 class PrepareConfig(Location):
     PRESETS: ClassVar[dict] = {"dolly": DOLLY_PRESET}
 
-    input: str = field(
-        default="databricks/databricks-dolly-15k", metadata={"help": "JSONL file/dir, Volume path or HF id"}
+    input: str | None = field(
+        default=None,
+        metadata={"help": "one dolly-15k-style source: JSONL file/dir, Volume path or HF id (default: the HF id)"},
     )
+    # Own data: YAML ``sources: [{uri, format, preset, columns, category, name, weight}, ...]``
+    # (prep/sources.py); ``--source NAME=URI`` adds one from the command line.
+    sources: tuple[SourceConfig, ...] = field(default=(), metadata={"cli": False})
+    source: tuple[str, ...] = field(default=(), metadata={"help": "add a source: NAME=URI (repeatable list)"})
+    # YAML ``categories: any`` or a list; default: dolly's eight when every source is dolly-15k,
+    # else any. ``--categories`` (clean.categories) sets it from the command line.
+    categories: tuple[str, ...] | str | None = field(default=None, metadata={"cli": False})
     experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
     until: str = field(default=STAGES[-1], metadata={"help": "stop after this stage", "choices": STAGES})
     # Nested parts: YAML ``clean: {...}``, ``dedup: {...}``, ``gold: {...}``; flags --max-instruction-chars,
@@ -63,11 +81,41 @@ class PrepareConfig(Location):
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"flag_prefix": "dedup_"})
     gold: GoldConfig = field(default_factory=GoldConfig, metadata={"flag_prefix": ""})
 
+    def __post_init__(self):
+        if isinstance(self.categories, str) and self.categories != ANY_CATEGORY:
+            raise ValueError(f"categories: expected 'any' or a list, got {self.categories!r}")
+        if isinstance(self.categories, (list, tuple)) and not all(isinstance(c, str) for c in self.categories):
+            raise ValueError(f"categories: expected a list of strings, got {self.categories!r}")
+
+    def source_list(self) -> list[SourceConfig]:
+        """--input (first), then the YAML sources, then --source flags; dolly-15k if none."""
+        out = [SourceConfig(uri=self.input)] if self.input else []
+        out += list(self.sources) + [parse_source_flag(v) for v in self.source]
+        return out or [SourceConfig(uri=HF_DATASET_ID)]
+
+    def clean_config(self) -> CleanConfig:
+        """clean.categories resolved: explicit > dolly's eight if every source is dolly-15k > any."""
+        if isinstance(self.categories, str):
+            cats: tuple[str, ...] = (ANY_CATEGORY,)
+        elif self.categories is not None:
+            cats = tuple(c.strip().lower() for c in self.categories)
+        elif tuple(self.clean.categories) != KNOWN_CATEGORIES:
+            cats = tuple(self.clean.categories)
+        elif all(s.is_dolly() for s in self.source_list()):
+            cats = KNOWN_CATEGORIES
+        else:
+            cats = (ANY_CATEGORY,)
+        return dataclasses.replace(self.clean, categories=cats)
+
     def dedup_config(self) -> DedupConfig:
-        """Intermediates under the output root (never a driver temp dir on a cluster)."""
-        if self.dedup.work_dir or not self.output_root:
-            return self.dedup
-        return dataclasses.replace(self.dedup, work_dir=str(Path(self.output_root).resolve() / "_work" / "dedup"))
+        """Intermediates under the output root (never a driver temp dir on a cluster); of records
+        duplicated across sources, the earliest listed source's is kept."""
+        dedup = self.dedup
+        if len(self.source_list()) > 1 and not dedup.source_priority:
+            dedup = dataclasses.replace(dedup, source_priority=tuple(s.source_name for s in self.source_list()))
+        if dedup.work_dir or not self.output_root:
+            return dedup
+        return dataclasses.replace(dedup, work_dir=str(Path(self.output_root).resolve() / "_work" / "dedup"))
 
 
 @dataclass
@@ -80,6 +128,25 @@ class PrepareResult:
 
 def _reason_counts(df) -> dict[str, int]:
     return {r["reason"]: int(r["count"]) for r in df.groupBy("reason").count().collect()}
+
+
+def per_source_accounting(spark, names, out_name: str) -> dict[str, dict[str, int]]:
+    """{source: {raw, <out_name>, quarantine, duplicates}}; raises if any source loses rows."""
+    tallies: dict[str, dict[str, int]] = {}
+    parts = {"raw": names.bronze, out_name: getattr(names, out_name), "quarantine": names.quarantine}
+    if out_name in ("candidates", "gold"):
+        parts["duplicates"] = names.duplicates
+    for key, ref in parts.items():
+        if not tables.table_exists(spark, ref):
+            continue
+        df = tables.read_table(spark, ref)
+        for r in df.groupBy(F.coalesce(F.col("source"), F.lit("")).alias("s")).count().collect():
+            tallies.setdefault(r["s"], dict.fromkeys(parts, 0))[key] = int(r["count"])
+    for src, t in tallies.items():
+        check_invariant(
+            t["raw"], t[out_name], t["quarantine"], t.get("duplicates", 0), what=f"{out_name} (source {src!r})"
+        )
+    return dict(sorted(tallies.items()))
 
 
 @contextlib.contextmanager
@@ -161,10 +228,21 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
 
     # 1. bronze: every line, malformed ones included.
     t0 = time.time()
-    bronze = read_bronze(spark, cfg.input)
+    sources = cfg.source_list()
+    clean_cfg = cfg.clean_config()
+    bronze = read_sources(spark, sources)  # every source checked here, before any write
     versions["bronze"] = tables.write_table(
-        spark, bronze, names.bronze, comment="dolly-15k lines as ingested, malformed ones included"
+        spark, bronze, names.bronze, comment="input records as ingested, malformed ones included, with their source"
     )
+    details["sources"] = {s.source_name: {"uri": s.uri, "weight": s.weight} for s in sources}
+    details["source_versions"] = {
+        r["source"]: r["v"]
+        for r in tables.read_table(spark, names.bronze)
+        .where(F.col("source_version").isNotNull())
+        .groupBy("source")
+        .agg(F.max("source_version").alias("v"))
+        .collect()
+    }
     raw_rows = tables.read_table(spark, names.bronze).count()
     counts.append(StageCount("bronze", raw_rows, raw_rows))
     progress(1, "bronze", t0, f"{raw_rows} rows")
@@ -178,14 +256,14 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
         bronze_df = tables.read_table(spark, names.bronze)
         versions["silver"] = tables.write_table(
             spark,
-            silver_rows(validate(bronze_df, cfg.clean)),
+            silver_rows(validate(bronze_df, clean_cfg)),
             names.silver,
             comment="cleaned, validated dolly-15k records",
         )
         # The engine does not cache: validate again only the rows silver left out (few), not all.
         # A left-out row without a reason would be lost; the invariant below catches that.
         left_out = bronze_df.join(tables.read_table(spark, names.silver).select("record_id"), "record_id", "left_anti")
-        silver_q = quarantine_rows(validate(left_out, cfg.clean), "silver")
+        silver_q = quarantine_rows(validate(left_out, clean_cfg), "silver")
         if cfg.until == "gold":
             # Held back: gold writes quarantine once, with its own rejects, so a killed run leaves
             # the table at the old version or the new one (rejects are few; they fit the driver).
@@ -244,6 +322,7 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
             versions.get("silver"),
             other_quarantine=silver_q_rows,
             input_rows=out_rows,
+            weights=weights(sources),
         )
         versions.update(g["versions"])
         gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]
@@ -274,6 +353,11 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
         check_invariant(
             raw_rows, tables.read_table(spark, getattr(names, out_name)).count(), q_table, duplicates_n, what=out_name
         )
+    if out_name != "bronze":
+        # The promise per source too: each source's rows land in exactly one of out / quarantine / duplicates.
+        by_source = per_source_accounting(spark, names, out_name)
+        counts[-1].details["by_source"] = by_source
+        details["by_source"] = by_source
     _clear_downstream(spark, names, cfg.until, versions)
     versions["metrics"] = tables.write_table(spark, metrics_frame(spark, run_id, counts), names.metrics, mode="append")
     # Last write: from here on readers see this run's tables (manifest.read_committed).

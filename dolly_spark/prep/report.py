@@ -121,6 +121,19 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def source_counts(spark, names: tables.TableNames) -> dict[str, dict[str, int]]:
+    """{source: {table: records}} over bronze, quarantine, duplicates and gold (tables that have it)."""
+    out: dict[str, dict[str, int]] = {}
+    present = [t for t in ("bronze", "quarantine", "duplicates", "gold") if tables.table_exists(spark, names.ref(t))]
+    for t in present:
+        df = tables.read_table(spark, names.ref(t))
+        if "source" not in df.columns:
+            return {}
+        for r in df.groupBy("source").count().collect():
+            out.setdefault(r["source"] or "(none)", {u: 0 for u in present})[t] = int(r["count"])
+    return dict(sorted(out.items()))
+
+
 def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str, int]], views: list[str]) -> str:
     lines = ["# Dolly data-quality report", ""]
     m = manifest.latest(spark, names)
@@ -131,6 +144,11 @@ def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str
         lines += [f"**Warning:** {note}.", ""]
     lines += ["## Records per stage", ""]
     lines += _md_table(["stage", "records"], [[s, sum(c.values())] for s, c in counts.items()])
+    by_source = source_counts(spark, names)
+    if by_source:
+        stages = [t for t in ("bronze", "quarantine", "duplicates", "gold") if t in next(iter(by_source.values()))]
+        lines += ["", "## Records per source", ""]
+        lines += _md_table(["source", *stages], [[src, *[c.get(t, 0) for t in stages]] for src, c in by_source.items()])
     if manifest.available(spark, names, "quarantine"):
         q = (
             manifest.read_committed(spark, names, "quarantine")
@@ -146,13 +164,16 @@ def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str
             else ["(empty)"]
         )
     if manifest.available(spark, names, "gold_stats"):
-        stats = manifest.read_committed(spark, names, "gold_stats").orderBy("split", "category").collect()
-        lines += ["", "## Gold: split x category, sequence lengths (tokens)", ""]
+        gs = manifest.read_committed(spark, names, "gold_stats")
+        has_source = "source" in gs.columns
+        stats = gs.orderBy("split", *(["source"] if has_source else []), "category").collect()
+        lines += ["", "## Gold: split x source x category, sequence lengths (tokens)", ""]
         lines += _md_table(
-            ["split", "category", "records", "mean", "p50", "p95", "max", "packs", "pad (packed)"],
+            ["split", "source", "category", "records", "mean", "p50", "p95", "max", "packs", "pad (packed)"],
             [
                 [
                     r["split"],
+                    r["source"] if has_source else "*",
                     r["category"],
                     r["records"],
                     float(r["mean_seq_len"]),

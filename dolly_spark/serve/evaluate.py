@@ -70,6 +70,7 @@ class EvaluateResult:
     # The frames behind the numbers, for the command to log (not part of the summary).
     loss_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
     generations_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    loss_by_source: dict[str, float] = field(default_factory=dict)  # token-weighted, like per category
 
 
 def sequence_losses(
@@ -151,11 +152,15 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
     gold = manifest.read_committed(spark, names, "gold").filter(F.col("split") == F.lit(cfg.split))
 
     # 1. loss and perplexity per category, summed in Spark.
+    # Summed per (category, source) in one pass; per category and per source below.
+    source = F.col("source") if "source" in gold.columns else F.lit(None).cast("string")
     per_row = gold.select(
-        "category", loss_udf(model.local_dir, model.version, cfg.loss_batch_size)("input_ids", "prompt_len").alias("l")
-    ).select("category", "l.*")
+        "category",
+        F.coalesce(source, F.lit("")).alias("source"),
+        loss_udf(model.local_dir, model.version, cfg.loss_batch_size)("input_ids", "prompt_len").alias("l"),
+    ).select("category", "source", "l.*")
     agg = (
-        per_row.groupBy("category")
+        per_row.groupBy("category", "source")
         .agg(
             F.count(F.lit(1)).alias("records"),
             F.sum("loss_sum").alias("loss_sum"),
@@ -165,7 +170,14 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
     )
     if agg.empty:
         raise ValueError(f"gold has no rows with split = {cfg.split!r}")
-    losses = loss_by_category(agg)
+    sums = ["records", "loss_sum", "loss_tokens"]
+    losses = loss_by_category(agg.groupby("category", as_index=False)[sums].sum())
+    by_source = agg.groupby("source")[sums].sum()
+    loss_by_source = {
+        str(s): float(r["loss_sum"] / r["loss_tokens"]) if r["loss_tokens"] else float("nan")
+        for s, r in by_source.iterrows()
+        if s
+    }
     overall = losses[losses["category"] == ALL].iloc[0]
     log.info(
         "[1/2] eval loss %.4f (ppl %.2f) over %d records, %d tokens (%.1fs)",
@@ -226,4 +238,5 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
         failed_generations=int(generations["error"].notna().sum()),
         loss_table=losses,
         generations_table=generations,
+        loss_by_source=loss_by_source,
     )
