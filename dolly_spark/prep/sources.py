@@ -166,6 +166,10 @@ def resolve(src: SourceConfig) -> tuple[str, str, list[str]]:
         raise SourceError(f"source {who}: {uri} matches no files")
     if fmt is None:
         kinds = {_file_format(f) for f in files} - {None}
+        if src.is_dolly() and kinds <= {"json", "jsonl"}:
+            # dolly-15k's layout: every file is read as JSON lines by the line ingest, which
+            # quarantines what is not (an array, a binary file) rather than refusing the source.
+            return "jsonl", path, files
         if len(kinds) != 1:
             raise SourceError(
                 f"source {who}: cannot tell the format of {uri} (found {sorted(kinds) or 'none'}); set format"
