@@ -210,11 +210,13 @@ def log_dolly_model(
     else:
         from mlflow.models import Model
 
+        from dolly_spark.ops.runtime import model_log_keywords
+
         info = Model.log(
             flavor=_PyfuncWithoutServingCheck,
             validate_serving_input=False,
-            flavor_name="pyfunc.CustomPythonModel",
             artifact_path=None,
+            **model_log_keywords("pyfunc.CustomPythonModel"),
             **kwargs,
         )
     if registered_model_name:

@@ -81,10 +81,11 @@ class StepLog:
 def _make_trainer_class():
     from transformers import Trainer
 
-    from dolly_spark.train.data import BOOKKEEPING_KEYS
+    from dolly_spark.train.data import BOOKKEEPING_KEYS, packed_attention_mask
 
     class DollyTrainer(Trainer):
-        """Pops the collator's bookkeeping keys before the model sees the batch."""
+        """Pops the collator's bookkeeping keys before the model sees the batch, and gives it the
+        packed rows' block-diagonal mask (exact isolation of packed records on every release)."""
 
         def __init__(self, *args, step_log: StepLog, **kwargs):
             super().__init__(*args, **kwargs)
@@ -94,9 +95,16 @@ def _make_trainer_class():
             extra = {k: inputs.pop(k, None) for k in BOOKKEEPING_KEYS}
             if model.training:
                 self.step_log.add(extra["num_real_tokens"], extra["sample_index"])
+            if "position_ids" in inputs and "attention_mask" not in inputs:
+                inputs["attention_mask"] = packed_attention_mask(inputs["position_ids"], self._mask_dtype())
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
+
+        def _mask_dtype(self):
+            import torch
+
+            return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
 
     return DollyTrainer
 
