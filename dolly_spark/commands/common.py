@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 from dolly_spark.ops.config import parse_config
-from dolly_spark.ops.runtime import check_supported_libraries
+from dolly_spark.ops.runtime import UnsupportedLibraryError, check_supported_libraries
 
 
 def parse_job(cls, argv, command: str, doc: str | None, level: int = logging.INFO):
     cfg = parse_config(cls, argv, prog=f"dolly-spark {command}", description=doc or "")
-    check_supported_libraries()  # before any table is written
+    try:
+        check_supported_libraries()  # before any table is written
+    except UnsupportedLibraryError as err:
+        raise SystemExit(f"dolly-spark {command}: {err}") from None  # one line, exit status 1
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return cfg
 

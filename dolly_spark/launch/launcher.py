@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dolly_spark.launch.staging import stage_gold
 from dolly_spark.ops import tables
+from dolly_spark.ops.paths import local_scratch
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import load_ds_config, local_device_count, resolve_family
@@ -333,15 +334,22 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     run_dir = staging / "run"
     ckpt_dir = cfg.resolved_checkpoint_dir()
     model_dir = cfg.resolved_model_dir()
-    metrics_path = model_dir.parent / "metrics.jsonl"
+    attempt = uuid.uuid4().hex[:12]
+    # Per-step metrics are appended on local disk (a Volume takes no appends) and copied whole
+    # to this run's own file next to the model when training ends.
+    metrics_path = model_dir.parent / f"metrics-{attempt}.jsonl"
+    hot_metrics = local_scratch("runs", attempt) / "metrics.jsonl"
     shutil.rmtree(run_dir / "errors", ignore_errors=True)
     (run_dir / "final_eval.json").unlink(missing_ok=True)
     if not cfg.resume:
-        # A fresh run starts over: old checkpoints or metrics would mix with the new run's.
+        # A fresh run starts over: old checkpoints would mix with the new run's.
         for _, old in checkpoints.list_checkpoints(ckpt_dir):
             log.warning("fresh run: removing old checkpoint %s", old)
             shutil.rmtree(old, ignore_errors=True)
-        metrics_path.unlink(missing_ok=True)
+    else:
+        previous = sorted(model_dir.parent.glob("metrics-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        if previous:  # a resumed run carries the steps before its checkpoint
+            shutil.copyfile(previous[-1], hot_metrics)
     for d in (run_dir, ckpt_dir, model_dir):
         d.mkdir(parents=True, exist_ok=True)
 
@@ -354,18 +362,22 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
         family=family,
         checkpoint_dir=str(ckpt_dir),
         model_dir=str(model_dir),
-        metrics_path=str(metrics_path),
+        metrics_path=str(hot_metrics),
         run_dir=str(run_dir),
-        attempt=uuid.uuid4().hex[:12],
+        attempt=attempt,
     )
     job_path = job.write(run_dir / "job.json")
     log.info("training: family=%s processes=%d launcher=%s ds_config=%s", family, nproc, launcher, ds_path)
 
-    if launcher == "distributor":
-        run_distributor(cfg, nproc, family, job_path, ds_path, run_dir)
-    else:
-        port = cfg.master_port or free_port()
-        run_subprocess(launch_command(launcher, nproc, port, job_path, ds_path), worker_env(family), run_dir)
+    try:
+        if launcher == "distributor":
+            run_distributor(cfg, nproc, family, job_path, ds_path, run_dir)
+        else:
+            port = cfg.master_port or free_port()
+            run_subprocess(launch_command(launcher, nproc, port, job_path, ds_path), worker_env(family), run_dir)
+    finally:
+        if hot_metrics.is_file():
+            shutil.copyfile(hot_metrics, metrics_path)
 
     final = json.loads((run_dir / "final_eval.json").read_text())
     rows = read_metrics(metrics_path)

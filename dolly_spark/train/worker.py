@@ -14,12 +14,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from dolly_spark.ops.paths import local_scratch
 from dolly_spark.train.config import WorkerJob
 
 log = logging.getLogger("dolly_spark.train.worker")
@@ -177,11 +179,16 @@ def _make_callbacks(job: WorkerJob, step_log: StepLog):
         """After every rank saved: mark the checkpoint complete (rank 0), then rotate."""
 
         def on_save(self, args, state, control, **kw):
+            # Saved on local disk; each node copies its shards to the output location whole.
+            name = f"checkpoint-{state.global_step}"
+            _barrier()
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                checkpoints.publish(Path(args.output_dir) / name, Path(job.checkpoint_dir) / name)
+                shutil.rmtree(Path(args.output_dir) / name, ignore_errors=True)
             _barrier()
             if state.is_world_process_zero:
-                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                checkpoints.mark_complete(path, state.global_step)
-                checkpoints.rotate(args.output_dir, job.train_config().save_total_limit)
+                checkpoints.mark_complete(Path(job.checkpoint_dir) / name, state.global_step)
+                checkpoints.rotate(job.checkpoint_dir, job.train_config().save_total_limit)
             _barrier()
 
     class FaultCallback(TrainerCallback):
@@ -240,7 +247,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     # ZeRO-3 partitions weights at load only if the process group exists before TrainingArguments.
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
-    cache_dir = str(Path(job.run_dir) / "hf_datasets_cache")
+    cache_dir = str(local_scratch("hf_datasets", job.attempt))  # hot writes stay on local disk
     columns = list(data.TRAIN_COLUMNS)
     train_rows = data.load_shards(job.train_files, cache_dir).select_columns(columns).to_list()
     eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
@@ -263,7 +270,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     )
     batch = cfg.batch_size_for(family)
     targs = TrainingArguments(
-        output_dir=job.checkpoint_dir,
+        output_dir=str(local_scratch("checkpoints", job.attempt)),  # published whole in on_save
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size or batch,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -323,11 +330,15 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
 
     final_fingerprint = weight_fingerprint(model)
     model.config.use_cache = True
-    trainer.save_model(job.model_dir)  # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors
+    local_model = local_scratch("model", job.attempt)
+    trainer.save_model(str(local_model))  # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors
     summary = None
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(job.model_dir)
-        (Path(job.model_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
+        tokenizer.save_pretrained(str(local_model))
+        (local_model / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
+        checkpoints.publish(local_model, job.model_dir)  # copied whole, then marked complete
+        checkpoints.mark_complete(job.model_dir, trainer.state.global_step)
+        shutil.rmtree(local_model, ignore_errors=True)
         by_cat = {
             k[len("eval_") : -len("_loss")]: v
             for k, v in final_metrics.items()
