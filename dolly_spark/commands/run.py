@@ -7,6 +7,7 @@ prepare -> report -> train -> register -> evaluate -> score, the same DAG the bu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -117,7 +118,9 @@ def _common(cfg) -> dict:
 
 
 def run_prepare(cfg, spark, state: dict) -> dict:
-    pcfg = PrepareConfig(input=cfg.input, **_common(cfg), **({"tokenizer": cfg.tokenizer} if cfg.tokenizer else {}))
+    pcfg = PrepareConfig(input=cfg.input, **_common(cfg))
+    if cfg.tokenizer:  # the tokenizer is gold's (nested config)
+        pcfg.gold = dataclasses.replace(pcfg.gold, tokenizer=cfg.tokenizer)
     result = prepare_cmd.tracked(pcfg, spark)
     state["prepare"] = result
     return {
