@@ -90,6 +90,45 @@ def test_volume_standin_refuses_appends_and_updates(tmp_path):
     assert (vol / "f.txt").read_text() == "whole file\n"
 
 
+TEXT = "### Instruction:\nSay hi\n\n### Response:\nhello ### End"
+
+
+def test_tokenizer_saved_by_transformers_5_layout_is_rewritten_to_one_every_row_reads(tmp_path):
+    import json
+
+    from dolly_spark.text.tokenizer import SAVED_BY_KEY, load_hf_tokenizer, save_portable_tokenizer
+
+    reference = load_hf_tokenizer(str(TOKENIZER_DIR))
+    # transformers 5's own save writes a list of extra special tokens and its own class name, which
+    # transformers 4.51 fails on ('list' object has no attribute 'keys'); the portable save does not.
+    portable = tmp_path / "portable"
+    save_portable_tokenizer(reference, portable)
+    config = json.loads((portable / "tokenizer_config.json").read_text())
+    assert "extra_special_tokens" not in config or isinstance(config["extra_special_tokens"], dict)
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert config[SAVED_BY_KEY].startswith("transformers ")
+    loaded = load_hf_tokenizer(str(portable))
+    assert loaded(TEXT)["input_ids"] == reference(TEXT)["input_ids"]
+    assert (loaded.pad_token_id, loaded.eos_token_id, len(loaded)) == (
+        reference.pad_token_id,
+        reference.eos_token_id,
+        len(reference),
+    )
+
+
+def test_tokenizer_that_does_not_load_names_the_release_that_saved_it(tmp_path):
+    import json
+
+    from dolly_spark.text.tokenizer import SAVED_BY_KEY, load_hf_tokenizer
+
+    # A tokenizer this release cannot read (here: a truncated tokenizer.json) saved by another.
+    (tmp_path / "tokenizer.json").write_text(TOKENIZER_DIR.joinpath("tokenizer.json").read_text()[:1000])
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", SAVED_BY_KEY: "transformers 9.0.0"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match=r"saved by transformers 9\.0\.0 and does not load under transformers"):
+        load_hf_tokenizer(str(tmp_path))
+
+
 @pytest.mark.slow
 def test_dolly_spark_run_on_400_real_records_with_output_on_a_volume(tmp_path):
     vol = tmp_path / "volume"

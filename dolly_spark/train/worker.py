@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from dolly_spark.ops.paths import local_scratch
+from dolly_spark.text.tokenizer import save_portable_tokenizer
 from dolly_spark.train.config import WorkerJob
 
 log = logging.getLogger("dolly_spark.train.worker")
@@ -334,7 +335,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     trainer.save_model(str(local_model))  # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors
     summary = None
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(local_model))
+        save_portable_tokenizer(tokenizer, local_model)  # readable by every supported transformers
         (local_model / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
         checkpoints.publish(local_model, job.model_dir)  # copied whole, then marked complete
         checkpoints.mark_complete(job.model_dir, trainer.state.global_step)
