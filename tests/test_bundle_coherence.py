@@ -131,6 +131,17 @@ def test_volume_in_another_schema_is_rejected(broken):
     assert any("volume resource" in m for m in _problems(root, "resources"))
 
 
+def test_score_without_a_shared_download_dir_is_rejected(broken):
+    def drop(d):
+        params = _task(d, "score")["python_wheel_task"]["parameters"]
+        i = params.index("--download-dir")
+        del params[i : i + 2]
+
+    root = broken("resources/dolly_pipeline.yml", drop)
+    msgs = _problems(root, "downloads")
+    assert len(msgs) == 1 and "dolly-score must pass --download-dir" in msgs[0]
+
+
 @pytest.mark.parametrize("family", [f for f in GPU_FAMILIES if f != "auto"])
 def test_every_offered_family_parses_and_has_a_config(family):
     cfg = TrainConfig(gpu_family=family, output_root="x")

@@ -8,7 +8,9 @@
 - descriptions: ``num_gpus`` is described as GPUs per node (what ``--num-gpus`` reads);
 - register: each register task passes ``--run-id {{tasks.<train>.values.run_id}}`` naming an
   upstream train task (the run this job run produced, set as a task value by ``dolly-train``);
-- resources: the bundle declares its schema and its volume, so a deploy needs no manual step.
+- resources: the bundle declares its schema and its volume, so a deploy needs no manual step;
+- downloads: evaluate and score tasks pass ``--download-dir`` on a Volume (executors on worker
+  nodes cannot read the driver's temp dirs).
 """
 
 from __future__ import annotations
@@ -198,6 +200,26 @@ def resource_problems(bundle: Bundle) -> list[Problem]:
     return problems
 
 
+def download_problems(bundle: Bundle) -> list[Problem]:
+    problems = []
+    for job in bundle.jobs():
+        for i, task in _tasks(job):
+            if _entry(task) not in ("dolly-evaluate", "dolly-score"):
+                continue
+            where = _flag(_params(task), "--download-dir") or ""
+            if not where.startswith("/Volumes/"):
+                problems.append(
+                    Problem(
+                        bundle.rel(job.file.path),
+                        f"{job.where}.tasks[{i}].python_wheel_task.parameters",
+                        f"{_entry(task)} must pass --download-dir on a Volume (executors cannot read the "
+                        f"driver's temp dir), got {where or 'none'}",
+                        "downloads",
+                    )
+                )
+    return problems
+
+
 def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> list[Problem]:
     return (
         runtime_problems(bundle, runtimes_dir)
@@ -205,4 +227,5 @@ def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> lis
         + variable_description_problems(bundle)
         + register_problems(bundle)
         + resource_problems(bundle)
+        + download_problems(bundle)
     )
