@@ -74,8 +74,11 @@ class DedupConfig:
     per_field_threshold: bool = True
     union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
     max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
-    # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
-    work_dir: str | None = field(default=None, metadata={"cli": False})
+    # Where intermediate results are materialised (prepare: ROOT/_work/dedup); removed at the end.
+    work_dir: str | None = field(
+        default=None,
+        metadata={"help": "intermediate parquet dir every node reads (a UC Volume on Databricks); removed at the end"},
+    )
 
     def __post_init__(self):
         if self.fields not in FIELDS:

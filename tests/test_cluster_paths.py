@@ -1,4 +1,4 @@
-"""Executors load what they can see: the model goes once to a path every node reads."""
+"""Executors load what they can see: the model, and dedup intermediates, go to paths every node reads."""
 
 import pytest
 
@@ -23,3 +23,19 @@ def test_a_version_is_downloaded_once_and_reused(tmp_path):
     again = download_model_once(src.as_uri(), "dolly/1", str(tmp_path / "shared"))
     assert again == first
     assert list((tmp_path / "shared" / "dolly_1").rglob("MLmodel"))
+
+
+def test_dedup_intermediates_refuse_a_driver_temp_dir_on_a_cluster(monkeypatch, tmp_path):
+    from dolly_spark.prep.dedup_clusters import WorkDir
+
+    monkeypatch.setenv("SPARK_REMOTE", "sc://cluster:15002")
+    with pytest.raises(ValueError, match="--dedup-work-dir"):
+        WorkDir(None)
+    assert WorkDir(str(tmp_path)).path.parent == tmp_path  # under the given shared dir
+
+
+def test_prepare_takes_the_dedup_work_dir_flag():
+    from dolly_spark.commands.cli import parser_for
+
+    ns = parser_for("prepare").parse_args(["--input", "x", "--dedup-work-dir", "/Volumes/c/s/v/_work/dedup"])
+    assert vars(ns)["dedup.work_dir"] == "/Volumes/c/s/v/_work/dedup"
