@@ -378,6 +378,8 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     finally:
         if hot_metrics.is_file():
             shutil.copyfile(hot_metrics, metrics_path)
+        for hot in ("runs", "hf_datasets", "checkpoints", "model"):  # this node's scratch of the run
+            shutil.rmtree(local_scratch() / hot / attempt, ignore_errors=True)
 
     final = json.loads((run_dir / "final_eval.json").read_text())
     rows = read_metrics(metrics_path)
