@@ -39,3 +39,13 @@ def test_prepare_takes_the_dedup_work_dir_flag():
 
     ns = parser_for("prepare").parse_args(["--input", "x", "--dedup-work-dir", "/Volumes/c/s/v/_work/dedup"])
     assert vars(ns)["dedup.work_dir"] == "/Volumes/c/s/v/_work/dedup"
+
+
+def test_each_deepspeed_release_builds_its_ops_in_its_own_cache(monkeypatch):
+    import importlib.metadata
+
+    from dolly_spark.launch.launcher import worker_env
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    env = worker_env("cpu")
+    assert env["TORCH_EXTENSIONS_DIR"].endswith(f"deepspeed-{importlib.metadata.version('deepspeed')}")

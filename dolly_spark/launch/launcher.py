@@ -30,6 +30,7 @@ from pathlib import Path
 from dolly_spark.launch.staging import stage_gold
 from dolly_spark.ops import tables
 from dolly_spark.ops.paths import local_scratch
+from dolly_spark.ops.runtime import installed_version
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import load_ds_config, local_device_count, resolve_family
@@ -188,6 +189,10 @@ def worker_env(family: str) -> dict[str, str]:
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     pkg_parent = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # Ops JIT-built by one DeepSpeed release must not be loaded by another (the runtime rows share
+    # this machine's cache; the op names are the same).
+    ds_version = installed_version("deepspeed") or "none"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" / f"deepspeed-{ds_version}"))
     if family == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
         env.setdefault("OMP_NUM_THREADS", "1")
