@@ -68,6 +68,7 @@ def test_every_bundle_file_validates_against_the_official_schema(bundle):
         "bundles/databricks.yml",
         "bundles/resources/dolly_pipeline.yml",
         "bundles/resources/dolly_score.yml",
+        "bundles/resources/schema.yml",
         "bundles/resources/volume.yml",
     ]
     problems = bc.schema_problems(bundle, SCHEMA)
@@ -185,7 +186,7 @@ def test_tasks_pass_tables_alias_and_volume_paths_through_parameters(bundle):
     volume = bundle.files[-1].data["resources"]["volumes"]["dolly_files"]
     assert (volume["catalog_name"], volume["schema_name"], volume["name"]) == (
         "${var.catalog}",
-        "${var.schema}",
+        "${resources.schemas.dolly_schema.name}",  # the declared schema: deploy creates it first
         "${var.volume}",
     )
 
@@ -384,7 +385,7 @@ def test_cli_exits_1_with_readable_problems_and_0_on_the_real_bundle(broken, cap
     err = capsys.readouterr().err
     assert "1 problem(s) in bundle" in err and "depends_on has a cycle: prepare -> score" in err
     assert bc.main([str(BUNDLE), "--schema", str(SCHEMA), "--skip-parameters"]) == 0
-    assert "OK (4 files, 2 jobs, 7 tasks, targets ['dev', 'prod'])" in capsys.readouterr().out
+    assert "OK (5 files, 2 jobs, 7 tasks, targets ['dev', 'prod'])" in capsys.readouterr().out
 
 
 # --- the parameter checker itself, with stand-in parsers ------------------------------------

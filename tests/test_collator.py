@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dolly_spark.text.prompts import RESPONSE_KEY
-from dolly_spark.train.data import IGNORE_INDEX, PackedCollator, build_examples, record_labels
+from dolly_spark.train.data import IGNORE_INDEX, PackedCollator, build_examples, packed_attention_mask, record_labels
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows
 
@@ -93,10 +93,18 @@ def test_collator_pads_with_ignored_labels_and_a_separate_position_run():
     assert batch["sample_index"].tolist() == [3, 4]
 
 
-def _token_loss_sum(model, batch):
+def _model_inputs(batch, keys=("input_ids", "position_ids")):
+    """What the trainer gives the model: the batch plus the packed block-diagonal mask."""
+    inputs = {k: batch[k] for k in keys}
+    inputs["attention_mask"] = packed_attention_mask(batch["position_ids"], torch.float32)
+    return inputs
+
+
+def _token_loss_sum(model, batch, mask=True):
     """Sum of per-token cross-entropy over labelled tokens, and their count."""
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        inputs = _model_inputs(batch) if mask else {k: batch[k] for k in ("input_ids", "position_ids")}
+        logits = model(**inputs).logits
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     shift_labels = batch["labels"][:, 1:].reshape(-1)
     loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -124,15 +132,28 @@ def test_packed_batch_loss_equals_the_unpacked_records(rows, tiny_model):
     # The model's own loss on the packed batch (what the Trainer optimises) matches too.
     batch = collate(multi)
     with torch.no_grad():
-        hf_loss = tiny_model(**{k: batch[k] for k in ("input_ids", "labels", "position_ids")}).loss.item()
+        hf_loss = tiny_model(**_model_inputs(batch, ("input_ids", "labels", "position_ids"))).loss.item()
     assert hf_loss == pytest.approx(single_sum / single_n, rel=1e-5)
 
     # Control: with positions running across records (naive concatenation) attention leaks
     # across record boundaries and the loss differs, so the check above can fail.
     leaky = collate(multi)
     leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1]).expand_as(leaky["input_ids"]).clone()
-    leaky_sum, _ = _token_loss_sum(tiny_model, leaky)
+    leaky_sum, _ = _token_loss_sum(tiny_model, leaky, mask=False)
     assert abs(leaky_sum / packed_n - single_sum / single_n) > 1e-4
+
+
+def test_packed_mask_is_block_diagonal_and_causal():
+    mask = packed_attention_mask(torch.tensor([[0, 1, 2, 0, 1, 0]]), torch.float32)[0, 0]
+    allowed = (mask == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],
+    ]
 
 
 def test_row_without_pack_id_trains_alone():

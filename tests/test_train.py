@@ -89,7 +89,10 @@ def test_shipped_deepspeed_configs_match_the_issue():
     cpu = load_ds_config("cpu")
     assert precision_flags(cpu) == {"bf16": False, "fp16": False} and cpu["zero_optimization"]["stage"] == 3
     assert "optimizer" not in cpu  # torch AdamW: no fused-Adam compile on CPU
-    assert set(DS_CONFIG_FILES) == {"a100", "h100", "a10", "v100", "cpu"}
+    # Every family the bundle offers (issue 13): T4 shares V100's fp16 config; A10G, L4, L40S the A10's.
+    assert set(DS_CONFIG_FILES) == {"a100", "h100", "a10", "a10g", "l4", "l40s", "v100", "t4", "cpu"}
+    assert DS_CONFIG_FILES["t4"] == DS_CONFIG_FILES["v100"]
+    assert {DS_CONFIG_FILES[f] for f in ("a10g", "l4", "l40s")} == {DS_CONFIG_FILES["a10"]}
 
 
 def test_deepspeed_config_override(tmp_path):

@@ -10,7 +10,7 @@ def save_tiny_model(path: Path, seed: int = 0, max_positions: int = 512) -> Path
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from dolly_spark.text.tokenizer import load_hf_tokenizer
+    from dolly_spark.text.tokenizer import load_hf_tokenizer, save_portable_tokenizer
 
     tok = load_hf_tokenizer(str(TOKENIZER_DIR))
     torch.manual_seed(seed)
@@ -26,5 +26,5 @@ def save_tiny_model(path: Path, seed: int = 0, max_positions: int = 512) -> Path
     )
     model = GPTNeoXForCausalLM(cfg)
     model.save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
+    save_portable_tokenizer(tok, path)
     return path

@@ -11,7 +11,9 @@ file against the bundle JSON schema (``databricks bundle schema``), then checks:
   (``parse_args``, so unknown flags fail), once per target with that target's variable values;
 - DAG: ``depends_on`` names existing tasks and has no cycle; ``job_cluster_key`` exists;
 - clusters: GPU runtimes use dedicated access mode and set ``spark.task.resource.gpu.amount``;
-- libraries: local ``whl`` globs point at the ``dist/`` an artifact builds.
+- libraries: local ``whl`` globs point at the ``dist/`` an artifact builds;
+- coherence with the code and the supported runtimes (tools/bundle_coherence.py): runtime keys,
+  train cluster shape, GPU families, variable descriptions, register's run id, declared resources.
 
 Every problem names its file, the YAML path and the check, so a broken bundle reads like a diff review.
 """
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from tools.bundle_coherence import coherence_problems
 from tools.bundle_model import (
     _JOB_PARAM_REF,
     _REMOTE_PREFIXES,
@@ -441,6 +444,7 @@ def check_bundle(
     problems += dag_problems(bundle)
     problems += cluster_problems(bundle)
     problems += library_problems(bundle)
+    problems += coherence_problems(bundle)
     return problems
 
 

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from dolly_spark.ops.config import ConfigError, Location, parse_config
+from dolly_spark.ops.runtime import UnsupportedLibraryError, check_supported_libraries
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
@@ -81,6 +82,10 @@ def check_location(cfg) -> None:
 
 def parse_job(cls, argv, command: str, doc: str | None, level: int = logging.INFO):
     cfg = parse_config(cls, argv, prog=f"dolly-spark {command}", description=doc or "")
+    try:
+        check_supported_libraries()  # before any table is written
+    except UnsupportedLibraryError as err:
+        raise SystemExit(f"dolly-spark {command}: {err}") from None  # one line, exit status 1
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_location(cfg)
     return cfg

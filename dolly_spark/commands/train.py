@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -109,9 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.plan:
         return print_plan(cfg, spark_session())
     try:
-        result, _ = tracked(cfg, spark_session())
+        result, run_id = tracked(cfg, spark_session())
     except (TrainingFailed, WontFit) as err:
         print(str(err), file=sys.stderr)
         return 1
+    if run_id:
+        set_task_value("run_id", run_id)
     print(json.dumps(dataclasses.asdict(result), indent=2))
     return 0
+
+
+def set_task_value(key: str, value: str) -> bool:
+    """On Databricks, hand ``value`` to downstream tasks of this job run
+    (``{{tasks.train.values.<key>}}``: register registers exactly this run). A no-op elsewhere."""
+    if not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return False
+    from databricks.sdk.runtime import dbutils
+
+    dbutils.jobs.taskValues.set(key=key, value=value)
+    return True

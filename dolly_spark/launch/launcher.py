@@ -30,6 +30,8 @@ from pathlib import Path
 from dolly_spark.launch import planning
 from dolly_spark.launch.staging import stage_gold
 from dolly_spark.ops import manifest, tables
+from dolly_spark.ops.paths import local_scratch
+from dolly_spark.ops.runtime import installed_version
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import load_ds_config, local_device_count, resolve_family
@@ -187,15 +189,6 @@ def launch_command(launcher: str, nproc: int, port: int, job_path: Path, ds_path
     raise ValueError(f"no local command for launcher {launcher!r}")
 
 
-def _ds_release() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("deepspeed")
-    except PackageNotFoundError:
-        return "none"
-
-
 def worker_env(family: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -203,11 +196,10 @@ def worker_env(family: str) -> dict[str, str]:
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     pkg_parent = str(Path(__file__).resolve().parents[2])  # the directory holding dolly_spark/
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    # DeepSpeed JIT-builds its ops into one shared cache: a .so built by another DeepSpeed release
-    # (another runtime row, another venv) loads and then fails. One cache per release.
-    env.setdefault(
-        "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" / f"deepspeed-{_ds_release()}")
-    )
+    # Ops JIT-built by one DeepSpeed release must not be loaded by another (the runtime rows share
+    # this machine's cache; the op names are the same).
+    ds_version = installed_version("deepspeed") or "none"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" / f"deepspeed-{ds_version}"))
     if family == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -360,15 +352,22 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
     run_dir = staging / "run"
     ckpt_dir = cfg.resolved_checkpoint_dir()
     model_dir = cfg.resolved_model_dir()
-    metrics_path = model_dir.parent / "metrics.jsonl"
+    attempt = uuid.uuid4().hex[:12]
+    # Per-step metrics are appended on local disk (a Volume takes no appends) and copied whole
+    # to this run's own file next to the model when training ends.
+    metrics_path = model_dir.parent / f"metrics-{attempt}.jsonl"
+    hot_metrics = local_scratch("runs", attempt) / "metrics.jsonl"
     shutil.rmtree(run_dir / "errors", ignore_errors=True)
     (run_dir / "final_eval.json").unlink(missing_ok=True)
     if not cfg.resume:
-        # A fresh run starts over: old checkpoints or metrics would mix with the new run's.
+        # A fresh run starts over: old checkpoints would mix with the new run's.
         for _, old in checkpoints.list_checkpoints(ckpt_dir):
             log.warning("fresh run: removing old checkpoint %s", old)
             shutil.rmtree(old, ignore_errors=True)
-        metrics_path.unlink(missing_ok=True)
+    else:
+        previous = sorted(model_dir.parent.glob("metrics-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        if previous:  # a resumed run carries the steps before its checkpoint
+            shutil.copyfile(previous[-1], hot_metrics)
     for d in (run_dir, ckpt_dir, model_dir):
         d.mkdir(parents=True, exist_ok=True)
 
@@ -381,18 +380,24 @@ def run(cfg: TrainConfig, spark) -> TrainResult:
         family=family,
         checkpoint_dir=str(ckpt_dir),
         model_dir=str(model_dir),
-        metrics_path=str(metrics_path),
+        metrics_path=str(hot_metrics),
         run_dir=str(run_dir),
-        attempt=uuid.uuid4().hex[:12],
+        attempt=attempt,
     )
     job_path = job.write(run_dir / "job.json")
     log.info("training: family=%s processes=%d launcher=%s ds_config=%s", family, nproc, launcher, ds_path)
 
-    if launcher == "distributor":
-        run_distributor(cfg, nproc, family, job_path, ds_path, run_dir)
-    else:
-        port = cfg.master_port or free_port()
-        run_subprocess(launch_command(launcher, nproc, port, job_path, ds_path), worker_env(family), run_dir)
+    try:
+        if launcher == "distributor":
+            run_distributor(cfg, nproc, family, job_path, ds_path, run_dir)
+        else:
+            port = cfg.master_port or free_port()
+            run_subprocess(launch_command(launcher, nproc, port, job_path, ds_path), worker_env(family), run_dir)
+    finally:
+        if hot_metrics.is_file():
+            shutil.copyfile(hot_metrics, metrics_path)
+        for hot in ("runs", "hf_datasets", "checkpoints", "model"):  # this node's scratch of the run
+            shutil.rmtree(local_scratch() / hot / attempt, ignore_errors=True)
 
     final = json.loads((run_dir / "final_eval.json").read_text())
     schedule = final.get("schedule") or {}

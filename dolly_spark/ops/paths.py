@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 
 class PathOutsideRootError(ValueError):
     """A path would be written outside the root it is confined to."""
+
+
+def local_scratch(*parts: str) -> Path:
+    """A directory on this node's local disk for hot writes: per-step metrics, HF caches,
+    in-progress checkpoints. Unity Catalog Volumes take no appends or random writes, so those
+    never go to the output location directly: ``/local_disk0`` on Databricks, the temp dir
+    elsewhere, ``DOLLY_LOCAL_SCRATCH`` to choose."""
+    base = os.environ.get("DOLLY_LOCAL_SCRATCH")
+    if not base:
+        on_databricks = os.environ.get("DATABRICKS_RUNTIME_VERSION") and os.path.isdir("/local_disk0")
+        base = "/local_disk0/dolly_spark" if on_databricks else os.path.join(tempfile.gettempdir(), "dolly_spark")
+    path = Path(base, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")

@@ -63,16 +63,16 @@ _DERIVED: set[str] = set()  # URIs resolve_tracking built from a root or the pla
 
 
 def _set_in_process(var: str) -> str | None:
+    """The URI this process's MLflow holds in memory (set_tracking_uri/set_registry_uri), read
+    through the public getters with the env var hidden (they prefer memory, then env)."""
+    import mlflow
+
+    value = os.environ.pop(var, None)
     try:
-        if var == "MLFLOW_TRACKING_URI":
-            from mlflow.tracking._tracking_service import utils
-
-            return utils._tracking_uri
-        from mlflow.tracking._model_registry import utils as registry_utils
-
-        return registry_utils._registry_uri
-    except (ImportError, AttributeError):
-        return None
+        return mlflow.get_tracking_uri() if var == "MLFLOW_TRACKING_URI" else mlflow.get_registry_uri()
+    finally:
+        if value is not None:
+            os.environ[var] = value
 
 
 def _env_override(var: str) -> str | None:
@@ -182,7 +182,7 @@ def init_sqlite_store(uri: str) -> None:
         return
     import fcntl
 
-    from mlflow import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
@@ -191,19 +191,10 @@ def init_sqlite_store(uri: str) -> None:
             return
         tmp = db.with_name(f".{db.name}.init-{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        tmp_uri = f"sqlite:///{tmp}"
-        MlflowClient(tracking_uri=tmp_uri, registry_uri=tmp_uri).search_experiments(max_results=1)
-        _dispose_sqlite_engines(tmp_uri)
+        # Building the store runs every migration (tracking and registry tables share the file).
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / "mlartifacts").as_uri())
+        store.engine.dispose()  # close its connections: the file is renamed, never reused
         os.replace(tmp, db)
-
-
-def _dispose_sqlite_engines(uri: str) -> None:
-    """Drop MLflow's cached SQLAlchemy engine for ``uri``: the file is renamed, never reused."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    engine = SqlAlchemyStore._engine_map.pop(uri, None)
-    if engine is not None:
-        engine.dispose()
 
 
 def git_commit(start: str | os.PathLike | None = None) -> str | None:

@@ -84,8 +84,11 @@ class DedupConfig:
     # Sources in order of preference: of records duplicated across sources, the earliest source's
     # is kept (a user's copy of a dolly record is the duplicate); then the keep rule. Set by prepare.
     source_priority: tuple[str, ...] = field(default=(), metadata={"cli": False})
-    # Where intermediate results are materialised (prepare: ROOT/_work/dedup); a temp dir if None.
-    work_dir: str | None = field(default=None, metadata={"cli": False})
+    # Where intermediate results are materialised (prepare: ROOT/_work/dedup); removed at the end.
+    work_dir: str | None = field(
+        default=None,
+        metadata={"help": "intermediate parquet dir every node reads (a UC Volume on Databricks); removed at the end"},
+    )
 
     def __post_init__(self):
         if self.fields not in FIELDS:
@@ -470,30 +473,3 @@ def dedup_metrics(result: DedupResult) -> dict:
     out["removed_by_category"] = dict(sorted(by_category.items()))
     out["removed"] = sum(by_method.values())
     return out
-
-
-def sample_clusters(
-    result: DedupResult, silver: DataFrame, n: int = 10, seed: int = 0, method: str | None = None
-) -> list[dict]:
-    """``n`` duplicate groups picked by a seeded hash of the kept id, for a human to judge:
-    each ``{"kept": {record_id, instruction, context}, "removed": [{..., method, jaccard}]}``.
-    ``method`` ("exact" or "minhash") picks only groups with a removal by that method."""
-    dups = result.duplicates if method is None else result.duplicates.where(F.col("method") == method)
-    picked = dups.select("kept_record_id").distinct().orderBy(F.xxhash64(F.lit(seed), F.col("kept_record_id"))).limit(n)
-    text = silver.select("record_id", "instruction", "context")
-    kept = {
-        r["record_id"]: r.asDict()
-        for r in text.join(picked.withColumnRenamed("kept_record_id", "record_id"), "record_id").collect()
-    }
-    removed = (
-        result.duplicates.join(picked, "kept_record_id")
-        .join(text, "record_id")
-        .orderBy("kept_record_id", "record_id")
-        .collect()
-    )
-    groups = {k: {"kept": v, "removed": []} for k, v in sorted(kept.items())}
-    for r in removed:
-        groups[r["kept_record_id"]]["removed"].append(
-            {k: r[k] for k in ("record_id", "instruction", "context", "method", "jaccard")}
-        )
-    return list(groups.values())

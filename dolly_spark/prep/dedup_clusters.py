@@ -94,6 +94,14 @@ class WorkDir:
     """Parquet checkpoints: Sail ignores cache(), and localCheckpoint needs server config."""
 
     def __init__(self, root: str | None):
+        if root is None:
+            from dolly_spark.ops.session import engine_name
+
+            if engine_name() != "sail":  # a driver temp dir is the DBFS root or unreadable to workers
+                raise ValueError(
+                    "dedup intermediates need a directory every node reads: pass --dedup-work-dir "
+                    "(a UC Volume path) or --output-root"
+                )
         base = Path(tempfile.mkdtemp(prefix="dolly_dedup_")) if root is None else Path(root)
         self.path = base / uuid.uuid4().hex if root is not None else base
         self.timings: dict[str, float] = {}  # seconds spent computing each materialised stage

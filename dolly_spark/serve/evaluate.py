@@ -20,7 +20,9 @@ from pyspark.sql import functions as F
 
 from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
+from dolly_spark.ops.session import engine_name
 from dolly_spark.serve.generate import GenerationConfig
+from dolly_spark.serve.model_download import shared_download_dir
 from dolly_spark.serve.score import RESULT_COLUMNS, cached_model, resolve_model, with_generation
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ def fixed_sample(df, size: int, seed: int = 0):
 def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
     t0 = time.time()
     names = cfg.table_names()
-    model = resolve_model(cfg.model_uri, cfg.download_dir)
+    model = resolve_model(cfg.model_uri, shared_download_dir(cfg.download_dir, cfg.output_root, engine_name()))
     eval_id = uuid.uuid4().hex
     gold = manifest.read_committed(spark, names, "gold").filter(F.col("split") == F.lit(cfg.split))
 

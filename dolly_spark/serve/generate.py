@@ -54,6 +54,7 @@ def load_for_generation(model_dir: str | Path, device: str | None = None, trust_
     import torch
     from transformers import AutoModelForCausalLM
 
+    from dolly_spark.ops.runtime import dtype_keyword
     from dolly_spark.text.tokenizer import load_hf_tokenizer
 
     device = pick_device(device)
@@ -61,7 +62,7 @@ def load_for_generation(model_dir: str | Path, device: str | None = None, trust_
     tokenizer = load_hf_tokenizer(str(model_dir))
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code, **{dtype_keyword(): dtype}
     )
     model.to(device).eval()
     return model, tokenizer

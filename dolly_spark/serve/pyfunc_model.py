@@ -45,10 +45,18 @@ class DollyInstructionModel(mlflow.pyfunc.PythonModel):
     completion_tokens, finish_reason, error]``; one output row per input row, in order."""
 
     def load_context(self, context):
+        # The weights load on the first predict: some MLflow releases (3.0.x) call load_context
+        # while saving, which would load a large checkpoint just to log it.
+        self.model_dir = context.artifacts[HF_ARTIFACT]
+        self.model = self.tokenizer = None
+
+    def _loaded(self):
         from dolly_spark.serve.generate import load_for_generation
 
-        model_dir = context.artifacts[HF_ARTIFACT]
-        self.model, self.tokenizer = load_for_generation(model_dir, device=os.environ.get("DOLLY_DEVICE") or None)
+        if self.model is None:
+            device = os.environ.get("DOLLY_DEVICE") or None
+            self.model, self.tokenizer = load_for_generation(self.model_dir, device=device)
+        return self.model, self.tokenizer
 
     def predict(self, context, model_input, params=None):
         from dolly_spark.serve.generate import generate_responses
@@ -58,7 +66,9 @@ class DollyInstructionModel(mlflow.pyfunc.PythonModel):
         contexts = frame["context"].tolist() if "context" in frame.columns else None
         if contexts is not None:
             contexts = [c if isinstance(c, str) else None for c in contexts]
-        results = generate_responses(self.model, self.tokenizer, instructions, contexts, generation_config(params))
+        cfg = generation_config(params)  # bad params fail before any load
+        model, tokenizer = self._loaded()
+        results = generate_responses(model, tokenizer, instructions, contexts, cfg)
         out = pd.DataFrame(results, columns=list(OUTPUT_COLUMNS))
         for col in ("prompt_tokens", "completion_tokens"):
             out[col] = out[col].astype("int64")
@@ -210,11 +220,13 @@ def log_dolly_model(
     else:
         from mlflow.models import Model
 
+        from dolly_spark.ops.runtime import model_log_keywords
+
         info = Model.log(
             flavor=_PyfuncWithoutServingCheck,
             validate_serving_input=False,
-            flavor_name="pyfunc.CustomPythonModel",
             artifact_path=None,
+            **model_log_keywords("pyfunc.CustomPythonModel"),
             **kwargs,
         )
     if registered_model_name:

@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
 from dolly_spark.ops.schemas import RESULT_COLUMNS, RESULT_DDL
+from dolly_spark.ops.session import engine_name
 from dolly_spark.serve.generate import GenerationConfig
 from dolly_spark.serve.merge import (  # noqa: F401  (re-exported: score.merge_new_rows, ...)
     MERGE_RETRIES,
@@ -37,6 +38,7 @@ from dolly_spark.serve.merge import (  # noqa: F401  (re-exported: score.merge_n
     remove_stale_staging,
     staging_ref,
 )
+from dolly_spark.serve.model_download import download_model_once, shared_download_dir
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +180,9 @@ def resolve_model(uri: str, download_dir: str | None = None) -> ResolvedModel:
             return ResolvedModel(uri, str(hf), f"dir:{fingerprint_dir(hf)}", pyfunc_uri=str(path))
         hf = _find_hf_dir(path)
         return ResolvedModel(uri, str(hf), f"dir:{fingerprint_dir(hf)}")
-    import mlflow
 
     version, pinned = _mlflow_version(uri)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=download_dir)
+    local = download_model_once(pinned, version, download_dir)  # once per version: executors read it
     return ResolvedModel(uri, str(_find_hf_dir(Path(local))), version, pyfunc_uri=pinned)
 
 
@@ -399,7 +400,7 @@ def run(cfg: ScoreConfig, spark, after_chunk=None) -> ScoreResult:
     t0 = time.time()
     names = cfg.table_names()
     target = names.ref(cfg.output_table)
-    model = resolve_model(cfg.model_uri, cfg.download_dir)
+    model = resolve_model(cfg.model_uri, shared_download_dir(cfg.download_dir, cfg.output_root, engine_name()))
     gen = cfg.generation_config()
     log.info("[1/4] model %s -> version %s", cfg.model_uri, model.version)
 

@@ -51,6 +51,39 @@ def load_fast_tokenizer(src: str):
     return tok
 
 
+SAVED_BY_KEY = "dolly_saved_by"
+
+
+def save_portable_tokenizer(tok, directory) -> None:
+    """``save_pretrained`` in a form every supported transformers release reads: transformers 5
+    writes ``extra_special_tokens`` as a list and a ``GPTNeoXTokenizer`` class that 4.51 cannot
+    load, so the config keeps the long-standing keys, and names the release that saved it."""
+    import json
+
+    import transformers
+
+    tok.save_pretrained(str(directory))
+    path = Path(directory) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    extra = config.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        config["additional_special_tokens"] = sorted(set(config.get("additional_special_tokens") or []) | set(extra))
+    elif isinstance(extra, dict) and extra:
+        config["extra_special_tokens"] = extra  # the 4.x form: kept as written
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # tokenizer.json holds the whole pipeline
+    config[SAVED_BY_KEY] = f"transformers {transformers.__version__}"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _saved_by(src: str) -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(src) / "tokenizer_config.json").read_text()).get(SAVED_BY_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_hf_tokenizer(src: str):
     """A transformers tokenizer with Dolly's special tokens; pad is EOS (as in Dolly)."""
     from transformers import AutoTokenizer
@@ -58,6 +91,14 @@ def load_hf_tokenizer(src: str):
     try:
         tok = AutoTokenizer.from_pretrained(src)
     except Exception as err:
+        saved_by = _saved_by(src) if Path(src).is_dir() else None
+        if saved_by:
+            import transformers
+
+            raise RuntimeError(
+                f"tokenizer in {src} was saved by {saved_by} and does not load under transformers "
+                f"{transformers.__version__}: {err}"
+            ) from err
         raise RuntimeError(HUB_HINT.format(src=src, err=err)) from err
     tok.add_special_tokens({"additional_special_tokens": special_tokens_to_add(tok.get_vocab())})
     tok.pad_token = tok.eos_token

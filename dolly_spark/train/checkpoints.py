@@ -125,6 +125,21 @@ def mark_complete(path: str | Path, step: int) -> Path:
     return marker
 
 
+def publish(local: str | Path, dest: str | Path) -> Path:
+    """Copy a directory written on local disk to the output location whole: every file written
+    once, front to back (all a Volume accepts), no permission bits copied, markers left out (the
+    caller marks ``dest`` complete once every node has copied its shards)."""
+    return Path(
+        shutil.copytree(
+            local,
+            dest,
+            dirs_exist_ok=True,
+            copy_function=shutil.copyfile,
+            ignore=shutil.ignore_patterns(MARKER, MARKER + ".tmp"),
+        )
+    )
+
+
 def latest_complete_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     for step, path in reversed(list_checkpoints(checkpoint_dir)):
         problem = checkpoint_problem(path)

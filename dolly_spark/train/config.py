@@ -15,10 +15,20 @@ from typing import Any, ClassVar
 from dolly_spark.ops.config import Location
 from dolly_spark.text.tokenizer import default_tokenizer
 
-GPU_FAMILIES = ("auto", "a100", "h100", "a10", "v100", "cpu")
+GPU_FAMILIES = ("auto", "a100", "h100", "a10", "a10g", "l4", "l40s", "v100", "t4", "cpu")
 LAUNCHERS = ("auto", "deepspeed", "torchrun", "distributor")
 # Dolly's per-device batch sizes (A100 6, A10 4); V100 and CPU are our choices.
-DEFAULT_BATCH_BY_FAMILY = {"a100": 6, "h100": 6, "a10": 4, "v100": 3, "cpu": 2}
+DEFAULT_BATCH_BY_FAMILY = {
+    "a100": 6,
+    "h100": 6,
+    "a10": 4,
+    "a10g": 4,
+    "l4": 4,
+    "l40s": 4,
+    "v100": 3,
+    "t4": 2,
+    "cpu": 2,
+}
 TINY_CONTEXT = 2048  # --tiny builds a Pythia-shaped config with Pythia's context
 
 
@@ -66,7 +76,7 @@ class TrainConfig(Location):
     lr: float = 5e-6
     warmup_steps: int = 50
     per_device_batch_size: int | None = field(
-        default=None, metadata={"help": "default by family: 6 a100/h100, 4 a10, 3 v100, 2 cpu"}
+        default=None, metadata={"help": "default by family: 6 a100/h100, 4 a10/a10g/l4/l40s, 3 v100, 2 t4/cpu"}
     )
     per_device_eval_batch_size: int | None = None
     gradient_accumulation_steps: int = 1

@@ -2,8 +2,9 @@
 
 Completion-only loss: labels are -100 over each record's prompt, taken from the stored
 ``prompt_len`` (no token search). Packing follows gold's plan: records sharing a ``pack_id``
-become one row; ``position_ids`` restart at 0 for every record, which makes transformers build
-a block-diagonal causal mask (no attention across records), and the first token of every
+become one row; ``position_ids`` restart at 0 for every record and ``packed_attention_mask``
+turns them into an explicit block-diagonal causal mask (no attention across records, on every
+supported transformers release), and the first token of every
 record is unlabelled, so no record is trained to predict the next one.
 """
 
@@ -197,3 +198,22 @@ class PackedCollator:
 
 # Keys the collator adds for bookkeeping; popped before the model's forward.
 BOOKKEEPING_KEYS = ("num_real_tokens", "sample_index")
+
+
+def packed_attention_mask(position_ids, dtype):
+    """Block-diagonal causal mask, shape (batch, 1, L, L), additive (0 = attend, dtype min =
+    blocked): a token sees only earlier tokens of its own record, a record starting wherever
+    ``position_ids`` restarts at 0.
+
+    Restarting ``position_ids`` alone isolates records only where transformers infers the blocks
+    from them (4.57+); an explicit 4-D mask is honoured as given on every supported release, so
+    packed training is exact on each runtime row."""
+    import torch
+
+    segment = torch.cumsum((position_ids == 0).long(), dim=-1)
+    same_record = segment[:, :, None] == segment[:, None, :]
+    width = position_ids.shape[-1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=position_ids.device).tril()
+    mask = torch.zeros(same_record.shape, dtype=dtype, device=position_ids.device)
+    mask.masked_fill_(~(same_record & causal), torch.finfo(dtype).min)
+    return mask[:, None]

@@ -7,11 +7,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+# Every family the bundle offers. T4 and V100 have no bf16: fp16 config. A10G, L4 (24 GB) and
+# L40S (48 GB) take the A10 config (bf16, ZeRO-3 with offload sized for 24 GB cards).
 DS_CONFIG_FILES = {
     "a100": "ds_a100_h100.json",
     "h100": "ds_a100_h100.json",
     "a10": "ds_a10.json",
+    "a10g": "ds_a10.json",
+    "l4": "ds_a10.json",
+    "l40s": "ds_a10.json",
     "v100": "ds_v100.json",
+    "t4": "ds_v100.json",
     "cpu": "ds_cpu.json",
 }
 
@@ -26,6 +32,10 @@ def family_from_device_name(name: str, capability: tuple[int, int] | None = None
         return "h100"
     if "A100" in n or "A800" in n:
         return "a100"
+    if "L40S" in n:
+        return "l40s"
+    if "L4" in n:
+        return "l4"
     if "A10" in n:  # A10 and A10G (after the A100 check, which also contains "A10")
         return "a10"
     if "V100" in n or "T4" in n:

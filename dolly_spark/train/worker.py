@@ -14,12 +14,15 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from dolly_spark.ops.paths import local_scratch
+from dolly_spark.text.tokenizer import save_portable_tokenizer
 from dolly_spark.train.config import WorkerJob
 
 log = logging.getLogger("dolly_spark.train.worker")
@@ -81,10 +84,11 @@ class StepLog:
 def _make_trainer_class():
     from transformers import Trainer
 
-    from dolly_spark.train.data import BOOKKEEPING_KEYS
+    from dolly_spark.train.data import BOOKKEEPING_KEYS, packed_attention_mask
 
     class DollyTrainer(Trainer):
-        """Pops the collator's bookkeeping keys before the model sees the batch."""
+        """Pops the collator's bookkeeping keys before the model sees the batch, and gives it the
+        packed rows' block-diagonal mask (exact isolation of packed records on every release)."""
 
         def __init__(self, *args, step_log: StepLog, **kwargs):
             super().__init__(*args, **kwargs)
@@ -94,9 +98,16 @@ def _make_trainer_class():
             extra = {k: inputs.pop(k, None) for k in BOOKKEEPING_KEYS}
             if model.training:
                 self.step_log.add(extra["num_real_tokens"], extra["sample_index"])
+            if "position_ids" in inputs and "attention_mask" not in inputs:
+                inputs["attention_mask"] = packed_attention_mask(inputs["position_ids"], self._mask_dtype())
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
+
+        def _mask_dtype(self):
+            import torch
+
+            return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
 
     return DollyTrainer
 
@@ -169,11 +180,16 @@ def _make_callbacks(job: WorkerJob, step_log: StepLog):
         """After every rank saved: mark the checkpoint complete (rank 0), then rotate."""
 
         def on_save(self, args, state, control, **kw):
+            # Saved on local disk; each node copies its shards to the output location whole.
+            name = f"checkpoint-{state.global_step}"
+            _barrier()
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                checkpoints.publish(Path(args.output_dir) / name, Path(job.checkpoint_dir) / name)
+                shutil.rmtree(Path(args.output_dir) / name, ignore_errors=True)
             _barrier()
             if state.is_world_process_zero:
-                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                checkpoints.mark_complete(path, state.global_step)
-                checkpoints.rotate(args.output_dir, job.train_config().save_total_limit)
+                checkpoints.mark_complete(Path(job.checkpoint_dir) / name, state.global_step)
+                checkpoints.rotate(job.checkpoint_dir, job.train_config().save_total_limit)
             _barrier()
 
     class FaultCallback(TrainerCallback):
@@ -263,7 +279,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     # ZeRO-3 partitions weights at load only if the process group exists before TrainingArguments.
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
-    cache_dir = str(Path(job.run_dir) / "hf_datasets_cache")
+    cache_dir = str(local_scratch("hf_datasets", job.attempt))  # hot writes stay on local disk
     columns = list(data.TRAIN_COLUMNS)
     # Train examples are built on demand from the memory-mapped shards (no rows as Python lists).
     max_seq_len = cfg.resolved_max_seq_len()
@@ -291,7 +307,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
         train_ds = sampling.EpochOrder(train_ds, lengths, batch * world, cfg.seed)
     log.info("schedule: %s", json.dumps(schedule))
     targs = TrainingArguments(
-        output_dir=job.checkpoint_dir,
+        output_dir=str(local_scratch("checkpoints", job.attempt)),  # published whole in on_save
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size or batch,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -354,11 +370,15 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
 
     final_fingerprint = weight_fingerprint(model)
     model.config.use_cache = True
-    trainer.save_model(job.model_dir)  # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors
+    local_model = local_scratch("model", job.attempt)
+    trainer.save_model(str(local_model))  # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors
     summary = None
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(job.model_dir)
-        (Path(job.model_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
+        save_portable_tokenizer(tokenizer, local_model)  # readable by every supported transformers
+        (local_model / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
+        checkpoints.publish(local_model, job.model_dir)  # copied whole, then marked complete
+        checkpoints.mark_complete(job.model_dir, trainer.state.global_step)
+        shutil.rmtree(local_model, ignore_errors=True)
         by_cat = {
             k[len("eval_") : -len("_loss")]: v
             for k, v in final_metrics.items()

@@ -1,0 +1,165 @@
+"""bundle_check's coherence checks (tools/bundle_coherence.py): the real bundle passes, and a
+broken copy fails each check, naming what to fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dolly_spark.commands.train import set_task_value
+from dolly_spark.train.config import GPU_FAMILIES, TrainConfig
+from dolly_spark.train.hardware import DS_CONFIG_FILES, family_from_device_name, load_ds_config, precision_flags
+from tests.shared_data import SHARED
+from tools import bundle_check as bc
+from tools.bundle_coherence import coherence_problems, supported_spark_versions
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles"
+SCHEMA = SHARED / "databricks-bundle-schema" / "jsonschema.json"
+
+
+@pytest.fixture
+def broken(tmp_path):
+    root = tmp_path / "bundles"
+    shutil.copytree(BUNDLE, root)
+
+    def edit(rel: str, fn) -> Path:
+        path = root / rel
+        data = yaml.safe_load(path.read_text())
+        fn(data)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return root
+
+    edit.root = root
+    return edit
+
+
+def _task(data: dict, key: str) -> dict:
+    return next(t for t in data["resources"]["jobs"]["dolly_pipeline"]["tasks"] if t["task_key"] == key)
+
+
+def _problems(root: Path, check: str) -> list[str]:
+    return [str(p) for p in coherence_problems(bc.load_bundle(root)) if p.check == check]
+
+
+def test_real_bundle_is_coherent_and_passes_the_whole_check():
+    assert coherence_problems(bc.load_bundle(BUNDLE)) == []
+    assert bc.check_bundle(BUNDLE, SCHEMA, REPO / "setup.py", None) == []
+
+
+def test_supported_rows_name_both_runtime_keys_and_the_bundle_defaults_to_18_lts():
+    keys = supported_spark_versions()
+    assert keys["17.3.x-gpu-ml-scala2.13"] == "dbr-17.3-lts-ml-gpu.txt"
+    assert keys["18.0.x-gpu-ml-scala2.13"] == "dbr-18-lts-ml-gpu.txt"
+    variables = yaml.safe_load((BUNDLE / "databricks.yml").read_text())["variables"]
+    assert variables["gpu_spark_version"]["default"] == "18.0.x-gpu-ml-scala2.13"
+
+
+def test_unsupported_spark_version_is_rejected(broken):
+    root = broken(
+        "databricks.yml", lambda d: d["variables"]["gpu_spark_version"].update(default="16.4.x-gpu-ml-scala2.12")
+    )
+    msgs = _problems(root, "runtimes")
+    assert msgs and all("16.4.x-gpu-ml-scala2.12" in m for m in msgs)
+
+
+def test_multi_node_cluster_without_num_nodes_is_rejected_and_passing_it_fixes_it(broken):
+    root = broken("databricks.yml", lambda d: d["variables"]["gpu_workers"].update(default=2))
+    msgs = _problems(root, "train_shape")
+    assert msgs and "2 worker(s)" in msgs[0] and "--num-nodes 2" in msgs[0]
+    broken(
+        "resources/dolly_pipeline.yml",
+        lambda d: _task(d, "train")["python_wheel_task"]["parameters"].extend(["--num-nodes", "${var.gpu_workers}"]),
+    )
+    assert _problems(root, "train_shape") == []
+
+
+def test_num_nodes_on_a_single_node_cluster_is_rejected(broken):
+    root = broken(
+        "resources/dolly_pipeline.yml",
+        lambda d: _task(d, "train")["python_wheel_task"]["parameters"].extend(["--num-nodes", "4"]),
+    )
+    msgs = _problems(root, "train_shape")
+    assert msgs and "single node" in msgs[0]
+
+
+def test_offered_gpu_family_the_parser_rejects_is_caught(broken):
+    root = broken(
+        "databricks.yml", lambda d: d["variables"]["gpu_family"].update(description="GPU family (a100, t4, b200)")
+    )
+    msgs = _problems(root, "descriptions")
+    assert len(msgs) == 1 and "['b200']" in msgs[0]
+
+
+def test_num_gpus_described_as_a_total_is_caught(broken):
+    root = broken("databricks.yml", lambda d: d["variables"]["num_gpus"].update(description="total GPUs"))
+    assert any("per node" in m for m in _problems(root, "descriptions"))
+
+
+def test_register_without_this_job_runs_run_id_is_rejected(broken):
+    def drop_run_id(d):
+        params = _task(d, "register")["python_wheel_task"]["parameters"]
+        i = params.index("--run-id")
+        del params[i : i + 2]
+
+    root = broken("resources/dolly_pipeline.yml", drop_run_id)
+    assert any("register must register the run this job run trained" in m for m in _problems(root, "register"))
+
+
+def test_register_reading_a_task_that_is_not_upstream_train_is_rejected(broken):
+    def other_task(d):
+        params = _task(d, "register")["python_wheel_task"]["parameters"]
+        params[params.index("--run-id") + 1] = "{{tasks.report.values.run_id}}"
+
+    root = broken("resources/dolly_pipeline.yml", other_task)
+    assert _problems(root, "register")
+
+
+def test_bundle_without_its_schema_resource_is_rejected(broken):
+    (broken.root / "resources" / "schema.yml").unlink()
+    msgs = _problems(broken.root, "resources")
+    assert any("schema resource" in m for m in msgs)
+
+
+def test_volume_in_another_schema_is_rejected(broken):
+    root = broken(
+        "resources/volume.yml", lambda d: d["resources"]["volumes"]["dolly_files"].update(schema_name="other")
+    )
+    assert any("volume resource" in m for m in _problems(root, "resources"))
+
+
+def test_score_without_a_shared_download_dir_is_rejected(broken):
+    def drop(d):
+        params = _task(d, "score")["python_wheel_task"]["parameters"]
+        i = params.index("--download-dir")
+        del params[i : i + 2]
+
+    root = broken("resources/dolly_pipeline.yml", drop)
+    msgs = _problems(root, "downloads")
+    assert len(msgs) == 1 and "dolly-score must pass --download-dir" in msgs[0]
+
+
+@pytest.mark.parametrize("family", [f for f in GPU_FAMILIES if f != "auto"])
+def test_every_offered_family_parses_and_has_a_config(family):
+    cfg = TrainConfig(gpu_family=family, output_root="x")
+    assert cfg.batch_size_for(family) >= 1
+    flags = precision_flags(load_ds_config(family))
+    if family in ("t4", "v100"):  # no bf16 on these cards
+        assert flags == {"bf16": False, "fp16": True}
+    elif family != "cpu":
+        assert flags == {"bf16": True, "fp16": False}
+    assert family in DS_CONFIG_FILES
+
+
+def test_t4_trains_in_fp16_and_ada_cards_are_detected():
+    assert precision_flags(load_ds_config("t4")) == {"bf16": False, "fp16": True}
+    assert family_from_device_name("NVIDIA L40S") == "l40s"
+    assert family_from_device_name("NVIDIA L4") == "l4"
+
+
+def test_task_value_is_set_only_on_databricks(monkeypatch):
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    assert set_task_value("run_id", "abc") is False

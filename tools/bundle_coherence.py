@@ -1,0 +1,231 @@
+"""Bundle checks that tie the bundle to the code and to the supported runtimes (issue 13).
+
+- runtimes: every cluster's ``spark_version`` (per target) is a supported row's key, read from
+  the ``# spark_version:`` / ``# cpu_spark_version:`` lines of ``runtimes/*.txt``;
+- train shape: a train task on a cluster with W workers passes ``--num-nodes W`` (W > 0), and
+  none above 1 on a single-node cluster (W = 0: the driver's GPUs);
+- gpu families: every family the ``gpu_family`` variable offers is one the train parser takes;
+- descriptions: ``num_gpus`` is described as GPUs per node (what ``--num-gpus`` reads);
+- register: each register task passes ``--run-id {{tasks.<train>.values.run_id}}`` naming an
+  upstream train task (the run this job run produced, set as a task value by ``dolly-train``);
+- resources: the bundle declares its schema and its volume, so a deploy needs no manual step;
+- downloads: evaluate and score tasks pass ``--download-dir`` on a Volume (executors on worker
+  nodes cannot read the driver's temp dirs).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tools.bundle_model import Bundle, Job, Problem, _clusters, _tasks, resolve
+
+RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
+_KEY_LINE = re.compile(r"^#\s*(spark_version|cpu_spark_version):\s*(\S+)\s*$", re.M)
+_RUN_ID_VALUE = re.compile(r"^\{\{\s*tasks\.([A-Za-z0-9_-]+)\.values\.run_id\s*\}\}$")
+
+
+def supported_spark_versions(runtimes_dir: Path = RUNTIMES_DIR) -> dict[str, str]:
+    """{runtime key: row file name} over every supported row."""
+    out = {}
+    for path in sorted(runtimes_dir.glob("*.txt")):
+        for _, key in _KEY_LINE.findall(path.read_text()):
+            out[key] = path.name
+    return out
+
+
+def _params(task: dict) -> list[str]:
+    return [str(p) for p in ((task.get("python_wheel_task") or {}).get("parameters") or [])]
+
+
+def _flag(params: list[str], flag: str) -> str | None:
+    for i, p in enumerate(params):
+        if p == flag and i + 1 < len(params):
+            return params[i + 1]
+        if p.startswith(flag + "="):
+            return p.split("=", 1)[1]
+    return None
+
+
+def _entry(task: dict) -> str | None:
+    return (task.get("python_wheel_task") or {}).get("entry_point")
+
+
+def _cluster_of(job: Job, task: dict) -> dict | None:
+    if isinstance(task.get("new_cluster"), dict):
+        return task["new_cluster"]
+    for c in job.spec.get("job_clusters") or []:
+        if isinstance(c, dict) and c.get("job_cluster_key") == task.get("job_cluster_key"):
+            return c.get("new_cluster")
+    return None
+
+
+def runtime_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> list[Problem]:
+    supported = supported_spark_versions(runtimes_dir)
+    problems = []
+    for job in bundle.jobs():
+        for where, spec in _clusters(job):
+            for target, values in bundle.variable_sets().items():
+                version = resolve(str(spec.get("spark_version", "")), values)
+                if version not in supported:
+                    problems.append(
+                        Problem(
+                            bundle.rel(job.file.path),
+                            f"{where}.spark_version",
+                            f"target {target}: {version!r} is not a supported runtime row "
+                            f"(runtimes/*.txt: {sorted(supported)})",
+                            "runtimes",
+                        )
+                    )
+    return problems
+
+
+def train_shape_problems(bundle: Bundle) -> list[Problem]:
+    problems = []
+    for job in bundle.jobs():
+        for i, task in _tasks(job):
+            cluster = _cluster_of(job, task)
+            if _entry(task) != "dolly-train" or cluster is None:
+                continue
+            for target, values in bundle.variable_sets().items():
+                workers = int(resolve(str(cluster.get("num_workers", 0)), values))
+                nodes_flag = _flag(_params(task), "--num-nodes")
+                nodes = int(resolve(nodes_flag, values)) if nodes_flag else 1
+                expected = max(1, workers)
+                if nodes != expected:
+                    problems.append(
+                        Problem(
+                            bundle.rel(job.file.path),
+                            f"{job.where}.tasks[{i}].python_wheel_task.parameters",
+                            f"target {target}: the train cluster has {workers} worker(s) but the task trains "
+                            f"on {nodes} node(s); pass --num-nodes {expected}"
+                            + (" (0 workers: single node, the driver's GPUs)" if workers == 0 else ""),
+                            "train_shape",
+                        )
+                    )
+    return problems
+
+
+def variable_description_problems(bundle: Bundle) -> list[Problem]:
+    from dolly_spark.train.config import GPU_FAMILIES
+
+    problems = []
+    for f, section in bundle.section("variables"):
+        for name, spec in section.items():
+            desc = str((spec or {}).get("description", "")) if isinstance(spec, dict) else ""
+            if name == "gpu_family":
+                offered = re.findall(r"\(([^)]*)\)", desc)
+                families = [x.strip() for x in ",".join(offered).split(",") if x.strip()]
+                rejected = [x for x in families if x not in GPU_FAMILIES]
+                if not families or rejected:
+                    problems.append(
+                        Problem(
+                            bundle.rel(f.path),
+                            f"variables.{name}.description",
+                            f"offers {rejected or 'no families'}; the train parser takes {list(GPU_FAMILIES)}",
+                            "descriptions",
+                        )
+                    )
+            if name == "num_gpus" and "per node" not in desc:
+                problems.append(
+                    Problem(
+                        bundle.rel(f.path),
+                        f"variables.{name}.description",
+                        "--num-gpus is read as GPUs per node; the description must say 'per node'",
+                        "descriptions",
+                    )
+                )
+    return problems
+
+
+def _ancestors(job: Job, key: str) -> set[str]:
+    deps = {
+        t.get("task_key"): [d.get("task_key") for d in t.get("depends_on") or [] if isinstance(d, dict)]
+        for _, t in _tasks(job)
+    }
+    seen, stack = set(), list(deps.get(key, []))
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(deps.get(k, []))
+    return seen
+
+
+def register_problems(bundle: Bundle) -> list[Problem]:
+    problems = []
+    for job in bundle.jobs():
+        entries = {t.get("task_key"): _entry(t) for _, t in _tasks(job)}
+        for i, task in _tasks(job):
+            if _entry(task) != "dolly-register":
+                continue
+            run_id = _flag(_params(task), "--run-id") or ""
+            m = _RUN_ID_VALUE.match(run_id)
+            upstream = m and m.group(1) in _ancestors(job, task.get("task_key"))
+            if not (upstream and entries.get(m.group(1)) == "dolly-train"):
+                problems.append(
+                    Problem(
+                        bundle.rel(job.file.path),
+                        f"{job.where}.tasks[{i}].python_wheel_task.parameters",
+                        f"register must register the run this job run trained: pass --run-id "
+                        f"{{{{tasks.<train task>.values.run_id}}}} of an upstream dolly-train task, got {run_id!r}",
+                        "register",
+                    )
+                )
+    return problems
+
+
+def resource_problems(bundle: Bundle) -> list[Problem]:
+    schemas = {k: v for _, res in bundle.section("resources") for k, v in (res.get("schemas") or {}).items()}
+    volumes = {k: v for _, res in bundle.section("resources") for k, v in (res.get("volumes") or {}).items()}
+    problems = []
+    if not any(str(s.get("name")) == "${var.schema}" for s in schemas.values()):
+        problems.append(
+            Problem(
+                bundle.rel(bundle.main.path), "resources.schemas", "no schema resource named ${var.schema}", "resources"
+            )
+        )
+    schema_refs = {"${var.schema}"} | {f"${{resources.schemas.{k}.name}}" for k in schemas}
+    if not any(
+        str(v.get("name")) == "${var.volume}" and str(v.get("schema_name")) in schema_refs for v in volumes.values()
+    ):
+        problems.append(
+            Problem(
+                bundle.rel(bundle.main.path),
+                "resources.volumes",
+                "no volume resource named ${var.volume} in the bundle's schema",
+                "resources",
+            )
+        )
+    return problems
+
+
+def download_problems(bundle: Bundle) -> list[Problem]:
+    problems = []
+    for job in bundle.jobs():
+        for i, task in _tasks(job):
+            if _entry(task) not in ("dolly-evaluate", "dolly-score"):
+                continue
+            where = _flag(_params(task), "--download-dir") or ""
+            if not where.startswith("/Volumes/"):
+                problems.append(
+                    Problem(
+                        bundle.rel(job.file.path),
+                        f"{job.where}.tasks[{i}].python_wheel_task.parameters",
+                        f"{_entry(task)} must pass --download-dir on a Volume (executors cannot read the "
+                        f"driver's temp dir), got {where or 'none'}",
+                        "downloads",
+                    )
+                )
+    return problems
+
+
+def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> list[Problem]:
+    return (
+        runtime_problems(bundle, runtimes_dir)
+        + train_shape_problems(bundle)
+        + variable_description_problems(bundle)
+        + register_problems(bundle)
+        + resource_problems(bundle)
+        + download_problems(bundle)
+    )
