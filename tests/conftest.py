@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ def _no_leaked_mlflow_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_deepspeed_zero3():
+    """TrainingArguments(deepspeed=...) in a test sets transformers' process-wide ZeRO-3 flag;
+    left set, every later model is built under zero.Init (params partitioned, ties differ)."""
+    yield
+    ds = sys.modules.get("transformers.integrations.deepspeed")
+    if ds is not None:
+        ds.unset_hf_deepspeed_config()
 
 
 @pytest.fixture(scope="session")

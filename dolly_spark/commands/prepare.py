@@ -23,7 +23,10 @@ def preflight(cfg: PrepareConfig) -> None:
     sources = cfg.source_list()
     try:
         check_names(sources)
-        for src in sources:
+        for i, src in enumerate(sources):
+            if i == 0 and cfg.input and src.is_dolly():
+                check_input(cfg.input)  # --input's own messages: missing, unreadable, compression
+                continue
             fmt, location, files = resolve(src)  # no engine needed: files, Delta logs, names
             if src.is_dolly() and fmt == "hub":
                 check_input(src.uri)
