@@ -26,7 +26,8 @@ def test_prepare_real_data_accounts_for_every_row(spark, tmp_path):
     )
     assert len(ids) == 15011  # each record in exactly one place
     assert set(quarantine["reason"].to_pylist()) <= {"too_long"}  # the real data is clean apart from length
-    assert counts["gold"].details["split_counts"]["eval"] > 800
+    # Dolly holds out 200 of 15,011 (train_dolly.py --test-size 200): a hash split lands near that
+    assert 150 < counts["gold"].details["split_counts"]["eval"] < 260
 
     rows = spark.sql("SELECT category, count(*) AS n FROM silver GROUP BY category").collect()
     assert len(rows) == 8 and sum(r["n"] for r in rows) == silver.num_rows
