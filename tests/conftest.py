@@ -1,8 +1,10 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.shared_data import TOKENIZER_DIR
 from tests.tiny_model import save_tiny_model
@@ -50,3 +52,20 @@ def spark():
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Untrained tiny model directory: enough for logging, registry, scoring and plumbing tests."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model")
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """A copy of bundles/ plus an edit helper: edit(file, fn) rewrites that YAML file through fn."""
+    root = tmp_path / "bundles"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bundles", root)
+
+    def edit(rel: str, fn) -> Path:
+        path = root / rel
+        data = yaml.safe_load(path.read_text())
+        fn(data)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return root
+
+    edit.root = root
+    return edit

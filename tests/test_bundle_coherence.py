@@ -3,7 +3,6 @@ broken copy fails each check, naming what to fix."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from dolly_spark.commands.train import set_task_value
 from dolly_spark.train.config import GPU_FAMILIES, TrainConfig
 from dolly_spark.train.hardware import DS_CONFIG_FILES, family_from_device_name, load_ds_config, precision_flags
 from tests.shared_data import SHARED
+from tests.test_bundles import _pipeline_task
 from tools import bundle_check as bc
 from tools.bundle_coherence import coherence_problems, supported_spark_versions
 
@@ -21,24 +21,7 @@ BUNDLE = REPO / "bundles"
 SCHEMA = SHARED / "databricks-bundle-schema" / "jsonschema.json"
 
 
-@pytest.fixture
-def broken(tmp_path):
-    root = tmp_path / "bundles"
-    shutil.copytree(BUNDLE, root)
-
-    def edit(rel: str, fn) -> Path:
-        path = root / rel
-        data = yaml.safe_load(path.read_text())
-        fn(data)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return root
-
-    edit.root = root
-    return edit
-
-
-def _task(data: dict, key: str) -> dict:
-    return next(t for t in data["resources"]["jobs"]["dolly_pipeline"]["tasks"] if t["task_key"] == key)
+_task = _pipeline_task
 
 
 def _problems(root: Path, check: str) -> list[str]:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dolly_spark.commands import cli
 from tests.shared_data import SHARED
@@ -230,23 +229,6 @@ def test_prepare_job_script_runs_the_real_prepare_parser(monkeypatch, capsys):
 # --- deliberately broken copies -------------------------------------------------------------
 
 
-@pytest.fixture
-def broken(tmp_path):
-    """A copy of bundles/ plus an edit helper: edit(file, fn) rewrites that YAML file through fn."""
-    root = tmp_path / "bundles"
-    shutil.copytree(BUNDLE, root)
-
-    def edit(rel: str, fn) -> Path:
-        path = root / rel
-        data = yaml.safe_load(path.read_text())
-        fn(data)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return root
-
-    edit.root = root
-    return edit
-
-
 def _pipeline_task(data: dict, key: str) -> dict:
     return next(t for t in data["resources"]["jobs"]["dolly_pipeline"]["tasks"] if t["task_key"] == key)
 
@@ -407,7 +389,18 @@ def _stand_in_parser_for(flags_by_module: dict[str, dict[str, dict]]):
 
 
 def _score_only_flags(**overrides) -> dict[str, dict[str, dict]]:
-    flags = {f: {} for f in ("--catalog", "--schema", "--model-uri", "--input-table", "--output-table", "--experiment")}
+    flags = {
+        f: {}
+        for f in (
+            "--catalog",
+            "--schema",
+            "--model-uri",
+            "--input-table",
+            "--output-table",
+            "--experiment",
+            "--download-dir",
+        )
+    }
     flags.update({"--batch-size": {"type": int}, "--max-new-tokens": {"type": int}}, **overrides)
     return {"dolly_spark.commands.score": flags}
 
