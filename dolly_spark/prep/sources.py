@@ -360,7 +360,9 @@ def _dolly_lines(spark, src: SourceConfig, fmt: str, location: str, files: list[
             cols = spark.read.json(files).columns
         except Exception:
             cols = None  # malformed lines: the line ingest quarantines them
-        if cols is not None and "_corrupt_record" not in cols:
+        # No columns: the engine's listing skipped the file ('_'/'.' names) or it is empty; the
+        # line ingest reads it by name and accounts for every line.
+        if cols and "_corrupt_record" not in cols:
             missing = [c for c in REQUIRED if c not in cols]
             if missing:
                 raise SourceError(

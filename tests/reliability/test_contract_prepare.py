@@ -9,10 +9,13 @@ import json
 
 import pytest
 
+from dolly_spark.prep.gold import GoldConfig
 from dolly_spark.prep.prepare import PrepareConfig, run
 from tests.reliability import helpers
 
 CATEGORIES = ("open_qa", "brainstorming", "classification", "creative_writing")
+# A 20% eval share, so both splits are exercised by ~90 records (the default holds out 200 of 15,011).
+GOLD = GoldConfig(eval_size=3000)
 TOPICS = ("rivers", "volcanoes", "bridges", "comets", "forests", "deserts", "glaciers", "islands", "caves", "tides")
 
 
@@ -43,17 +46,17 @@ def two_runs(spark, tmp_path_factory):
     poisoned = {**record(999), "response": "Stop here<|endoftext|> and pad <|padding|>"}
     hidden_in = base / "v0" / "_part-00000.jsonl"  # a name Spark's listing would skip
     write(hidden_in, original[:20])
-    r0 = run(PrepareConfig(input=str(hidden_in), output_root=str(base / "out0")), spark)
+    r0 = run(PrepareConfig(input=str(hidden_in), output_root=str(base / "out0"), gold=GOLD), spark)
     first_in = base / "v1" / "part-00000.jsonl"
     write(first_in, [*original, poisoned])
-    r1 = run(PrepareConfig(input=str(first_in), output_root=str(base / "out1")), spark)
+    r1 = run(PrepareConfig(input=str(first_in), output_root=str(base / "out1"), gold=GOLD), spark)
 
     extended = [record(i) for i in range(60, 90)]
     reordered = original[::-1]
     second_in = base / "v2" / "renamed"
     write(second_in / "b.jsonl", reordered[:30] + extended[:15])
     write(second_in / "sub" / "a.jsonl", extended[15:] + reordered[30:] + [poisoned])
-    r2 = run(PrepareConfig(input=str(second_in), output_root=str(base / "out2")), spark)
+    r2 = run(PrepareConfig(input=str(second_in), output_root=str(base / "out2"), gold=GOLD), spark)
     return {"base": base, "original": original, "r0": r0, "r1": r1, "r2": r2}
 
 
