@@ -15,6 +15,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DOLLY_TOKENIZER", str(TOKENIZER_DIR))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_mlflow_env_across_modules():
+    """Module-scoped fixtures set a store too (before any function fixture runs): clear it per module."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DOLLY_PARENT_RUN_ID")
+    saved = {k: os.environ.pop(k, None) for k in keys}
+    yield
+    for k, v in saved.items():
+        os.environ.pop(k, None)
+        if v is not None:
+            os.environ[k] = v
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_mlflow_env():
     """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; a test's store must not become the

@@ -25,6 +25,8 @@ OLDEST_ROW_FILE = REPO / "runtimes" / "dbr-17.3-lts-ml-gpu.txt"
 def _env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     env.update({"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **extra})
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DOLLY_PARENT_RUN_ID", "SPARK_REMOTE"):
+        env.pop(var, None)  # an earlier test's store is no user override: the run finds its own root's
     return env
 
 
