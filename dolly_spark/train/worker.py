@@ -11,6 +11,7 @@ so the launcher fails the job and the driver can show the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -90,9 +91,27 @@ def _make_trainer_class():
         """Pops the collator's bookkeeping keys before the model sees the batch, and gives it the
         packed rows' block-diagonal mask (exact isolation of packed records on every release)."""
 
-        def __init__(self, *args, step_log: StepLog, **kwargs):
+        def __init__(self, *args, step_log: StepLog, sequential_train_order: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
             self.step_log = step_log
+            self.sequential_train_order = sequential_train_order
+
+        def get_train_dataloader(self):
+            """Releases without ``train_sampling_strategy`` always shuffle: when the dataset already
+            holds the epoch's order (length-grouped), read it in order, through the same accelerator."""
+            if not self.sequential_train_order:
+                return super().get_train_dataloader()
+            from torch.utils.data import DataLoader, SequentialSampler
+
+            loader = DataLoader(
+                self.train_dataset,
+                batch_size=self.args.train_batch_size,
+                sampler=SequentialSampler(self.train_dataset),
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                drop_last=self.args.dataloader_drop_last,
+            )
+            return self.accelerator.prepare(loader)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             extra = {k: inputs.pop(k, None) for k in BOOKKEEPING_KEYS}
@@ -306,6 +325,12 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     if cfg.group_by_length:
         train_ds = sampling.EpochOrder(train_ds, lengths, batch * world, cfg.seed)
     log.info("schedule: %s", json.dumps(schedule))
+    # transformers 5 takes the train order as an argument; older releases (runtime 17.3/18) have
+    # no such argument, and DollyTrainer reads the grouped dataset in order itself.
+    has_strategy = "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}
+    sampling_kwargs = (
+        {"train_sampling_strategy": "sequential" if cfg.group_by_length else "random"} if has_strategy else {}
+    )
     targs = TrainingArguments(
         output_dir=str(local_scratch("checkpoints", job.attempt)),  # published whole in on_save
         per_device_train_batch_size=batch,
@@ -327,7 +352,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
         seed=cfg.seed,
         data_seed=cfg.seed,
         # Grouped: the order comes from sampling.EpochOrder (seeded per epoch); else Dolly's random batches.
-        train_sampling_strategy="sequential" if cfg.group_by_length else "random",
+        **sampling_kwargs,
         deepspeed=ds_config,
         use_cpu=cpu,
         remove_unused_columns=False,
@@ -364,6 +389,7 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
         processing_class=tokenizer,
         callbacks=_make_callbacks(job, step_log),
         step_log=step_log,
+        sequential_train_order=cfg.group_by_length and not has_strategy,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final_metrics = _final_eval_metrics(trainer, eval_sets)
