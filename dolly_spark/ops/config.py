@@ -226,10 +226,6 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
         parser.error(str(err))  # one line and exit 2, like any other usage error
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 @dataclasses.dataclass(kw_only=True)
 class Location:
     """Where a job's tables, models and MLflow store live: a local root, or a Unity Catalog schema.
