@@ -3,12 +3,14 @@
 
 Input: copy 0 of each dolly-15k line is the line itself; copy c >= 1 has the words of each field
 shuffled with a seed of (copy, line), so records stay distinct and dedup does not collapse them.
-Each copy is its own JSONL file of 15k lines (whole-file ingest is issue 15's to change).
+All copies go into one JSONL file per size, so ingest has to split it into byte ranges
+(``--ingest-chunk-mb``, default 128: one range at 15k, two at 150k, ten at 1.5M).
 
 For each size it times ``prepare`` (bronze -> silver -> dedup -> gold) and ``stage_gold`` (the
 engine writes the Parquet shards), and samples this process's RSS every 0.2 s (the embedded Sail
-engine and its Python UDFs run inside it) for the peak of each run. Prints time and peak-memory
-ratios per 10x step against the first size, in the same process.
+engine and its Python UDFs run inside it) for the peak of each run and of each prepare stage
+(bounded by the stage lines ``prepare`` prints). Prints time and peak-memory ratios per 10x
+step against the first size, in the same process.
 
 Score check (``--score-prompts N``): N distinct short prompts scored by a random-init tiny model
 (``max_new_tokens=1``) in chunks of ``--chunk-rows``, in a child process that is SIGKILLed after
@@ -22,6 +24,8 @@ Score check (``--score-prompts N``): N distinct short prompts scored by a random
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import random
@@ -48,13 +52,20 @@ GIB = 1024**3
 
 
 class PeakRSS:
-    """Peak resident memory of this process (and children) while the block runs, sampled."""
+    """Peak resident memory of this process (and children) while the block runs, sampled; ``mark``
+    closes a segment, so ``segments`` holds the peak between consecutive marks."""
 
     def __init__(self, every: float = 0.2):
         import psutil
 
         self.proc, self.every, self.peak = psutil.Process(), every, 0
         self._stop = threading.Event()
+        self._segment_peak = 0
+        self.segments: dict[str, int] = {}
+
+    def mark(self, label: str) -> None:
+        self.segments[label] = max(self._segment_peak, self.rss())
+        self._segment_peak = 0
 
     def rss(self) -> int:
         total = self.proc.memory_info().rss
@@ -67,7 +78,9 @@ class PeakRSS:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
+            rss = self.rss()
+            self.peak = max(self.peak, rss)
+            self._segment_peak = max(self._segment_peak, rss)
             self._stop.wait(self.every)
 
     def __enter__(self):
@@ -89,24 +102,25 @@ def shuffle_words(text: str, rng: random.Random) -> str:
 
 
 def make_input(n: int, out: Path) -> Path:
-    """``n`` records as JSONL files of 15k lines each (copy 0 = dolly-15k itself)."""
-    if out.is_dir() and (out / "DONE").is_file():
-        return out
+    """``n`` records in one JSONL file (copy 0 = dolly-15k itself, then shuffled copies)."""
+    data = out / "records.jsonl"
+    if (out / "DONE").is_file():
+        return data
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     lines = [json.loads(line) for line in DOLLY.read_text().splitlines() if line.strip()]
     written, copy = 0, 0
-    while written < n:
-        with (out / f"copy-{copy:04d}.jsonl").open("w") as f:
+    with data.open("w") as f:
+        while written < n:
             for i, rec in enumerate(lines[: n - written]):
                 if copy:
                     rng = random.Random(copy * 1_000_003 + i)
                     rec = {k: shuffle_words(v, rng) if k != "category" and v else v for k, v in rec.items()}
                 f.write(json.dumps(rec) + "\n")
                 written += 1
-        copy += 1
+            copy += 1
     (out / "DONE").write_text(str(n))
-    return out
+    return data
 
 
 def pad_fraction(spark, names) -> float | None:
@@ -115,11 +129,30 @@ def pad_fraction(spark, names) -> float | None:
     from dolly_spark.ops import tables
 
     stats = tables.read_table(spark, names.gold_stats)
-    row = stats.where((F.col("split") == "train") & (F.col("category") == "*")).select("pad_fraction_packed").first()
+    per_split = (F.col("split") == "train") & (F.col("category") == "*")
+    if "source" in stats.columns:
+        per_split &= F.col("source") == "*"  # the all-sources row; per-source rows carry no packing
+    row = stats.where(per_split).select("pad_fraction_packed").first()
     return None if row is None else float(row[0])
 
 
-def prep_one(spark, n: int, work: Path) -> dict:
+class StageMarks(io.TextIOBase):
+    """stdout that closes a memory segment at each ``[prepare i/n] stage`` line."""
+
+    def __init__(self, mem: PeakRSS, out):
+        self.mem, self.out = mem, out
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith("[prepare "):
+                self.mem.mark(line.split("]")[1].split()[0])
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def prep_one(spark, n: int, work: Path, chunk_mb: int) -> dict:
     from dolly_spark.launch.staging import stage_gold
     from dolly_spark.ops import tables
     from dolly_spark.prep.prepare import PrepareConfig
@@ -129,9 +162,10 @@ def prep_one(spark, n: int, work: Path) -> dict:
     root = work / f"root_{n}"
     shutil.rmtree(root, ignore_errors=True)
     names = tables.TableNames(root=str(root))
-    with PeakRSS() as mem_prep:
+    cfg = PrepareConfig(input=str(data), output_root=str(root), ingest_chunk_mb=chunk_mb)
+    with PeakRSS() as mem_prep, contextlib.redirect_stdout(StageMarks(mem_prep, sys.stdout)):
         t0 = time.time()
-        result = prepare(PrepareConfig(input=str(data), output_root=str(root)), spark)
+        result = prepare(cfg, spark)
         t_prep = time.time() - t0
     with PeakRSS() as mem_stage:
         t0 = time.time()
@@ -146,7 +180,9 @@ def prep_one(spark, n: int, work: Path) -> dict:
         "peak_rss_gib": round(max(mem_prep.peak, mem_stage.peak) / GIB, 2),
         "peak_rss_prepare_gib": round(mem_prep.peak / GIB, 2),
         "peak_rss_staging_gib": round(mem_stage.peak / GIB, 2),
+        "peak_rss_by_stage_gib": {k: round(v / GIB, 2) for k, v in mem_prep.segments.items()},
         "rss_before_gib": round(mem_prep.start_rss / GIB, 2),
+        "input_mib": round(data.stat().st_size / 2**20, 1),
         "gold": acc.get("gold"),
         "quarantine": acc.get("quarantine"),
         "duplicates": acc.get("duplicates"),
@@ -276,6 +312,7 @@ def score_check(spark, n: int, work: Path, chunk_rows: int, kill_after: int, mod
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[15000, 150000])
+    ap.add_argument("--ingest-chunk-mb", type=int, default=128, help="byte range per ingest task")
     ap.add_argument("--work", default=None, help="work directory (default: a temp dir, removed at the end)")
     ap.add_argument("--score-prompts", type=int, default=100000)
     ap.add_argument("--chunk-rows", type=int, default=10000)
@@ -295,7 +332,7 @@ def main() -> int:
     spark = get_spark("prep_scaling")
     rows = []
     for n in args.sizes:
-        r = prep_one(spark, n, work)
+        r = prep_one(spark, n, work, args.ingest_chunk_mb)
         rows.append(r)
         print(json.dumps(r), flush=True)
     for prev, cur in zip(rows, rows[1:]):

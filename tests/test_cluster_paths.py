@@ -26,7 +26,7 @@ def test_a_version_is_downloaded_once_and_reused(tmp_path):
 
 
 def test_dedup_intermediates_refuse_a_driver_temp_dir_on_a_cluster(monkeypatch, tmp_path):
-    from dolly_spark.prep.dedup_clusters import WorkDir
+    from dolly_spark.ops.workdir import WorkDir
 
     monkeypatch.setenv("SPARK_REMOTE", "sc://cluster:15002")
     with pytest.raises(ValueError, match="--dedup-work-dir"):

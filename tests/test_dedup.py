@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from dolly_spark.ops.workdir import WorkDir
 from dolly_spark.prep.dedup import (
     DUPLICATES_COLUMNS,
     DedupConfig,
@@ -27,7 +28,7 @@ from dolly_spark.prep.dedup import (
     shingle_hashes,
     verify_pairs,
 )
-from dolly_spark.prep.dedup_clusters import WorkDir, clusters, clusters_label_propagation, clusters_union_find
+from dolly_spark.prep.dedup_clusters import clusters, clusters_label_propagation, clusters_union_find
 from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
 from tests.shared_data import DOLLY_JSONL
 

@@ -63,3 +63,21 @@ def test_lazy_examples_keep_the_arrow_table_not_python_rows(tmp_path, rows):
     assert isinstance(lazy.ds, datasets.Dataset) and lazy.ds.cache_files, "backed by memory-mapped Arrow files"
     batch = data.PackedCollator(pad_token_id=0)([lazy[0], lazy[1]])
     assert batch["input_ids"].shape[0] == 2 and batch["sample_index"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+def test_lazy_eval_sets_equal_the_eager_ones(tmp_path, rows, cap):
+    from dolly_spark.train.lazy import lazy_eval_sets
+
+    source = [dict(r, category=("a", "b", "c")[i % 3]) for i, r in enumerate(rows)]
+    files = shards(tmp_path, list(reversed(source)), per_file=9)
+    lazy = lazy_eval_sets(data.load_shards(files, str(tmp_path / "cache")), 400, cap)
+    eager = data.eval_datasets_by_category(source, 400, cap)
+    assert sorted(lazy) == sorted(eager) == ["a", "b", "c"]
+    for cat in eager:
+        assert [dict(lazy[cat][i]) for i in range(len(lazy[cat]))] == eager[cat].to_list()
+    assert data.label_token_counts(lazy) == data.label_token_counts(eager) and all(
+        data.label_token_counts(lazy).values()
+    )
+    if cap:
+        assert {len(v) for v in lazy.values()} == {cap}

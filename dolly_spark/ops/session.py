@@ -33,6 +33,9 @@ def start_sail_server(host: str = "127.0.0.1", port: int = 0):
     """Start a Sail Spark Connect server in this process; returns (server, port). Port 0: a free one."""
     from pysail.spark import SparkConnectServer
 
+    # The left input of every join is its hash table (ops/joins.py puts the small side there):
+    # with swapping on, the optimizer built the packing join on all gold rows (issue 16).
+    os.environ.setdefault("SAIL_OPTIMIZER__ENABLE_JOIN_SWAP", "false")
     server = SparkConnectServer(ip=host, port=port)
     server.start(background=True)
     return server, server.listening_address[1]

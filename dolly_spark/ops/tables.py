@@ -133,6 +133,29 @@ def read_table(spark, ref: TableRef, version: int | None = None):
     return spark.table(ref.name)
 
 
+# Bounded writer memory on the embedded engine (issue 16). Sail's Delta writer holds a whole file
+# as one row group until it rolls over, and its Parquet writer a row group of up to 1M rows: at
+# 150k gold rows that was the whole table in memory. Databricks' writers bound themselves; these
+# options are only set for Sail.
+DELTA_TARGET_FILE_BYTES = 32 * 1024 * 1024
+PARQUET_ROW_GROUP_ROWS = 8192
+
+
+def _embedded() -> bool:
+    from dolly_spark.ops.session import engine_name
+
+    return engine_name() == "sail"
+
+
+def bounded(writer, fmt: str):
+    """``writer`` with the embedded engine's file or row-group bound for ``fmt`` (delta/parquet)."""
+    if not _embedded():
+        return writer
+    if fmt == "delta":
+        return writer.option("targetFileSize", str(DELTA_TARGET_FILE_BYTES))
+    return writer.option("maxRowGroupSize", str(PARQUET_ROW_GROUP_ROWS))
+
+
 def write_table(
     spark,
     df,
@@ -143,7 +166,7 @@ def write_table(
     partition_by: list[str] | None = None,
 ) -> int:
     """Write ``df`` as Delta (one atomic commit) and return the new table version."""
-    writer = df.write.format("delta").mode(mode)
+    writer = bounded(df.write.format("delta").mode(mode), "delta")
     if mode == "overwrite":
         writer = writer.option("overwriteSchema", "true")
     if partition_by:
@@ -229,5 +252,5 @@ def write_parquet(df, path: str, num_files: int | None = None) -> list[str]:
     """
     if num_files:
         df = df.repartition(int(num_files))
-    df.write.mode("overwrite").parquet(str(path))
+    bounded(df.write.mode("overwrite"), "parquet").parquet(str(path))
     return sorted(str(p) for p in Path(path).rglob("*.parquet") if not p.name.startswith((".", "_")))

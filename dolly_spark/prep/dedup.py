@@ -28,8 +28,10 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
+from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import DUPLICATES_COLUMNS
-from dolly_spark.prep.dedup_clusters import WorkDir, clusters
+from dolly_spark.ops.workdir import WorkDir
+from dolly_spark.prep.dedup_clusters import clusters
 from dolly_spark.prep.dedup_short import budget_udf, short_record_buckets, within_substitution_budget  # noqa: F401 (re-export)
 from dolly_spark.prep.minhash import band_hashes, minhash_signatures, optimal_bands_rows, permutations, shingle_hashes
 
@@ -167,7 +169,7 @@ def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
         F.count(F.lit(1)).alias("exact_group_size"),
         F.min(_keep_key(cfg, response_chars, source_rank(df, cfg))).getField("record_id").alias("exact_rep"),
     )
-    return hashed.join(reps, "exact_hash").select(*df.columns, "exact_hash", "exact_group_size", "exact_rep")
+    return reps.join(hashed, "exact_hash").select(*df.columns, "exact_hash", "exact_group_size", "exact_rep")
 
 
 # --- 2. MinHash LSH ----------------------------------------------------------------------------
@@ -452,7 +454,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
         .join(kept_sources, "kept_record_id", "left")
         .select(*DUPLICATES_COLUMNS)
     )
-    kept = silver.join(removed.select("record_id"), "record_id", "left_anti").select(*silver.columns)
+    kept = anti_join(silver, removed, "record_id")
 
     groups = exact.where(F.col("exact_group_size") > 1).agg(F.countDistinct("exact_hash").alias("n")).collect()[0]
     stats["exact_groups"] = int(groups["n"] or 0)

@@ -1,16 +1,14 @@
-"""Connected components of dedup's verified edges, and the Parquet work dir its stages use."""
+"""Connected components of dedup's verified edges."""
 
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
-import uuid
-from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+from dolly_spark.ops.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -88,28 +86,3 @@ def clusters(edges: DataFrame, union_find_max_edges: int, max_iterations: int, w
     if n <= union_find_max_edges:
         return clusters_union_find(edges), "union_find"
     return clusters_label_propagation(edges, max_iterations, work), "label_propagation"
-
-
-class WorkDir:
-    """Parquet checkpoints: Sail ignores cache(), and localCheckpoint needs server config."""
-
-    def __init__(self, root: str | None):
-        if root is None:
-            from dolly_spark.ops.session import engine_name
-
-            if engine_name() != "sail":  # a driver temp dir is the DBFS root or unreadable to workers
-                raise ValueError(
-                    "dedup intermediates need a directory every node reads: pass --dedup-work-dir "
-                    "(a UC Volume path) or --output-root"
-                )
-        base = Path(tempfile.mkdtemp(prefix="dolly_dedup_")) if root is None else Path(root)
-        self.path = base / uuid.uuid4().hex if root is not None else base
-        self.timings: dict[str, float] = {}  # seconds spent computing each materialised stage
-
-    def materialize(self, df: DataFrame, name: str) -> DataFrame:
-        target = str(self.path / name)
-        t0 = time.perf_counter()
-        df.write.mode("overwrite").parquet(target)
-        self.timings[name] = round(time.perf_counter() - t0, 3)
-        # Explicit schema: an empty result may be written as no files, with nothing to infer from.
-        return df.sparkSession.read.schema(df.schema).parquet(target)

@@ -3,7 +3,7 @@
 Stages are pure ``DataFrame -> DataFrame`` functions sharing one ``GoldConfig``:
 
     format_prompts -> tokenize -> flag_special_tokens -> flag_too_many_tokens -> collect_reasons
-    -> assign_split -> plan_packing
+    -> assign_split -> (checkpoint) -> plan_packing
 
 ``build_gold`` chains them and keeps every row, with ``reasons``/``reason`` set on the rejected
 ones (``special_token_in_text``, ``too_long``, ``response_key_missing``); ``gold_rows`` and ``gold_quarantine_rows`` split
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,7 +27,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
+from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
+from dolly_spark.ops.workdir import WorkDir
 from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine, with_source
 from dolly_spark.prep.packing import plan_packing
 from dolly_spark.text import prompts
@@ -138,6 +141,9 @@ def format_prompts(df: DataFrame) -> DataFrame:
 # 2. tokens
 
 
+ENCODE_SLICE = 1024  # texts per encode_batch call
+
+
 @functools.lru_cache(maxsize=4)
 def cached_tokenizer(src: str):
     """One tokenizer per worker process and source (UDF batches reuse it)."""
@@ -164,7 +170,13 @@ def tokenize_texts(tok, texts: list[str]) -> tuple[list[list[int]], list[int | N
     always indexes the same ids training sees. None when the response key is missing.
     """
     boundary = list(response_boundary_ids(tok))
-    ids = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    # Small slices: an Encoding holds tokens, offsets and masks besides the ids (about 19 KiB per
+    # dolly record), so one 10k-row Arrow batch at once held ~190 MiB per task.
+    ids = [
+        e.ids
+        for at in range(0, len(texts), ENCODE_SLICE)
+        for e in tok.encode_batch(texts[at : at + ENCODE_SLICE], add_special_tokens=False)
+    ]
     prompt_lens: list[int | None] = []
     for seq in ids:
         try:
@@ -314,16 +326,19 @@ def build_gold(
     silver_version: int | None,
     n_rows: int | None = None,
     weights: dict[str, int] | None = None,
+    checkpoint=None,
 ) -> DataFrame:
     """Every candidate row with gold columns plus ``reasons``/``reason`` (null reason = gold).
 
     ``n_rows`` (the candidates' count, when known) sets how many packing groups run in parallel;
     ``weights`` (source -> k) fills the ``weight`` column training staging repeats train rows by.
+    ``checkpoint`` (``WorkDir.materialize``) writes the tokenized rows once: the packing plan and
+    the join back both read them, so the tokenizer runs once.
     """
     base = candidates.transform(with_source).select(
         "record_id", "instruction", "context", "response", "category", "source_file", "line_number", "source"
     )
-    return (
+    rows = (
         base.transform(format_prompts)
         .transform(lambda d: tokenize(d, cfg))
         .transform(lambda d: flag_special_tokens(d, cfg))
@@ -331,7 +346,11 @@ def build_gold(
         .transform(flag_response_key_missing)
         .transform(collect_reasons)
         .transform(lambda d: assign_split(d, cfg))
-        .transform(lambda d: plan_packing(d, cfg, n_rows))
+    )
+    if checkpoint is not None:
+        rows = checkpoint(rows, "tokenized")
+    return (
+        rows.transform(lambda d: plan_packing(d, cfg, n_rows))
         .withColumn("silver_version", F.lit(silver_version).cast("long"))
         .withColumn("weight", source_weight(weights))
     )
@@ -413,6 +432,7 @@ def write_gold(
     other_quarantine: pa.Table | None = None,
     input_rows: int | None = None,
     weights: dict[str, int] | None = None,
+    work_dir: str | None = None,
 ) -> dict:
     """Write gold (overwrite), put its rejects in quarantine (stage ``gold``), write gold_stats.
 
@@ -424,16 +444,15 @@ def write_gold(
     from dolly_spark.prep.accounting import AccountingError
 
     input_rows = int(candidates.count()) if input_rows is None else int(input_rows)  # caller's count saves a job
-    versions = {
-        "gold": tables.write_table(
-            spark,
-            gold_rows(build_gold(candidates, cfg, silver_version, input_rows, weights)),
-            names.gold,
-            comment=f"Dolly-formatted, tokenized ({cfg.tokenizer}) train/eval records with a packing plan",
-        )
-    }
+    work = WorkDir(work_dir, "gold")
+    try:
+        built = build_gold(candidates, cfg, silver_version, input_rows, weights, checkpoint=work.materialize)
+        comment = f"Dolly-formatted, tokenized ({cfg.tokenizer}) train/eval records with a packing plan"
+        versions = {"gold": tables.write_table(spark, gold_rows(built), names.gold, comment=comment)}
+    finally:
+        shutil.rmtree(work.path, ignore_errors=True)
     gold = tables.read_table(spark, names.gold)
-    missing = candidates.join(gold.select("record_id"), on="record_id", how="left_anti")
+    missing = anti_join(candidates, gold, "record_id")
     rejected = gold_quarantine_rows(build_gold(missing, cfg, silver_version)).toArrow()  # a handful of rows
     # Rewrite quarantine as (other stages' rows + these) in one commit: re-running gold alone
     # replaces its earlier rejects instead of appending them twice. Quarantine is small.

@@ -1,20 +1,22 @@
 """Bronze ingest: every input line becomes a row, malformed ones included.
 
-Files are read as bytes (``binaryFile``) and split into lines in an Arrow UDF, so invalid
-UTF-8, BOMs, UTF-16, CRLF and gzip are all handled in one place with the source file and
-line number kept as lineage. Record ids are content addresses (``content_key`` plus an
-exact-duplicate tiebreak), so the train/eval split never depends on file names or line order.
+Files are split into byte ranges on the driver and read line by line in an Arrow UDF, so a
+large file is read by many tasks and no task holds a whole file (prep/line_reader.py). Invalid
+UTF-8, BOMs, UTF-16, CRLF and gzip are handled in one place, with the source file and line
+number kept as lineage. Record ids are content addresses (``content_key`` plus an exact-duplicate
+tiebreak), so the train/eval split never depends on file names, line order or chunking.
 A named file is read whatever its name; unsupported compressions (bz2, xz, zstd, zip, gzip in
 gzip) are refused for a named file and one ``unsupported_compression`` row inside a folder.
-Works on local paths and UC Volume paths; the Hugging Face dataset id is resolved to a local
-file first.
+Works on local paths and UC Volume paths (executors read them through the Volume's FUSE mount);
+the Hugging Face dataset id is resolved to a local file first.
 """
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
@@ -23,6 +25,22 @@ from pathlib import Path
 import pyarrow as pa
 
 from dolly_spark.ops.schemas import BRONZE_SCHEMA
+from dolly_spark.prep.line_reader import (
+    DEFAULT_CHUNK_BYTES,
+    GZIP_MAGIC,
+    TEXT,
+    UNSUPPORTED_COMPRESSION,
+    Chunk,
+    chunk_lines,
+    count_line_starts,
+    file_kind,
+    list_files,
+    plan_chunks,
+    unsupported_compression,
+    with_first_lines,
+)
+
+__all__ = ["UNSUPPORTED_COMPRESSION", "read_bronze", "split_file", "unsupported_compression"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +59,11 @@ _ARROW_SCHEMA = pa.schema(
         ("extra_keys", pa.list_(pa.string())),
     ]
 )
+_COUNT_SCHEMA = pa.schema([("path", pa.string()), ("start", pa.int64()), ("lines", pa.int64())])
+_COUNT_DDL = "path string, start long, lines long"
+_CHUNK_SCHEMA = "path string, kind string, start long, end long, first_line long"
+BATCH_LINES = 4096  # lines per Arrow batch a reading task yields: its memory bound
+MAX_READ_TASKS = 4096
 
 
 class InputUnavailableError(RuntimeError):
@@ -72,33 +95,10 @@ def resolve_input(input_path: str) -> str:
     return str(p.resolve())
 
 
-# Magic numbers of compressions the reader does not decompress (gzip is read, once).
-_MAGIC = (
-    (b"BZh", "bz2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"PK\x03\x04", "zip"),
-    (b"7z\xbc\xaf\x27\x1c", "7z"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-)
-_GZIP = b"\x1f\x8b"
-UNSUPPORTED_COMPRESSION = "unsupported_compression"
-
-
-def unsupported_compression(head: bytes, inside_gzip: bool = False) -> str | None:
-    """What an unsupported compression is (``"bz2-compressed"``...), or None for plain text/gzip."""
-    if inside_gzip and head.startswith(_GZIP):
-        return "gzip-compressed twice (gzip inside gzip)"
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return f"{name}-compressed" + (" inside gzip" if inside_gzip else "")
-    return None
-
-
 def _file_compression_problem(path: Path) -> str | None:
     with open(path, "rb") as f:
         head = f.read(8)
-    if not head.startswith(_GZIP):
+    if not head.startswith(GZIP_MAGIC):
         return unsupported_compression(head)
     try:
         with gzip.open(path, "rb") as g:
@@ -141,35 +141,6 @@ def content_key(canonical: str | None, raw: bytes) -> str:
     if canonical is not None:
         return _hex(b"record\x00" + canonical.encode("utf-8"))
     return _hex(b"line\x00" + raw)
-
-
-def _decode_lines(content: bytes) -> tuple[list[tuple[bytes, str | None, str | None]], str | None]:
-    """Split a file into (raw_bytes, text, error) per line. Returns (lines, file_error)."""
-    inside_gzip = content[:2] == _GZIP
-    if inside_gzip:
-        try:
-            content = gzip.decompress(content)
-        except Exception:
-            return [(content[:4096], None, "corrupt_gzip")], None
-    if unsupported_compression(content[:8], inside_gzip):
-        # Binary data split into "lines" would read as invalid_utf8 rows: one clear row instead.
-        return [(content[:4096], None, UNSUPPORTED_COMPRESSION)], None
-    if content[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        try:
-            text = content.decode("utf-16").lstrip("\ufeff")
-        except UnicodeDecodeError:
-            return [(content[:4096], None, "invalid_utf16")], None
-        return [(ln.encode("utf-8"), ln.rstrip("\r"), None) for ln in text.split("\n")], None
-    if content[:3] == codecs.BOM_UTF8:
-        content = content[3:]
-    out = []
-    for raw in content.split(b"\n"):
-        raw = raw[:-1] if raw.endswith(b"\r") else raw
-        try:
-            out.append((raw, raw.decode("utf-8"), None))
-        except UnicodeDecodeError:
-            out.append((raw, None, "invalid_utf8"))
-    return out, None
 
 
 def _parse_line(text: str) -> tuple[dict, str | None, list[str], list[str], str | None]:
@@ -220,16 +191,11 @@ def _printable_key(key: str) -> str:
     return key if _utf8_encodable(key) else key.encode("utf-8", "backslashreplace").decode("ascii")
 
 
-def split_file(path: str, content: bytes) -> dict[str, list]:
-    """All rows of one file, as Arrow-ready columns. ``record_id`` holds the content key here;
-    ``read_bronze`` turns it into the record id (content key + exact-duplicate tiebreak)."""
-    source = path if path.startswith(("/", "dbfs:", "s3:", "abfss:", "gs:")) else "/" + path
-    lines, _ = _decode_lines(content)
-    # A file ending in a newline yields one empty last piece: that is not a line.
-    if lines and lines[-1][0] == b"" and lines[-1][2] is None:
-        lines = lines[:-1]
+def _columns(source: str, lines, first_line: int) -> dict[str, list]:
+    """Arrow-ready columns of parsed lines. ``record_id`` holds the content key here;
+    ``with_record_ids`` turns it into the record id (content key + exact-duplicate tiebreak)."""
     cols: dict[str, list] = {f.name: [] for f in _ARROW_SCHEMA}
-    for i, (raw, text, err) in enumerate(lines, start=1):
+    for i, (raw, text, err) in enumerate(lines, start=first_line):
         values, field_errors, extra, canonical = {}, [], [], None
         if err is None and not text.strip():
             err = "blank_line"
@@ -247,25 +213,54 @@ def split_file(path: str, content: bytes) -> dict[str, list]:
     return cols
 
 
-def split_batches(batches):
+def split_file(path: str, content: bytes) -> dict[str, list]:
+    """All rows of one file held in memory, as Arrow-ready columns (the readers' unit tests)."""
+    source = path if path.startswith("/") else "/" + path
+    kind = file_kind(content[:8])
+    return _columns(source, chunk_lines(lambda: io.BytesIO(content), kind, 0, len(content)), 1)
+
+
+def read_chunks(batches, batch_lines: int = BATCH_LINES):
+    """mapInArrow body: each chunk row becomes Arrow batches of at most ``batch_lines`` rows."""
     for batch in batches:
-        d = batch.to_pydict()
-        for path, content in zip(d["path"], d["content"]):
-            yield pa.RecordBatch.from_pydict(split_file(path, content), schema=_ARROW_SCHEMA)
+        for c in batch.to_pylist():
+            lines = chunk_lines(lambda p=c["path"]: open(p, "rb"), c["kind"], c["start"], c["end"])
+            first = c["first_line"]
+            while True:
+                block = list(itertools.islice(lines, batch_lines))
+                if not block:
+                    break
+                yield pa.RecordBatch.from_pydict(_columns(c["path"], block, first), schema=_ARROW_SCHEMA)
+                first += len(block)
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(("_", "."))
+def count_chunks(batches):
+    """mapInArrow body of the counting pass: line starts per byte range."""
+    for batch in batches:
+        rows = batch.to_pylist()
+        counts = [count_line_starts(lambda p=r["path"]: open(p, "rb"), r["start"], r["end"]) for r in rows]
+        yield pa.RecordBatch.from_pydict(
+            {"path": [r["path"] for r in rows], "start": [r["start"] for r in rows], "lines": counts},
+            schema=_COUNT_SCHEMA,
+        )
 
 
-def skipped_files(input_dir: str) -> list[str]:
-    """Files the reader ignores by Spark convention: names starting with '_' or '.' (own or parent)."""
-    root = Path(input_dir)
-    return sorted(
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and any(_hidden(part) for part in p.relative_to(root).parts)
-    )
+def sample_keys(paths: list[str], lines_per_file: int = 50, max_files: int = 100) -> set[str] | None:
+    """Keys of the JSON objects among the first lines of the first files, read on the driver (a
+    few KiB, not a pass over the data); None when no sampled line is a readable object."""
+    keys: set[str] = set()
+    readable = False
+    for path in paths[:max_files]:
+        with open(path, "rb") as f:
+            kind = file_kind(f.read(8))
+        lines = chunk_lines(lambda p=path: open(p, "rb"), kind, 0, os.path.getsize(path))
+        for _, text, err in itertools.islice(lines, lines_per_file):
+            if err is None and text.strip():
+                values, error, *_ = _parse_line(text)
+                if error is None:
+                    readable = True
+                    keys |= set(json.loads(text))
+    return keys if readable else None
 
 
 def with_record_ids(lines):
@@ -280,25 +275,36 @@ def with_record_ids(lines):
     return lines.withColumn("record_id", F.when(n == 0, F.col("record_id")).otherwise(tiebroken))
 
 
-def read_bronze(spark, input_path: str):
+def number_chunks(spark, chunks: list[Chunk]) -> list[Chunk]:
+    """Set each range's first line number; only files split into several ranges need counting,
+    which runs on the executors (one small row per range comes back)."""
+    split = [c for c in chunks if c.kind == TEXT and c.start > 0]
+    if not split:
+        return chunks
+    paths = {c.path for c in split}
+    ranges = [c for c in chunks if c.path in paths]
+    frame = spark.createDataFrame([(c.path, c.kind, c.start, c.end, c.first_line) for c in ranges], _CHUNK_SCHEMA)
+    counted = frame.repartition(len(ranges)).mapInArrow(count_chunks, _COUNT_DDL).toArrow().to_pylist()
+    counts = {(r["path"], r["start"]): r["lines"] for r in counted}
+    return [c for c in chunks if c.path not in paths] + with_first_lines(ranges, counts)
+
+
+def read_bronze(spark, input_path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     """DataFrame of every line under ``input_path`` (file or directory; .jsonl, .json, .gz).
 
     A named file is read whatever its name; in a folder, '_' and '.' files are skipped (logged).
+    Plain-text files larger than ``chunk_bytes`` are read by several tasks.
     """
     from pyspark.sql import functions as F
 
     resolved = check_input(input_path)
-    if Path(resolved).is_dir():
-        hidden = skipped_files(resolved)
-        if hidden:
-            log.warning("ignoring %d hidden or '_'-prefixed file(s) under %s: %s", len(hidden), resolved, hidden[:10])
-        reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-        files = reader.load(resolved).select("path", "content")
-    elif _hidden(Path(resolved).name):
-        # The engine's file listing drops '_'/'.' names even when named explicitly; the user named
-        # this one, so the driver reads it (input paths are local or FUSE-mounted Volume paths).
-        files = spark.createDataFrame([(resolved, Path(resolved).read_bytes())], "path string, content binary")
-    else:
-        files = spark.read.format("binaryFile").load(resolved).select("path", "content")
-    lines = files.dropDuplicates(["path"]).mapInArrow(split_batches, BRONZE_SCHEMA)
+    files, hidden = list_files(resolved)
+    if hidden:
+        log.warning("ignoring %d hidden or '_'-prefixed file(s) under %s: %s", len(hidden), resolved, hidden[:10])
+    chunks = number_chunks(spark, plan_chunks(files, chunk_bytes))
+    if not chunks:
+        return spark.createDataFrame([], BRONZE_SCHEMA).withColumn("ingested_at", F.current_timestamp())
+    rows = [(c.path, c.kind, c.start, c.end, c.first_line) for c in chunks]
+    frame = spark.createDataFrame(rows, _CHUNK_SCHEMA).repartition(min(len(rows), MAX_READ_TASKS))
+    lines = frame.mapInArrow(read_chunks, BRONZE_SCHEMA)
     return with_record_ids(lines).withColumn("ingested_at", F.current_timestamp())

@@ -9,10 +9,10 @@ from __future__ import annotations
 import bisect
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StructField, StructType
+
+from dolly_spark.ops.joins import lookup_join
 
 
 def best_fit_decreasing(record_ids: list[str], lengths: list[int], budget: int, separator: int = 0) -> list[int]:
@@ -42,22 +42,16 @@ def best_fit_decreasing(record_ids: list[str], lengths: list[int], budget: int, 
 
 
 PACK_GROUP = "_pack_group"
+PLAN_SCHEMA = "record_id string, pack_id long"
 
 
 def _pack_split(budget: int, separator: int, groups: int = 1):
     def pack(table: pa.Table) -> pa.Table:
-        ok = pc.is_null(table["reason"]).to_pylist() if "reason" in table.column_names else [True] * table.num_rows
-        at = [i for i, good in enumerate(ok) if good]
-        ids, lengths = table["record_id"].to_pylist(), table["seq_len"].to_pylist()
-        packs = best_fit_decreasing([ids[i] for i in at], [lengths[i] for i in at], budget, separator)
-        group = 0
-        if PACK_GROUP in table.column_names:
-            group = int(table[PACK_GROUP][0].as_py()) if table.num_rows else 0
-            table = table.drop_columns([PACK_GROUP])
-        pack_id: list[int | None] = [None] * table.num_rows
-        for i, p in zip(at, packs):
-            pack_id[i] = p * groups + group  # unique within the split across groups; = p for one group
-        return table.append_column("pack_id", pa.array(pack_id, pa.int64()))
+        packs = best_fit_decreasing(table["record_id"].to_pylist(), table["seq_len"].to_pylist(), budget, separator)
+        group = int(table[PACK_GROUP][0].as_py()) if PACK_GROUP in table.column_names and table.num_rows else 0
+        # unique within the split across groups; = p for one group
+        pack_id = pa.array([p * groups + group for p in packs], pa.int64())
+        return pa.table({"record_id": table["record_id"], "pack_id": pack_id})
 
     return pack
 
@@ -67,20 +61,29 @@ def pack_groups(n_rows: int | None, group_rows: int) -> int:
     return max(1, -(-int(n_rows or 0) // group_rows))
 
 
-def plan_packing(df: DataFrame, cfg, n_rows: int | None = None) -> DataFrame:
-    """Add ``pack_id``: rows sharing (split, pack_id) fit in one row of ``cfg.pack_budget`` tokens
-    (``cfg``: gold's config: pack_budget, pack_separator_tokens, pack_group_rows).
+def packing_plan(df: DataFrame, cfg, n_rows: int | None = None) -> DataFrame:
+    """``record_id, pack_id`` of the rows without a reject reason: rows sharing (split, pack_id)
+    fit in one row of ``cfg.pack_budget`` tokens (``cfg``: gold's config).
 
     Each split is cut into ``pack_groups(n_rows)`` groups by a hash of record_id, packed in
     parallel: a random sample of thousands of records packs as tightly as the whole split (only
-    each group's last, partly filled pack is extra). One Arrow group carries every column through
-    (no self-join, so the tokenizer runs once per consumer: Sail's ``cache()`` is a no-op). Rows
-    with a reject reason get a null pack_id.
+    each group's last, partly filled pack is extra). Only three narrow columns go through the
+    grouping, which the engine holds in memory whole (issue 16: carrying text and token ids
+    through it cost ~0.8 GiB at 150k records).
     """
-    schema = StructType(df.schema.fields + [StructField("pack_id", LongType())])
+    narrow = df.where(F.col("reason").isNull()).select("record_id", "split", "seq_len")
     groups = pack_groups(n_rows, cfg.pack_group_rows)
     pack = _pack_split(cfg.pack_budget, cfg.pack_separator_tokens, groups)
     if groups == 1:
-        return df.groupBy("split").applyInArrow(pack, schema)
-    keyed = df.withColumn(PACK_GROUP, F.pmod(F.xxhash64("record_id"), F.lit(groups)))
-    return keyed.groupBy("split", PACK_GROUP).applyInArrow(pack, schema)
+        return narrow.groupBy("split").applyInArrow(pack, PLAN_SCHEMA)
+    keyed = narrow.withColumn(PACK_GROUP, F.pmod(F.xxhash64("record_id"), F.lit(groups)))
+    return keyed.groupBy("split", PACK_GROUP).applyInArrow(pack, PLAN_SCHEMA)
+
+
+def plan_packing(df: DataFrame, cfg, n_rows: int | None = None) -> DataFrame:
+    """Add ``pack_id`` (null for rows with a reject reason) by joining the packing plan back.
+
+    ``df`` is read twice (plan, join): pass a materialized frame, or the work before it runs
+    twice (``build_gold`` checkpoints its tokenized rows for that).
+    """
+    return lookup_join(packing_plan(df, cfg, n_rows), df, "record_id")

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
+from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.lock import ConcurrentRunError, exclusive
 from dolly_spark.prep.accounting import StageCount, check_invariant, metrics_frame
 from dolly_spark.prep.clean import (
@@ -74,6 +75,10 @@ class PrepareConfig(Location):
     # else any. ``--categories`` (clean.categories) sets it from the command line.
     categories: tuple[str, ...] | str | None = field(default=None, metadata={"cli": False})
     experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
+    ingest_chunk_mb: int = field(
+        default=128,
+        metadata={"help": "JSON lines files larger than this are read by several tasks, in ranges this big"},
+    )
     until: str = field(default=STAGES[-1], metadata={"help": "stop after this stage", "choices": STAGES})
     # Nested parts: YAML ``clean: {...}``, ``dedup: {...}``, ``gold: {...}``; flags --max-instruction-chars,
     # --dedup-threshold, --max-seq-len (dedup's flags keep their prefix, the others have none).
@@ -82,6 +87,8 @@ class PrepareConfig(Location):
     gold: GoldConfig = field(default_factory=GoldConfig, metadata={"flag_prefix": ""})
 
     def __post_init__(self):
+        if self.ingest_chunk_mb < 1:
+            raise ValueError(f"ingest_chunk_mb: expected a positive number of MiB, got {self.ingest_chunk_mb}")
         if isinstance(self.categories, str) and self.categories != ANY_CATEGORY:
             raise ValueError(f"categories: expected 'any' or a list, got {self.categories!r}")
         if isinstance(self.categories, (list, tuple)) and not all(isinstance(c, str) for c in self.categories):
@@ -107,15 +114,20 @@ class PrepareConfig(Location):
             cats = (ANY_CATEGORY,)
         return dataclasses.replace(self.clean, categories=cats)
 
+    def work_dir(self, purpose: str) -> str | None:
+        """Intermediates of one stage: ``--dedup-work-dir`` when given (dedup and gold share it),
+        else ``<output root>/_work/<purpose>`` (each run in its own uuid subdir)."""
+        if self.dedup.work_dir or not self.output_root:
+            return self.dedup.work_dir
+        return str(Path(self.output_root).resolve() / "_work" / purpose)
+
     def dedup_config(self) -> DedupConfig:
         """Intermediates under the output root (never a driver temp dir on a cluster); of records
         duplicated across sources, the earliest listed source's is kept."""
         dedup = self.dedup
         if len(self.source_list()) > 1 and not dedup.source_priority:
             dedup = dataclasses.replace(dedup, source_priority=tuple(s.source_name for s in self.source_list()))
-        if dedup.work_dir or not self.output_root:
-            return dedup
-        return dataclasses.replace(dedup, work_dir=str(Path(self.output_root).resolve() / "_work" / "dedup"))
+        return dataclasses.replace(dedup, work_dir=self.work_dir("dedup"))
 
 
 @dataclass
@@ -181,15 +193,16 @@ def _check_lease(spark, names: tables.TableNames) -> None:
 
 
 def _clean_stale_work_dirs(cfg: PrepareConfig) -> None:
-    """Dedup intermediates of killed runs (``_work/dedup/<uuid>``): stale, since we hold the root."""
+    """Intermediates of killed runs (``_work/{dedup,gold}/<uuid>``): stale, since we hold the root."""
     if cfg.dedup.work_dir or not cfg.output_root:
         return  # a user-chosen work dir may be shared with other roots: not ours to clean
-    work = Path(cfg.dedup_config().work_dir)
-    stale = [p for p in work.iterdir() if p.is_dir()] if work.is_dir() else []
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    if stale:
-        log.info("removed %d stale dedup work dir(s) under %s", len(stale), work)
+    for purpose in ("dedup", "gold"):
+        work = Path(cfg.work_dir(purpose))
+        stale = [p for p in work.iterdir() if p.is_dir()] if work.is_dir() else []
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        if stale:
+            log.info("removed %d stale %s work dir(s) under %s", len(stale), purpose, work)
 
 
 def _clear_downstream(spark, names: tables.TableNames, until: str, versions: dict[str, int]) -> None:
@@ -230,7 +243,8 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
     t0 = time.time()
     sources = cfg.source_list()
     clean_cfg = cfg.clean_config()
-    bronze = read_sources(spark, sources)  # every source checked here, before any write
+    # Every source is checked here, before any write.
+    bronze = read_sources(spark, sources, cfg.ingest_chunk_mb * 1024 * 1024)
     versions["bronze"] = tables.write_table(
         spark, bronze, names.bronze, comment="input records as ingested, malformed ones included, with their source"
     )
@@ -262,7 +276,7 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
         )
         # The engine does not cache: validate again only the rows silver left out (few), not all.
         # A left-out row without a reason would be lost; the invariant below catches that.
-        left_out = bronze_df.join(tables.read_table(spark, names.silver).select("record_id"), "record_id", "left_anti")
+        left_out = anti_join(bronze_df, tables.read_table(spark, names.silver), "record_id")
         silver_q = quarantine_rows(validate(left_out, clean_cfg), "silver")
         if cfg.until == "gold":
             # Held back: gold writes quarantine once, with its own rejects, so a killed run leaves
@@ -323,6 +337,7 @@ def _run(cfg: PrepareConfig, spark, run_id: str) -> PrepareResult:
             other_quarantine=silver_q_rows,
             input_rows=out_rows,
             weights=weights(sources),
+            work_dir=cfg.work_dir("gold"),
         )
         versions.update(g["versions"])
         gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]

@@ -351,18 +351,17 @@ def mapped_frame(df: DataFrame, src: SourceConfig, version: int | None) -> DataF
     )
 
 
-def _dolly_lines(spark, src: SourceConfig, fmt: str, location: str, files: list[str]) -> DataFrame:
+def _dolly_lines(
+    spark, src: SourceConfig, fmt: str, location: str, files: list[str], chunk_bytes: int | None = None
+) -> DataFrame:
     """dolly-15k's own JSON lines go through the line ingest, which keeps malformed lines."""
-    from dolly_spark.prep.ingest import read_bronze
+    from dolly_spark.prep.ingest import read_bronze, sample_keys
 
     if fmt == "jsonl" and files:
-        try:
-            cols = spark.read.json(files).columns
-        except Exception:
-            cols = None  # malformed lines: the line ingest quarantines them
-        # No columns: the engine's listing skipped the file ('_'/'.' names) or it is empty; the
-        # line ingest reads it by name and accounts for every line.
-        if cols and "_corrupt_record" not in cols:
+        # The first lines of the first files, read on the driver: inferring a schema would be a
+        # pass over all the data. Malformed lines are skipped here; the line ingest quarantines them.
+        cols = sample_keys(files)
+        if cols:
             missing = [c for c in REQUIRED if c not in cols]
             if missing:
                 raise SourceError(
@@ -370,17 +369,18 @@ def _dolly_lines(spark, src: SourceConfig, fmt: str, location: str, files: list[
                     f"its columns are {sorted(cols)} (set preset or columns)"
                 )
     target = location if fmt == "hub" else (location if Path(location).exists() else None)
-    frames = [read_bronze(spark, target)] if target else [read_bronze(spark, f) for f in files]
+    split = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
+    frames = [read_bronze(spark, target, **split)] if target else [read_bronze(spark, f, **split) for f in files]
     bronze = frames[0]
     for f in frames[1:]:
         bronze = bronze.unionByName(f)
     return bronze.withColumn("source", F.lit(src.source_name)).withColumn("source_version", F.lit(None).cast("long"))
 
 
-def read_source(spark, src: SourceConfig) -> DataFrame:
+def read_source(spark, src: SourceConfig, chunk_bytes: int | None = None) -> DataFrame:
     fmt, location, files = resolve(src)
     if src.is_dolly() and fmt in ("jsonl", "hub") and (fmt != "hub" or src.uri.rstrip("/") == DOLLY_HUB_ID):
-        return _dolly_lines(spark, src, fmt, location, files)
+        return _dolly_lines(spark, src, fmt, location, files, chunk_bytes)
     if fmt == "hub":
         fmt, files = _hub_files(src)
     df, version = _read_frame(spark, src, fmt, location, files)
@@ -397,7 +397,7 @@ def check_names(sources: list[SourceConfig]) -> None:
         seen[s.source_name] = s.uri
 
 
-def read_sources(spark, sources: list[SourceConfig]) -> DataFrame:
+def read_sources(spark, sources: list[SourceConfig], chunk_bytes: int | None = None) -> DataFrame:
     """Bronze rows of every source (``source``, ``source_version`` included), checked up front.
 
     Mapped sources hash their name into their ids. Line-ingested dolly sources after the first are
@@ -409,7 +409,7 @@ def read_sources(spark, sources: list[SourceConfig]) -> DataFrame:
     check_names(sources)
     frames = []
     for i, src in enumerate(sources):
-        df = read_source(spark, src)
+        df = read_source(spark, src, chunk_bytes)
         if i > 0 and src.is_dolly():
             df = df.withColumn(
                 "record_id", F.substring(F.sha2(F.concat_ws("\x00", F.lit(src.source_name), "record_id"), 256), 1, 20)

@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 
 from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import Location
+from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import RESULT_COLUMNS, RESULT_DDL
 from dolly_spark.ops.session import engine_name
 from dolly_spark.serve.generate import GenerationConfig
@@ -414,7 +415,7 @@ def run(cfg: ScoreConfig, spark, after_chunk=None) -> ScoreResult:
     pending = unique
     if tables.table_exists(spark, target):
         done = tables.read_table(spark, target).filter(F.col("model_version") == F.lit(model.version)).select("row_key")
-        pending = unique.join(done, "row_key", "left_anti")
+        pending = anti_join(unique, done, "row_key")
     n_pending = pending.count()
     log.info("[2/4] %d input rows, %d duplicate keys, %d to score", total, duplicates, n_pending)
     result = ScoreResult(0, total - duplicates, 0, total, None, cfg.model_uri, model.version, duplicates)

@@ -157,8 +157,9 @@ def eval_datasets_by_category(rows: Iterable[dict], max_seq_len: int, max_per_ca
 
 
 def label_token_counts(datasets_by_cat: dict) -> dict[str, int]:
+    """Label tokens per category; each set is a ``datasets.Dataset`` or ``lazy.LazyExamples``."""
     return {
-        cat: sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in ds["labels"])
+        cat: sum(sum(1 for t in ds[i]["labels"] if t != IGNORE_INDEX) for i in range(len(ds)))
         for cat, ds in datasets_by_cat.items()
     }
 

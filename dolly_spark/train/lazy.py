@@ -1,4 +1,4 @@
-"""Training examples built on demand from the Arrow-backed shards, not held as Python lists.
+"""Training and eval examples built on demand from the Arrow-backed shards, not held as Python lists.
 
 ``datasets`` memory-maps the Parquet shards' Arrow cache; the plan (which rows form each packed
 example) reads only the small columns and the token-list lengths, and ``LazyExamples`` gathers an
@@ -95,3 +95,20 @@ class LazyExamples:
 def lazy_examples(ds, pack: bool, max_seq_len: int) -> tuple[LazyExamples, BuildStats]:
     plan, lengths, stats = plan_examples(ds, pack, max_seq_len)
     return LazyExamples(ds, plan, lengths, max_seq_len), stats
+
+
+def lazy_eval_sets(ds, max_seq_len: int, max_per_category: int | None = None) -> dict[str, LazyExamples]:
+    """One unpacked eval set per category from the memory-mapped eval shards, as
+    ``data.eval_datasets_by_category`` builds them from Python rows: records in ``record_id``
+    order, the first ``max_per_category`` kept, categories without an example left out."""
+    table = ds.with_format("arrow")[:]
+    by_cat: dict[str, list[tuple[str, int]]] = {}
+    for i, (cat, rid) in enumerate(zip(table.column("category").to_pylist(), table.column("record_id").to_pylist())):
+        by_cat.setdefault(cat, []).append((rid, i))
+    out = {}
+    for cat in sorted(by_cat):
+        rows = [i for _, i in sorted(by_cat[cat])][: max_per_category or None]
+        examples, _ = lazy_examples(ds.select(rows), pack=False, max_seq_len=max_seq_len)
+        if len(examples):
+            out[cat] = examples
+    return out

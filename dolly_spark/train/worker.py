@@ -299,12 +299,14 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
     cache_dir = str(local_scratch("hf_datasets", job.attempt))  # hot writes stay on local disk
-    columns = list(data.TRAIN_COLUMNS)
     # Train examples are built on demand from the memory-mapped shards (no rows as Python lists).
     max_seq_len = cfg.resolved_max_seq_len()
     train_ds, stats = lazy.lazy_examples(data.load_shards(job.train_files, cache_dir), cfg.pack, max_seq_len)
-    eval_rows = data.load_shards(job.eval_files, cache_dir).select_columns(columns).to_list() if job.eval_files else []
-    eval_sets = data.eval_datasets_by_category(eval_rows, max_seq_len, cfg.max_eval_records)
+    eval_sets = (
+        lazy.lazy_eval_sets(data.load_shards(job.eval_files, cache_dir), max_seq_len, cfg.max_eval_records)
+        if job.eval_files
+        else {}
+    )
     log.info(
         "train: %d records -> %d rows (pack=%s); eval: %s",
         stats.records_in,

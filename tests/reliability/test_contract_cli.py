@@ -49,6 +49,7 @@ def assert_nothing_written(root):
         (["--max-response-chars", "0"], "max_response_chars"),
         (["--max-seq-len", "4"], "max_seq_len"),
         (["--until", "platinum"], "--until"),
+        (["--ingest-chunk-mb", "0"], "ingest_chunk_mb"),
     ],
 )
 def test_bad_flag_values_fail_before_anything_is_written(capsys, tmp_path, data, flags, names):
