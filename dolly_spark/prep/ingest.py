@@ -63,7 +63,7 @@ _COUNT_SCHEMA = pa.schema([("path", pa.string()), ("start", pa.int64()), ("lines
 _COUNT_DDL = "path string, start long, lines long"
 _CHUNK_SCHEMA = "path string, kind string, start long, end long, first_line long"
 BATCH_LINES = 4096  # lines per Arrow batch a reading task yields: its memory bound
-MAX_READ_TASKS = 4096
+MAX_READ_TASKS = 4096  # partitions of the chunk list: many small files share tasks beyond this
 
 
 class InputUnavailableError(RuntimeError):
