@@ -65,6 +65,20 @@ def test_lazy_examples_keep_the_arrow_table_not_python_rows(tmp_path, rows):
     assert batch["input_ids"].shape[0] == 2 and batch["sample_index"].tolist() == [0, 1]
 
 
+def eager_eval_sets(rows, max_seq_len, max_per_category=None) -> dict:
+    """The eval sets from Python rows (what the worker built before ``lazy_eval_sets``)."""
+    by_cat: dict[str, list[dict]] = {}
+    for r in rows:
+        by_cat.setdefault(r["category"], []).append(r)
+    out = {}
+    for cat in sorted(by_cat):
+        cat_rows = sorted(by_cat[cat], key=lambda r: r["record_id"])[: max_per_category or None]
+        examples, _ = data.build_examples(cat_rows, pack=False, max_seq_len=max_seq_len)
+        if examples:
+            out[cat] = data.to_dataset(examples)
+    return out
+
+
 @pytest.mark.parametrize("cap", [None, 2])
 def test_lazy_eval_sets_equal_the_eager_ones(tmp_path, rows, cap):
     from dolly_spark.train.lazy import lazy_eval_sets
@@ -72,7 +86,7 @@ def test_lazy_eval_sets_equal_the_eager_ones(tmp_path, rows, cap):
     source = [dict(r, category=("a", "b", "c")[i % 3]) for i, r in enumerate(rows)]
     files = shards(tmp_path, list(reversed(source)), per_file=9)
     lazy = lazy_eval_sets(data.load_shards(files, str(tmp_path / "cache")), 400, cap)
-    eager = data.eval_datasets_by_category(source, 400, cap)
+    eager = eager_eval_sets(source, 400, cap)
     assert sorted(lazy) == sorted(eager) == ["a", "b", "c"]
     for cat in eager:
         assert [dict(lazy[cat][i]) for i in range(len(lazy[cat]))] == eager[cat].to_list()

@@ -123,3 +123,15 @@ def test_counting_pass_runs_only_for_split_files(spark, tmp_path, monkeypatch):
     monkeypatch.setattr(line_reader, "count_line_starts", lambda *a: calls.append(a) or 0)
     chunks = ingest.number_chunks(spark, plan_chunks([str(p)]))
     assert chunks == [Chunk(str(p), "text", 0, p.stat().st_size, 1)] and not calls
+
+
+def test_the_dolly_column_check_peeks_at_a_gzip_head_without_reading_it_through(tmp_path):
+    body = b"\n".join(json.dumps({**GOOD, "instruction": f"q{i}"}).encode() for i in range(2000)) + b"\n"
+    whole = gzip.compress(body)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])  # truncated: ingest makes it one corrupt_gzip row
+    assert ingest.sample_keys([str(cut)]) == set(GOOD)
+    assert ingest.sample_keys([str(cut)], lines_per_file=10**6) == set(GOOD)  # the cut ends the peek, no error
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"instruction": "Q\n[1, 2]\n')
+    assert ingest.sample_keys([str(bad)]) is None

@@ -13,13 +13,13 @@ the Hugging Face dataset id is resolved to a local file first.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import itertools
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,20 +27,17 @@ import pyarrow as pa
 from dolly_spark.ops.schemas import BRONZE_SCHEMA
 from dolly_spark.prep.line_reader import (
     DEFAULT_CHUNK_BYTES,
-    GZIP_MAGIC,
     TEXT,
-    UNSUPPORTED_COMPRESSION,
     Chunk,
     chunk_lines,
+    compression_problem,
     count_line_starts,
     file_kind,
+    kind_of,
     list_files,
     plan_chunks,
-    unsupported_compression,
     with_first_lines,
 )
-
-__all__ = ["UNSUPPORTED_COMPRESSION", "read_bronze", "split_file", "unsupported_compression"]
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +92,6 @@ def resolve_input(input_path: str) -> str:
     return str(p.resolve())
 
 
-def _file_compression_problem(path: Path) -> str | None:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not head.startswith(GZIP_MAGIC):
-        return unsupported_compression(head)
-    try:
-        with gzip.open(path, "rb") as g:
-            return unsupported_compression(g.read(8), inside_gzip=True)
-    except (OSError, EOFError):
-        return None  # a corrupt gzip: ingest records it as ``corrupt_gzip``
-
-
 def check_input(input_path: str) -> str:
     """Resolve ``--input`` and check it can be read, before anything is written.
 
@@ -118,7 +103,7 @@ def check_input(input_path: str) -> str:
     if not os.access(p, os.R_OK):
         raise PermissionError(f"--input {input_path!r} is not readable")
     if p.is_file():
-        problem = _file_compression_problem(p)
+        problem = compression_problem(lambda: open(p, "rb"))
         if problem:
             raise UnsupportedInputError(
                 f"--input {resolved}: {problem}; only plain or gzip-compressed JSON lines are read "
@@ -251,16 +236,23 @@ def sample_keys(paths: list[str], lines_per_file: int = 50, max_files: int = 100
     keys: set[str] = set()
     readable = False
     for path in paths[:max_files]:
-        with open(path, "rb") as f:
-            kind = file_kind(f.read(8))
-        lines = chunk_lines(lambda p=path: open(p, "rb"), kind, 0, os.path.getsize(path))
-        for _, text, err in itertools.islice(lines, lines_per_file):
-            if err is None and text.strip():
-                values, error, *_ = _parse_line(text)
-                if error is None:
+        lines = chunk_lines(lambda p=path: open(p, "rb"), kind_of(path), verify_gzip=False)
+        try:
+            for _, text, err in itertools.islice(lines, lines_per_file):
+                obj = _json_or_none(text) if err is None else None
+                if isinstance(obj, dict):
                     readable = True
-                    keys |= set(json.loads(text))
+                    keys |= set(obj)
+        except (OSError, EOFError, zlib.error):
+            continue  # a corrupt gzip: the line ingest quarantines it
     return keys if readable else None
+
+
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def with_record_ids(lines):

@@ -57,6 +57,21 @@ def unsupported_compression(head: bytes, inside_gzip: bool = False) -> str | Non
     return None
 
 
+def compression_problem(opener: Opener) -> str | None:
+    """What a file is compressed with that the reader does not read (``"bz2-compressed"``,
+    ``"gzip-compressed twice ..."``), from its first bytes; None for plain text, gzip or a corrupt
+    gzip (ingest records that as ``corrupt_gzip``)."""
+    with opener() as f:
+        head = f.read(8)
+    if not head.startswith(GZIP_MAGIC):
+        return unsupported_compression(head)
+    try:
+        with opener() as raw, gzip.GzipFile(fileobj=raw) as g:
+            return unsupported_compression(g.read(8), inside_gzip=True)
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
 def file_kind(head: bytes) -> str:
     if head.startswith(GZIP_MAGIC):
         return GZIP
@@ -76,6 +91,11 @@ class Chunk:
     start: int
     end: int
     first_line: int = 1
+
+
+def kind_of(path: str) -> str:
+    with open(path, "rb") as f:
+        return file_kind(f.read(8))
 
 
 def _hidden(name: str) -> bool:
@@ -103,9 +123,7 @@ def plan_chunks(paths: list[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> lis
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     out = []
     for path in paths:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            kind = file_kind(f.read(8))
+        size, kind = os.path.getsize(path), kind_of(path)
         if kind != TEXT or size <= chunk_bytes:
             out.append(Chunk(path, kind, 0, size))
             continue
@@ -175,11 +193,10 @@ def range_lines(f: BinaryIO, start: int, end: int) -> Iterator[Line]:
 def _gzip_problem(opener: Opener) -> str | None:
     """None for a whole, readable gzip stream; else its error. Read through once, so a truncated or
     corrupt file is one ``corrupt_gzip`` row, never a few lines and then an error."""
+    if compression_problem(opener):
+        return UNSUPPORTED_COMPRESSION
     try:
         with opener() as raw, gzip.GzipFile(fileobj=raw) as g:
-            problem = unsupported_compression(g.read(8), inside_gzip=True)
-            if problem:
-                return UNSUPPORTED_COMPRESSION
             while g.read(_BLOCK):
                 pass
     except (OSError, EOFError, zlib.error):
@@ -192,12 +209,16 @@ def _head(opener: Opener) -> bytes:
         return f.read(_RAW_KEEP)
 
 
-def chunk_lines(opener: Opener, kind: str, start: int = 0, end: int | None = None) -> Iterator[Line]:
-    """Every line of one chunk, streamed. Unreadable files give one line holding the error."""
+def chunk_lines(
+    opener: Opener, kind: str, start: int = 0, end: int | None = None, verify_gzip: bool = True
+) -> Iterator[Line]:
+    """Every line of one chunk, streamed. Unreadable files give one line holding the error.
+    ``verify_gzip=False`` (a peek at the first lines) skips the read-through of a gzip file; a
+    corrupt one then raises while being read."""
     if kind == UNSUPPORTED:
         yield _head(opener), None, UNSUPPORTED_COMPRESSION
     elif kind == GZIP:
-        problem = _gzip_problem(opener)
+        problem = _gzip_problem(opener) if verify_gzip else None
         if problem:
             yield _head(opener), None, problem
             return

@@ -140,22 +140,6 @@ def to_dataset(examples: list[dict]):
     return datasets.Dataset.from_list(indexed)
 
 
-def eval_datasets_by_category(rows: Iterable[dict], max_seq_len: int, max_per_category: int | None = None) -> dict:
-    """One unpacked eval dataset per category (eval loss per category)."""
-    by_cat: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_cat[r["category"]].append(r)
-    out = {}
-    for cat in sorted(by_cat):
-        cat_rows = sorted(by_cat[cat], key=lambda r: r["record_id"])
-        if max_per_category:
-            cat_rows = cat_rows[:max_per_category]
-        examples, _ = build_examples(cat_rows, pack=False, max_seq_len=max_seq_len)
-        if examples:
-            out[cat] = to_dataset(examples)
-    return out
-
-
 def label_token_counts(datasets_by_cat: dict) -> dict[str, int]:
     """Label tokens per category; each set is a ``datasets.Dataset`` or ``lazy.LazyExamples``."""
     return {

@@ -99,8 +99,8 @@ def lazy_examples(ds, pack: bool, max_seq_len: int) -> tuple[LazyExamples, Build
 
 def lazy_eval_sets(ds, max_seq_len: int, max_per_category: int | None = None) -> dict[str, LazyExamples]:
     """One unpacked eval set per category from the memory-mapped eval shards, as
-    ``data.eval_datasets_by_category`` builds them from Python rows: records in ``record_id``
-    order, the first ``max_per_category`` kept, categories without an example left out."""
+    unpacked examples of each category's records in ``record_id`` order, the first
+    ``max_per_category`` kept, categories without an example left out."""
     table = ds.with_format("arrow")[:]
     by_cat: dict[str, list[tuple[str, int]]] = {}
     for i, (cat, rid) in enumerate(zip(table.column("category").to_pylist(), table.column("record_id").to_pylist())):
