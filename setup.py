@@ -23,6 +23,8 @@ setup(
             "deepspeed==0.19.8",
             "safetensors==0.8.0",
             "mlflow==3.17.2",
+            "peft==0.21.2",  # --method lora|qlora
+            "bitsandbytes==0.50.2",  # --method qlora
         ],
         "dev": ["pytest==9.2.0", "ruff==0.17.6", "hypothesis==6.170.17", "jsonschema==4.26.0", "matplotlib==3.11.2"],
     },

@@ -10,7 +10,7 @@ and scores the pairs found:
   same planted family, or linked through a natural duplicate that ``deduplicate`` finds in the
   N originals alone (those are real duplicates in dolly-15k, not planting errors).
 
-Two planted classes target short records (issue 15):
+Two planted classes target short records:
 
 - ``subst_short``: a copy of a short record (every field at most 32 words, instruction and
   response at least 7) with one word substituted in the instruction and one, independently, in

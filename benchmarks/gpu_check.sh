@@ -11,10 +11,11 @@
 #                 models/{pythia-410m,pythia-1b}/config.json (a copy of ../shared/data's files)
 #
 # Steps (each under `timeout`, a failing step does not stop the others; the whole run stays under
-# ~7 minutes): install the wheels into /tmp/site; nvidia-smi and versions; plan.py's three target
-# plans; (a) train_mfu.py on random-init pythia-1b, bf16, ZeRO-3, one GPU, without and with gradient
-# checkpointing, 60 s each, printing measured peak memory next to plan.py's estimate; (b)
-# generate_throughput.py on random-init pythia-410m, batched vs per-prompt generation.
+# ~7 minutes): install the wheels into /tmp/site; nvidia-smi and versions; launch/plan.py's three target
+# plans, plus pythia-12b's full/lora/qlora plans on one A100 80 GB and one A10 24 GB; (a) train_mfu.py
+# on random-init pythia-1b, bf16, ZeRO-3, one GPU, without and with gradient checkpointing, 60 s each,
+# printing measured peak memory next to launch/plan.py's estimate; (b) generate_throughput.py on
+# random-init pythia-410m, batched vs per-prompt generation.
 # Everything is teed into $OUT/gpu_check.log.
 set -u
 cd "$(dirname "$0")/.."
@@ -95,11 +96,12 @@ EOF
 plan_targets() {
     python3 - <<'EOF'
 import json
-from dolly_spark.train import plan as P
+from dolly_spark.launch import memory as M
+from dolly_spark.launch import plan as P
 
 cfg = json.load(open("shared-data/models/pythia-1b/config.json"))
-print("pythia-1b params", f"{P.model_shape(cfg).total_params:,}", "estimator:",
-      "deepspeed" if P.deepspeed_estimators() else "built-in copy")
+print("pythia-1b params", f"{M.model_shape(cfg).total_params:,}", "estimator:",
+      "deepspeed" if M.deepspeed_estimators() else "built-in copy")
 c12 = {"hidden_size": 5120, "intermediate_size": 20480, "max_position_embeddings": 2048, "num_attention_heads": 40,
        "num_hidden_layers": 36, "tie_word_embeddings": False, "vocab_size": 50688}
 base = dict(gpu_family="a100", gpus_per_node=8, zero_stage=3, per_device_batch=6, seq_len=2048,
@@ -109,9 +111,18 @@ cases = {
     "8xA100-40GB ckpt off": dict(base, gpu_memory_gb=40, gradient_checkpointing=False),
     "1xA10-24GB ckpt on": dict(base, gpu_family="a10", gpu_memory_gb=24, gpus_per_node=1, gradient_checkpointing=True),
 }
+# --method: one GPU each; lora and qlora at their usual ZeRO-2 (zero_stage None), full at ZeRO-3
+one = dict(base, gpus_per_node=1, zero_stage=None, gradient_checkpointing=True)
+cases.update({
+    "1xA100-80GB lora": dict(one, gpu_memory_gb=80, method="lora"),
+    "1xA100-80GB full": dict(one, gpu_memory_gb=80, method="full"),
+    "1xA10-24GB lora": dict(one, gpu_family="a10", gpu_memory_gb=24, per_device_batch=4, method="lora"),
+    "1xA10-24GB qlora": dict(one, gpu_family="a10", gpu_memory_gb=24, per_device_batch=4, method="qlora"),
+})
 for name, kw in cases.items():
     r = P.plan(c12, **kw)
-    print(f"PLAN {name}: fits={r['fits']} est={r['est_gpu_mem_gb']} GB host={r['est_host_mem_gb']} GB "
+    print(f"PLAN {name}: method={r['method']} zero={r['zero_stage']} trainable={r['trainable_params']:,} "
+          f"fits={r['fits']} est={r['est_gpu_mem_gb']} GB host={r['est_host_mem_gb']} GB "
           f"records/step={r['records_per_step']} steps={r['total_steps']} fix={r['fix']!r}")
 EOF
 }

@@ -224,7 +224,10 @@ from dolly_spark.serve import score
 if sys.argv[3] == "stub":
     import prep_scaling
     score.generation_udf = prep_scaling.stub_generation_udf
-score.run(score.ScoreConfig(**json.loads(sys.argv[1])), get_spark("score_bench_child"))
+from dolly_spark.serve.generate import GenerationConfig
+args = json.loads(sys.argv[1])
+args["generation"] = GenerationConfig(**args["generation"])
+score.run(score.ScoreConfig(**args), get_spark("score_bench_child"))
 """
 
 
@@ -238,6 +241,7 @@ def score_check(spark, n: int, work: Path, chunk_rows: int, kill_after: int, mod
 
     from dolly_spark.ops import tables
     from dolly_spark.serve import score
+    from dolly_spark.serve.generate import GenerationConfig
     from tests.tiny_model import save_tiny_model
 
     root = work / "score"
@@ -253,10 +257,8 @@ def score_check(spark, n: int, work: Path, chunk_rows: int, kill_after: int, mod
     cfg = dict(
         model_uri=str(model),
         output_root=str(root),
-        split="",
-        greedy=True,
-        max_new_tokens=1,
-        batch_size=256,
+        split="all",
+        generation={"greedy": True, "max_new_tokens": 1, "batch_size": 256},
         chunk_rows=chunk_rows,
     )
     target = Path(names.predictions.path)
@@ -285,7 +287,7 @@ def score_check(spark, n: int, work: Path, chunk_rows: int, kill_after: int, mod
     if model_kind == "stub":
         score.generation_udf = stub_generation_udf
     with PeakRSS() as mem:
-        rerun = score.run(score.ScoreConfig(**cfg), spark)
+        rerun = score.run(score.ScoreConfig(**{**cfg, "generation": GenerationConfig(**cfg["generation"])}), spark)
     preds = tables.read_table(spark, names.predictions)
     total, keys = preds.count(), preds.select("row_key", "model_version").distinct().count()
     return {

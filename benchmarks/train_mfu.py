@@ -3,7 +3,7 @@
 GPU (lent H100/H200):   python benchmarks/train_mfu.py --device cuda --seconds 180
 GPU, memory vs plan:    python benchmarks/train_mfu.py --device cuda --models pythia-1b --zero-stage 3 \
                             --checkpointing both --seconds 60
-CPU smoke (no GPU):     python benchmarks/train_mfu.py --device cpu --tiny --steps 3   (or --dry-run)
+CPU smoke (no GPU):     python benchmarks/train_mfu.py --device cpu --models tiny --steps 3   (or --dry-run)
 
 MFU = (6 * N * tokens/s + attention FLOPs/s) / peak, where N counts every weight that takes part
 in a matmul (the input embedding lookup does not), the attention term is 12 * layers * hidden *
@@ -11,7 +11,7 @@ seq_len per token (PaLM appendix B; full causal rows, an upper bound for packed 
 peak is measured in this same process by a large matmul in the training dtype, so the ratio
 does not depend on a datasheet. Anchor: ~46% MFU for a 3B model on H100 (LLM Foundry).
 
-Every run also prints ``dolly_spark.train.plan``'s memory estimate for exactly that setup (one GPU,
+Every run also prints ``dolly_spark.launch.plan``'s memory estimate for exactly that setup (one GPU,
 same micro-batch, seq_len, ZeRO stage, checkpointing) and, on CUDA, the measured peaks next to it:
 torch.cuda.max_memory_allocated / max_memory_reserved, and the device's used memory (reserved +
 CUDA context, from cudaMemGetInfo) at the end of the timed loop, with their ratios to the estimate.
@@ -34,6 +34,10 @@ SHARED = Path(os.environ.get("DOLLY_SHARED_DATA", REPO.parent / "shared" / "data
 ANCHOR_MFU = 0.46
 GiB = 2**30
 VOCAB = 50280  # the Dolly tokenizer's size (gpt-neox-20b + Dolly's special tokens)
+TINY = "tiny"  # dolly_spark.train.model.TINY_MODEL: the random-init few-MB GPT-NeoX
+# The planner now sits on the driver side (launch/); carried wheels may predate the move.
+PLAN_MODULES = ("dolly_spark.launch.plan", "dolly_spark.train.plan")
+MEMORY_MODULES = ("dolly_spark.launch.memory", "dolly_spark.train.memory", "dolly_spark.train.plan")
 
 
 def import_first(*names: str):
@@ -102,10 +106,10 @@ def packed_rows(tokenizer_dir: Path, seq_len: int, max_records: int):
     return examples
 
 
-def model_config(name: str, tiny: bool, vocab: int, seq_len: int):
+def model_config(name: str, vocab: int, seq_len: int):
     from transformers import AutoConfig
 
-    if tiny:
+    if name == TINY:
         return import_first("dolly_spark.train.model").tiny_config(vocab, seq_len)
     cfg = AutoConfig.from_pretrained(str(SHARED / "models" / name / "config.json"))
     cfg.vocab_size = vocab
@@ -114,8 +118,8 @@ def model_config(name: str, tiny: bool, vocab: int, seq_len: int):
 
 
 def plan_estimate(args, cfg, checkpointing: bool, device_type: str) -> dict:
-    """dolly_spark.train.plan for exactly this run: one GPU, this micro-batch, seq_len, stage, checkpointing."""
-    plan_mod = import_first("dolly_spark.train.plan")
+    """dolly_spark.launch.plan for exactly this run: one GPU, this micro-batch, seq_len, stage, checkpointing."""
+    plan_mod = import_first(*PLAN_MODULES)
     keys = (
         "hidden_size",
         "num_hidden_layers",
@@ -155,7 +159,7 @@ def plan_estimate(args, cfg, checkpointing: bool, device_type: str) -> dict:
         "plan_overhead_gib": b["overhead"],
         "plan_fits": p["fits"],
         "plan_params": p["params"],
-        "plan_logits_bytes_per_token_vocab": plan_mod.LOGITS_BYTES_PER_TOKEN_VOCAB,
+        "plan_logits_bytes_per_token_vocab": import_first(*MEMORY_MODULES).LOGITS_BYTES_PER_TOKEN_VOCAB,
     }
 
 
@@ -180,7 +184,7 @@ def bench_one(args, name: str, examples, checkpointing: bool) -> dict:
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = model_config(name, args.tiny, VOCAB, args.seq_len)
+    cfg = model_config(name, VOCAB, args.seq_len)
     if device.type == "cuda":
         cfg._attn_implementation = "sdpa"
         gc.collect()
@@ -248,7 +252,7 @@ def bench_one(args, name: str, examples, checkpointing: bool) -> dict:
     flops_per_token = 6 * n_matmul + 12 * L * H * args.seq_len
     peak = measure_peak_flops(device, dtype, 8192 if device.type == "cuda" else 512, 50 if device.type == "cuda" else 5)
     out = {
-        "model": "tiny" if args.tiny else name,
+        "model": name,
         "params_matmul": n_matmul,
         "params_total": n_total,
         "steps_timed": step - warmup,
@@ -291,7 +295,7 @@ def bench_one(args, name: str, examples, checkpointing: bool) -> dict:
 
 def logits_probe(batch: int, seq_len: int, hidden: int, vocab: int) -> dict:
     """Peak memory of the LM head + causal-LM loss alone (bf16, as in GPTNeoXForCausalLM) per
-    token x vocab entry: calibrates plan.LOGITS_BYTES_PER_TOKEN_VOCAB. The weight and hidden-state
+    token x vocab entry: calibrates memory.LOGITS_BYTES_PER_TOKEN_VOCAB. The weight and hidden-state
     gradients (known sizes) are subtracted."""
     import torch
     from transformers.loss.loss_utils import ForCausalLMLoss
@@ -356,8 +360,11 @@ def print_memory(res: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--models", default="pythia-1b,dolly-v2-3b", help="configs under shared/data/models, tried in order")
-    p.add_argument("--tiny", action="store_true", help="tiny GPT-NeoX instead (CPU smoke)")
+    p.add_argument(
+        "--models",
+        default="pythia-1b,dolly-v2-3b",
+        help=f"configs under shared/data/models, tried in order; {TINY!r}: the tiny GPT-NeoX (CPU smoke)",
+    )
     p.add_argument("--steps", type=int, default=0, help="timed steps (0: run --seconds)")
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--warmup", type=int, default=5)
@@ -373,17 +380,17 @@ def main(argv=None) -> int:
     )
     p.add_argument("--max-records", type=int, default=15011)
     p.add_argument("--tokenizer", default=str(SHARED / "tokenizer" / "gpt-neox-20b"))
-    p.add_argument("--dry-run", action="store_true", help="same as --device cpu --tiny --steps 3 --seq-len 256")
+    p.add_argument("--dry-run", action="store_true", help="same as --device cpu --models tiny --steps 3 --seq-len 256")
     args = p.parse_args(argv)
     if args.checkpointing is None:
         args.checkpointing = "on" if args.gradient_checkpointing else "off"
     variants = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     if args.dry_run:
-        args.device, args.tiny, args.steps, args.seq_len, args.batch_size = "cpu", True, 3, 256, 2
+        args.device, args.models, args.steps, args.seq_len, args.batch_size = "cpu", TINY, 3, 256, 2
     if args.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-        if args.tiny and args.seq_len == 2048:
+        if args.models == TINY and args.seq_len == 2048:
             args.seq_len = 256
         args.max_records = min(args.max_records, 400)
     for k, v in {
@@ -401,12 +408,12 @@ def main(argv=None) -> int:
     examples = packed_rows(Path(args.tokenizer), args.seq_len, args.max_records)
     fill = sum(len(e["input_ids"]) for e in examples) / (len(examples) * args.seq_len)
     print(f"packed {len(examples)} rows of <= {args.seq_len} tokens, fill {fill:.1%} ({time.perf_counter() - t:.1f}s)")
-    names = ["tiny"] if args.tiny else args.models.split(",")
+    names = args.models.split(",")
     if args.device == "cuda":
         try:
-            cfg0 = model_config(names[0], args.tiny, VOCAB, args.seq_len)
+            cfg0 = model_config(names[0], VOCAB, args.seq_len)
             probe = logits_probe(args.batch_size, args.seq_len, cfg0.hidden_size, VOCAB)
-            plan_const = import_first("dolly_spark.train.plan").LOGITS_BYTES_PER_TOKEN_VOCAB
+            plan_const = import_first(*MEMORY_MODULES).LOGITS_BYTES_PER_TOKEN_VOCAB
             print(
                 f"LOGITS probe batch {args.batch_size} seq {args.seq_len} vocab {VOCAB}: peak "
                 f"{probe['peak_gib']:.2f} GiB -> {probe['bytes_per_token_vocab']:.2f} bytes per token x vocab "

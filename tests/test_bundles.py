@@ -6,10 +6,7 @@ Broken copies are generated from the real files in tmp_path, so they cannot drif
 from __future__ import annotations
 
 import argparse
-import ast
-import runpy
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,6 @@ BUNDLE = REPO / "bundles"
 SETUP_PY = REPO / "setup.py"
 SCHEMA = SHARED / "databricks-bundle-schema" / "jsonschema.json"
 VOLUME = "/Volumes/${var.catalog}/${var.schema}/${var.volume}/"
-JOB_SCRIPTS = ("prepare", "report", "train", "register", "evaluate", "score")
 
 
 @pytest.fixture(scope="module")
@@ -206,24 +202,6 @@ def test_wheel_libraries_point_at_the_wheel_the_artifact_builds(bundle):
     assert (BUNDLE / artifact["path"]).resolve() == REPO and (REPO / "setup.py").exists()
     assert bc.find_setup_py(bundle) == SETUP_PY
     assert bc.library_problems(bundle) == []
-
-
-@pytest.mark.parametrize("command", JOB_SCRIPTS)
-def test_job_scripts_call_the_module_main_with_argv(command):
-    script = REPO / "jobs" / f"{command}.py"
-    tree = ast.parse(script.read_text())
-    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert (cli.COMMANDS[command], "main") in imports
-    calls = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
-    assert "main(sys.argv[1:])" in calls
-
-
-def test_prepare_job_script_runs_the_real_prepare_parser(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["prepare.py", "--help"])
-    with pytest.raises(SystemExit) as exc:
-        runpy.run_path(str(REPO / "jobs" / "prepare.py"), run_name="__main__")
-    assert exc.value.code == 0
-    assert "--output-root" in capsys.readouterr().out
 
 
 # --- deliberately broken copies -------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_prepare_takes_the_dedup_work_dir_flag():
 def test_each_deepspeed_release_builds_its_ops_in_its_own_cache(monkeypatch):
     import importlib.metadata
 
-    from dolly_spark.launch.launcher import worker_env
+    from dolly_spark.launch.processes import worker_env
 
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     env = worker_env("cpu")

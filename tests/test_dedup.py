@@ -19,14 +19,21 @@ from dolly_spark.prep.dedup import (
     capped_bucket_stats,
     dedup_metrics,
     deduplicate,
+    exact_duplicates,
     exact_groups,
+    lsh_candidate_pairs,
     minhash_signatures,
+    near_duplicate_clusters,
     normalize_for_matching,
     optimal_bands_rows,
     permutations,
+    removed_records,
     shared_buckets,
     shingle_hashes,
+    shingle_survivors,
+    verified_edges,
     verify_pairs,
+    with_lineage,
 )
 from dolly_spark.prep.dedup_clusters import clusters, clusters_label_propagation, clusters_union_find
 from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
@@ -324,6 +331,40 @@ def test_deduplicate_partitions_rows_with_lineage(spark):
         assert m["bands"] * m["rows"] <= 128 and m["candidate_pairs"] >= m["verified_pairs"] >= 1
     finally:
         result.cleanup()
+
+
+def test_the_stages_of_deduplicate_one_by_one(spark, tmp_path):
+    """What each stage hands the next: exact groups, one survivor per group, candidate pairs,
+    verified edges, near-duplicate representatives, then the removed rows with their lineage."""
+    cfg, df, work = DedupConfig(fields="instruction_context"), silver(spark, ROWS), WorkDir(str(tmp_path))
+    exact = exact_duplicates(df, cfg, work)
+    assert {r["record_id"]: r["exact_rep"] for r in exact.collect()} == {
+        "r1": "r1",
+        "r2": "r1",
+        "r3": "r3",
+        "r4": "r4",
+        "r5": "r5",
+        "r6": "r4",
+    }
+    shingled = shingle_survivors(exact, df, cfg, work)
+    assert sorted(r["record_id"] for r in shingled.collect()) == ["r1", "r3", "r4", "r5"]
+    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work, bands, rows)
+    assert ("r1", "r3") in {(r["id_a"], r["id_b"]) for r in pairs.collect()}
+    assert pair_stats["candidate_pairs"] == pairs.count() and pair_stats["capped_buckets"] == 0
+    edges, edge_stats = verified_edges(pairs, shingled, cfg, work)
+    assert [(r["id_a"], r["id_b"]) for r in edges.collect()] == [("r1", "r3")] and edge_stats == {"verified_pairs": 1}
+    near, cluster_stats = near_duplicate_clusters(edges, shingled, cfg, work)
+    assert {r["record_id"]: r["near_rep"] for r in near.collect()} == {"r1": "r1", "r3": "r1"}
+    assert cluster_stats == {"components_method": "union_find"}
+    removed = removed_records(exact, near, shingled, work)
+    assert {r["record_id"]: (r["kept_record_id"], r["method"]) for r in removed.collect()} == {
+        "r2": ("r1", "exact"),
+        "r3": ("r1", "minhash"),
+        "r6": ("r4", "exact"),
+    }
+    lineage = {r["record_id"]: r for r in with_lineage(removed, df).collect()}
+    assert lineage["r3"]["category"] == "general_qa" and set(lineage) == {"r2", "r3", "r6"}
 
 
 def test_default_counts_the_answer_too(spark):

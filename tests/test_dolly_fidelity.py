@@ -166,7 +166,7 @@ def test_preset_steps_per_epoch_equal_dollys(preset_gold, dolly_reference):
             "dolly",
             "--output-root",
             str(root),
-            "--model",
+            "--base-model",
             str(SHARED / "models" / "pythia-12b" / "config.json"),
         ],
         prog="t",

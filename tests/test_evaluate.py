@@ -12,7 +12,7 @@ from dolly_spark.ops import tables
 from dolly_spark.prep.gold import tokenize_texts
 from dolly_spark.serve import evaluate
 from dolly_spark.serve.evaluate import EvaluateConfig
-from dolly_spark.serve.generate import load_for_generation
+from dolly_spark.serve.generate import GenerationConfig, load_for_generation
 from dolly_spark.text.prompts import format_text
 from dolly_spark.text.tokenizer import load_fast_tokenizer
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
@@ -102,6 +102,23 @@ def test_loss_by_category_is_token_weighted():
     assert out.loc["a", "perplexity"] == pytest.approx(math.exp(0.5))
 
 
+def test_summarise_losses_weights_sources_by_tokens_and_skips_unnamed_ones():
+    agg = pd.DataFrame(
+        {
+            "category": ["a", "a", "b", "b"],
+            "source": ["own", "dolly", "own", ""],
+            "records": [1, 2, 3, 4],
+            "loss_sum": [1.0, 6.0, 9.0, 8.0],
+            "loss_tokens": [1, 3, 3, 4],
+        }
+    )
+    losses, by_source = evaluate.summarise_losses(agg)
+    assert by_source == {"dolly": pytest.approx(2.0), "own": pytest.approx(2.5)}  # (1 + 9) / (1 + 3)
+    per_category = losses.set_index("category")
+    assert per_category.loc["a", "loss"] == pytest.approx(7.0 / 4) and per_category.loc["b", "records"] == 7
+    assert per_category.loc[evaluate.ALL, "loss"] == pytest.approx(24.0 / 11)
+
+
 def test_fixed_sample_is_deterministic_and_seeded(spark):
     df = spark.createDataFrame([(f"r{i}",) for i in range(50)], "record_id string")
     a = [r["record_id"] for r in evaluate.fixed_sample(df, 7).collect()]
@@ -117,9 +134,12 @@ def test_evaluate_writes_generations_and_logs_to_mlflow(spark, gold, tiny_model_
 
     root, rows = gold
     cfg = EvaluateConfig(
-        model_uri=str(tiny_model_dir), output_root=str(root), sample_size=8, max_new_tokens=6, batch_size=4
+        model_uri=str(tiny_model_dir),
+        output_root=str(root),
+        sample_size=8,
+        generation=GenerationConfig(greedy=True, max_new_tokens=6, batch_size=4),
     )
-    res, run_id = evaluate_cmd.tracked(cfg, spark)  # the command: evaluate.run under its MLflow run
+    res, run_id = evaluate_cmd.run(cfg, spark)  # the command: evaluate.run under its MLflow run
     # loss per category from the UDF equals HF's loss summed over the eval rows, category by category
     model, _ = load_for_generation(str(tiny_model_dir))
     for c in CATEGORIES:

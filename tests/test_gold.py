@@ -112,7 +112,7 @@ def test_tokenize_texts_marks_missing_response_key(tok):
 def test_too_long_goes_to_quarantine_untruncated(spark):
     long_response = "word " * 200
     df = candidates(spark, [("short", "Q?", "", "A."), ("long", "Q?", "", long_response)])
-    built = gold.build_gold(df, cfg(max_seq_len=64), silver_version=3)
+    built = gold.build_gold(df, cfg(max_record_tokens=64), silver_version=3)
     assert [r.record_id for r in gold.gold_rows(built).collect()] == ["short"]
     q = gold.gold_quarantine_rows(built)
     assertDataFrameEqual(
@@ -127,12 +127,12 @@ def test_too_long_goes_to_quarantine_untruncated(spark):
     assert long_row.seq_len > 64 and len(long_row.input_ids) == long_row.seq_len and long_row.pack_id is None
 
 
-def test_separator_tokens_count_against_max_seq_len(spark, tok):
+def test_separator_tokens_count_against_max_record_tokens(spark, tok):
     text = prompts.format_text("Q?", "", "A.")
     n = len(tok.encode(text, add_special_tokens=False).ids)
     df = candidates(spark, [("r", "Q?", "", "A.")])
-    assert gold.gold_rows(gold.build_gold(df, cfg(max_seq_len=n), None)).count() == 1
-    assert gold.gold_rows(gold.build_gold(df, cfg(max_seq_len=n, pack_separator_tokens=1), None)).count() == 0
+    assert gold.gold_rows(gold.build_gold(df, cfg(max_record_tokens=n), None)).count() == 1
+    assert gold.gold_rows(gold.build_gold(df, cfg(max_record_tokens=n, pack_separator_tokens=1), None)).count() == 0
 
 
 # ---- 3. split ----------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_best_fit_decreasing_known_case_and_oversize():
 def test_plan_packing_per_split_skips_rejected(spark):
     rows = [("a", "train", 6, None), ("b", "train", 4, None), ("c", "eval", 5, None), ("d", "train", 9, "too_long")]
     df = spark.createDataFrame(rows, "record_id string, split string, seq_len int, reason string")
-    out = packing.plan_packing(df, cfg(max_seq_len=10)).select("record_id", "pack_id")
+    out = packing.plan_packing(df, cfg(max_record_tokens=10)).select("record_id", "pack_id")
     assertDataFrameEqual(
         out, spark.createDataFrame([("a", 0), ("b", 0), ("c", 0), ("d", None)], "record_id string, pack_id long")
     )
@@ -269,7 +269,7 @@ def test_write_gold_keeps_other_stages_and_is_idempotent(spark, tmp_path):
     tables.write_table(spark, silver_reject, names.quarantine)
     df = candidates(spark, [("short", "Q?", "", "A."), ("long", "Q?", "", "word " * 200)])
     for _ in range(2):  # a re-run replaces its own rejects
-        result = gold.write_gold(spark, names, df, cfg(max_seq_len=64), silver_version=1)
+        result = gold.write_gold(spark, names, df, cfg(max_record_tokens=64), silver_version=1)
     assert (result["gold_rows"], result["quarantined_rows"], result["quarantined_by_reason"]) == (1, 1, {"too_long": 1})
     q = tables.read_table(spark, names.quarantine).select("record_id", "stage", "reason", "line_number")
     assertDataFrameEqual(
@@ -334,7 +334,7 @@ def test_real_gold_counts_split_and_packing(spark, real_gold, tok):
         assert 0.003 < share < 0.035, (c, share)
     assert 150 < result["by_split"]["eval"] < 260
 
-    # Rejected rows really are longer than max_seq_len (not truncated: their text is intact).
+    # Rejected rows really are longer than max_record_tokens (not truncated: their text is intact).
     q = tables.read_table(spark, names.quarantine).where("stage = 'gold'").select("record_id")
     long_texts = [
         r.text for r in gold.format_prompts(tables.read_table(spark, names.silver).join(q, "record_id")).collect()

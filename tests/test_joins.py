@@ -25,7 +25,8 @@ def test_lookup_join_is_a_left_join_keeping_the_wide_columns_first(spark):
     )
 
 
-def test_the_embedded_engine_runs_without_join_swapping(spark):
-    import os
+def test_the_embedded_engine_runs_without_join_swapping(spark, monkeypatch):
+    from dolly_spark.ops.session import engine_environ
 
-    assert os.environ.get("SAIL_OPTIMIZER__ENABLE_JOIN_SWAP") == "false"
+    monkeypatch.delenv("SAIL_OPTIMIZER__ENABLE_JOIN_SWAP", raising=False)
+    assert engine_environ()["SAIL_OPTIMIZER__ENABLE_JOIN_SWAP"] == "false"  # set while the server is built

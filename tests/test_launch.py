@@ -3,6 +3,8 @@
 One session-scoped training run is shared; the resume test adds a crashed run and its resume.
 """
 
+import dataclasses
+import io
 import json
 import os
 import sys
@@ -11,14 +13,20 @@ from pathlib import Path
 import pytest
 
 from dolly_spark.commands import train as train_cmd
+from dolly_spark.launch import failures, processes
 from dolly_spark.launch import launcher as launch
-from dolly_spark.train.config import TrainConfig
+from dolly_spark.launch.config import TrainJobConfig
+from dolly_spark.launch.staging import StagedGold
+from dolly_spark.train.config import TrainConfig, WorkerJob
+from tests.reliability.fault_callback import FAULT_ENV, FAULT_SPEC
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows, write_gold
 
 STEPS = 30
+# Settings only the driver reads: they must never reach the ranks' job file.
+DRIVER_ONLY = {f.name for f in dataclasses.fields(TrainJobConfig)} - {f.name for f in dataclasses.fields(TrainConfig)}
 COMMON = dict(
-    tiny=True,
+    base_model="tiny",
     gpu_family="cpu",
     tokenizer=str(TOKENIZER_DIR),
     lr=2e-3,
@@ -55,7 +63,7 @@ def gold_root(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(spark, gold_root):
     root, rows = gold_root
-    cfg = TrainConfig(output_root=str(root), max_steps=STEPS, **COMMON)
+    cfg = TrainJobConfig(output_root=str(root), max_steps=STEPS, **COMMON)
     return rows, launch.run(cfg, spark)
 
 
@@ -71,6 +79,32 @@ def test_tiny_zero3_run_learns_and_reports(trained):
     assert result.gold_version == 0 and result.silver_version == 3
     saved = json.loads(Path(result.result_path).read_text())
     assert saved["final_step"] == STEPS and Path(result.result_path).parent == Path(result.model_dir).parent
+    assert (result.base_model, result.tiny) == ("tiny", True)
+
+
+def test_the_runs_job_file_holds_no_driver_only_setting(trained):
+    _, result = trained
+    job = json.loads((Path(result.staging_dir).parent / "run" / "job.json").read_text())
+    assert DRIVER_ONLY == {"plan", "gpu_memory_gb", "host_memory_gb", "check_fit"}
+    assert set(job["config"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_job_file_keeps_driver_only_settings_back(tmp_path):
+    cfg = TrainJobConfig(output_root=str(tmp_path), plan=True, gpu_memory_gb=80.0, host_memory_gb=64.0, check_fit=False)
+    run_ = launch.ResolvedRun(cfg, gold=None, plan={}, family="cpu", nproc=2, launcher="deepspeed")
+    staged = StagedGold(str(tmp_path), 0, None, ["t.parquet"], ["e.parquet"], 1, 1)
+    paths = launch.RunPaths(
+        tmp_path / "run", tmp_path / "ckpt", tmp_path / "model", "a1", tmp_path / "m", tmp_path / "h"
+    )
+    path = launch.worker_job(run_, staged, paths).write(tmp_path / "run" / "job.json")
+    written = json.loads(path.read_text())
+    assert not DRIVER_ONLY & set(written["config"])
+    assert WorkerJob.read(path).train_config() == TrainConfig(**cfg.rank_config())
+    # What the check guards against: the whole driver config in the job, which a rank cannot even read.
+    leaky = dict(written, config=dataclasses.asdict(cfg))
+    assert DRIVER_ONLY <= set(leaky["config"])
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        WorkerJob(**leaky).train_config()
 
 
 def test_metrics_jsonl_has_loss_lr_tokens_per_step_and_eval_per_category(trained):
@@ -137,15 +171,17 @@ def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data
     common = dict(COMMON, save_steps=5, eval_steps=8)  # data order and losses do not depend on these
     dirs = dict(checkpoint_dir=str(tmp_path / "ckpt"), model_dir=str(tmp_path / "out" / "model"))
 
-    monkeypatch.setenv("DOLLY_TRAIN_FAULT", "raise:1:8")
-    crashed = TrainConfig(output_root=str(root), max_steps=steps, launcher="torchrun", **dirs, **common)
-    with pytest.raises(launch.TrainingFailed) as err:
+    monkeypatch.setenv(FAULT_ENV, "raise:1:8")  # the ranks inherit the driver's environment
+    crashed = TrainJobConfig(
+        output_root=str(root), max_steps=steps, launcher="torchrun", callbacks=(FAULT_SPEC,), **dirs, **common
+    )
+    with pytest.raises(failures.TrainingFailed) as err:
         launch.run(crashed, spark)
     assert "rank1" in err.value.tracebacks
     assert "injected fault on rank 1 at step 8" in str(err.value)
-    monkeypatch.delenv("DOLLY_TRAIN_FAULT")
+    monkeypatch.delenv(FAULT_ENV)
 
-    resumed_cfg = TrainConfig(
+    resumed_cfg = TrainJobConfig(
         output_root=str(root), max_steps=steps, launcher="torchrun", resume=True, **dirs, **common
     )
     resumed = launch.run(resumed_cfg, spark)
@@ -163,16 +199,16 @@ def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data
 
 def test_launch_commands_put_the_worker_module_under_each_launcher(tmp_path):
     job, ds = tmp_path / "job.json", tmp_path / "ds.json"
-    ds_cmd = launch.launch_command("deepspeed", 2, 1234, job, ds)
+    ds_cmd = processes.launch_command("deepspeed", 2, 1234, job, ds)
     assert ds_cmd[:4] == [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
-    assert ds_cmd[ds_cmd.index("--module") + 1] == launch.WORKER_MODULE and "--deepspeed_config" in ds_cmd
-    tr_cmd = launch.launch_command("torchrun", 2, 1234, job, ds)
+    assert ds_cmd[ds_cmd.index("--module") + 1] == processes.WORKER_MODULE and "--deepspeed_config" in ds_cmd
+    tr_cmd = processes.launch_command("torchrun", 2, 1234, job, ds)
     assert (
         tr_cmd[tr_cmd.index("--nproc_per_node") + 1] == "2"
-        and tr_cmd[tr_cmd.index("-m", 4) + 1] == launch.WORKER_MODULE
+        and tr_cmd[tr_cmd.index("-m", 4) + 1] == processes.WORKER_MODULE
     )
-    assert launch.choose_launcher(TrainConfig(output_root="/r", num_nodes=2)) == "distributor"
-    assert launch.choose_launcher(TrainConfig(output_root="/r")) == "deepspeed"
+    assert processes.choose_launcher(TrainConfig(output_root="/r", num_nodes=2)) == "distributor"
+    assert processes.choose_launcher(TrainConfig(output_root="/r")) == "deepspeed"
 
 
 def test_read_metrics_keeps_the_latest_row_per_step(tmp_path):
@@ -251,22 +287,22 @@ Root Cause (first observed failure):
 
 
 def test_dead_ranks_reads_the_deepspeed_launcher_line():
-    assert launch.dead_ranks(DEEPSPEED_KILLED) == {1: -9}
-    assert launch.dead_ranks(DEEPSPEED_KILLED.replace("= -9", "= 1")) == {1: 1}
+    assert failures.dead_ranks(DEEPSPEED_KILLED) == {1: -9}
+    assert failures.dead_ranks(DEEPSPEED_KILLED.replace("= -9", "= 1")) == {1: 1}
 
 
 def test_dead_ranks_reads_torchruns_failure_report():
     # the global rank, not the local one
-    assert launch.dead_ranks(TORCHRUN_FAILED) == {0: 1, 3: -9}
+    assert failures.dead_ranks(TORCHRUN_FAILED) == {0: 1, 3: -9}
 
 
 def test_dead_ranks_ignores_ordinary_output():
     text = "step 7 rank 1 loss 2.3\nexitcode of nothing\n--local_rank=0 started\nexits with return code = -9\n"
-    assert launch.dead_ranks(text) == {}
+    assert failures.dead_ranks(text) == {}
 
 
 def test_training_failed_puts_a_silent_dead_rank_before_the_survivors_tracebacks():
-    err = launch.TrainingFailed(
+    err = failures.TrainingFailed(
         247,
         {"rank0": "RuntimeError: Connection closed by peer", "rank10": "RuntimeError: x", "rank2": "RuntimeError: y"},
         [],
@@ -280,7 +316,7 @@ def test_training_failed_puts_a_silent_dead_rank_before_the_survivors_tracebacks
 
 
 def test_training_failed_without_tracebacks_names_the_dead_rank_and_keeps_the_tail():
-    message = str(launch.TrainingFailed(-9, {}, ["last line"], dead={0: -9}))
+    message = str(failures.TrainingFailed(-9, {}, ["last line"], dead={0: -9}))
     assert (
         message.index("rank0 --- killed by SIGKILL")
         < message.index("no rank wrote a traceback")
@@ -290,11 +326,47 @@ def test_training_failed_without_tracebacks_names_the_dead_rank_and_keeps_the_ta
 
 def test_worker_env_puts_the_package_parent_on_the_path_and_keys_the_extension_cache(monkeypatch):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
-    env = launch.worker_env("cpu")
+    env = processes.worker_env("cpu")
     first = Path(env["PYTHONPATH"].split(os.pathsep)[0])
     assert (first / "dolly_spark" / "train" / "worker.py").is_file()  # -m dolly_spark.train.worker resolves here
     from importlib.metadata import version
 
     assert env["TORCH_EXTENSIONS_DIR"].endswith(f"deepspeed-{version('deepspeed')}")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/x/ext")
-    assert launch.worker_env("cpu")["TORCH_EXTENSIONS_DIR"] == "/x/ext"  # a user's choice wins
+    assert processes.worker_env("cpu")["TORCH_EXTENSIONS_DIR"] == "/x/ext"  # a user's choice wins
+
+
+def test_worker_env_turns_the_ranks_progress_bars_off_when_the_driver_is_piped(monkeypatch):
+    bars = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+    for var in bars:
+        monkeypatch.delenv(var, raising=False)
+    before = dict(os.environ)
+    piped = processes.worker_env("cpu", show_progress=False)
+    assert {v: piped[v] for v in bars} == dict.fromkeys(bars, "1")
+    assert not set(bars) & set(processes.worker_env("cpu", show_progress=True))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # the default follows the driver's stderr
+    assert {v: processes.worker_env("cpu")[v] for v in bars} == dict.fromkeys(bars, "1")
+    assert dict(os.environ) == before  # the ranks' copy changed, never the driver's own environment
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _feed_progress(stream, steps=30) -> str:
+    reporter = processes.ProgressReporter(stream, every=10)
+    for step in range(1, steps + 1):
+        reporter.update({"step": step, "max_steps": steps, "loss": 2.5, "tokens_per_s": 100.0})
+    reporter.close()
+    return stream.getvalue()
+
+
+def test_progress_is_plain_lines_when_piped_and_a_bar_only_on_a_terminal(caplog):
+    with caplog.at_level("INFO", logger=processes.__name__):
+        piped = _feed_progress(io.StringIO())
+    assert "\r" not in piped
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert lines == ["step 10/30 loss 2.5000", "step 20/30 loss 2.5000", "step 30/30 loss 2.5000"]
+    # The same check fails on a terminal, where the bar redraws with carriage returns.
+    assert "\r" in _feed_progress(_Terminal())

@@ -5,16 +5,16 @@ DataFrame of instructions."""
 import pandas as pd
 import pytest
 
-from dolly_spark.commands import mlflow_logging
-from dolly_spark.ops import tables, tracking
-from dolly_spark.serve import registry
+from dolly_spark.ops import tables
+from dolly_spark.serve import model_uri
 from dolly_spark.text.prompts import END_KEY
+from dolly_spark.tracking import lineage, models, registry, runs
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 
 
 @pytest.fixture(autouse=True)
 def no_env_overrides(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", tracking.PARENT_RUN_ENV):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", runs.PARENT_RUN_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DOLLY_TOKENIZER", str(TOKENIZER_DIR))
 
@@ -23,15 +23,15 @@ def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     from mlflow import MlflowClient
 
     from dolly_spark.launch import launcher as launch
-    from dolly_spark.train.config import TrainConfig
+    from dolly_spark.launch.config import TrainJobConfig
     from tests.train_fixtures import gold_rows, write_gold
 
     rows = gold_rows(DOLLY_JSONL, TOKENIZER_DIR, n=24, max_tokens=128, max_seq_len=256)
     write_gold(spark, tmp_path, rows[:12])
     gold_version = write_gold(spark, tmp_path, rows)  # version 1: lineage must not say 0
-    cfg = TrainConfig(
+    cfg = TrainJobConfig(
         output_root=str(tmp_path),
-        tiny=True,
+        base_model="tiny",
         max_steps=2,
         gpu_family="cpu",
         num_processes=1,
@@ -44,9 +44,9 @@ def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     )
 
     # What the train job does: its run holds per-step metrics, lineage and the model.
-    with mlflow_logging.job_run("train", cfg, engine="sail") as run:
+    with runs.job_run("train", cfg, engine="sail") as run:
         result = launch.run(cfg, spark)
-        info = mlflow_logging.log_training_run(cfg, result, spark=spark, names=cfg.table_names())
+        info = models.log_training_run(cfg, result, spark=spark, names=cfg.table_names())
     assert result.final_step == 2 and result.gold_version == gold_version == 1
 
     registered = registry.register(registry.RegisterConfig(output_root=str(tmp_path)))
@@ -55,14 +55,14 @@ def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     # The version leads back to gold@version, checked against the table's own history.
     mv = MlflowClient().get_model_version_by_alias("dolly", "champion")
     gold = cfg.table_names().gold
-    assert mv.tags[tracking.TAG_GOLD_TABLE] == gold.path
-    assert int(mv.tags[tracking.TAG_GOLD_VERSION]) == max(h["version"] for h in tables.table_history(gold))
-    assert int(mv.tags[tracking.TAG_GOLD_VERSION]) == tables.table_version(spark, gold)
-    assert mv.tags[tracking.TAG_SILVER_VERSION] == "3"  # what the gold rows say they came from
+    assert mv.tags[lineage.TAG_GOLD_TABLE] == gold.path
+    assert int(mv.tags[lineage.TAG_GOLD_VERSION]) == max(h["version"] for h in tables.table_history(gold))
+    assert int(mv.tags[lineage.TAG_GOLD_VERSION]) == tables.table_version(spark, gold)
+    assert mv.tags[lineage.TAG_SILVER_VERSION] == "3"  # what the gold rows say they came from
     assert float(mv.tags["dolly.metric.eval_loss"]) == pytest.approx(result.eval_loss)
     assert info.model_uri.startswith("models:/m-")
 
-    model = registry.load_model_by_alias(registered.model_uri)
+    model = model_uri.load_model_by_alias(registered.model_uri)
     instructions = pd.DataFrame(
         {"instruction": ["What is Apache Spark?", "Name three colors.", ""], "context": [None, "", None]}
     )
@@ -80,5 +80,5 @@ def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     assert not ok["response"].str.contains(END_KEY, regex=False).any()
     assert out.loc[2, "error"] == "empty_instruction"
 
-    with pytest.raises(registry.AliasNotFoundError, match="existing aliases: @champion"):
-        registry.load_model_by_alias("models:/dolly@candidate")
+    with pytest.raises(model_uri.AliasNotFoundError, match="existing aliases: @champion"):
+        model_uri.load_model_by_alias("models:/dolly@candidate")

@@ -8,12 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dolly_spark.commands import mlflow_logging
-from dolly_spark.ops import tracking
 from dolly_spark.serve import pyfunc_model
 from dolly_spark.serve.generate import GenerationConfig, special_token_id
 from dolly_spark.text.prompts import END_KEY, format_prompt
 from dolly_spark.text.tokenizer import load_hf_tokenizer
+from dolly_spark.tracking import models, runs
 from tests.shared_data import TOKENIZER_DIR
 
 
@@ -62,7 +61,7 @@ def save_scripted_model(path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_env_overrides(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", tracking.PARENT_RUN_ENV):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", runs.PARENT_RUN_ENV):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -92,7 +91,7 @@ def test_signature_has_inputs_outputs_and_dolly_param_defaults():
         "top_k": 0,
         "temperature": 1.0,
         "greedy": False,
-        "batch_size": 8,
+        "batch_size": 16,
         "seed": -1,
     }
 
@@ -100,7 +99,7 @@ def test_signature_has_inputs_outputs_and_dolly_param_defaults():
 def test_requirements_are_pinned_to_installed_release_versions():
     import importlib.metadata
 
-    reqs = dict(r.split("==") for r in pyfunc_model.pinned_requirements())
+    reqs = dict(r.split("==") for r in models.pinned_requirements())
     assert {"mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy"} <= set(reqs)
     assert reqs["torch"] == importlib.metadata.version("torch").split("+")[0]
     assert all("+" not in v for v in reqs.values())
@@ -109,7 +108,7 @@ def test_requirements_are_pinned_to_installed_release_versions():
 def test_model_dir_without_weights_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="safetensors"):
-        pyfunc_model.log_dolly_model(tmp_path)
+        models.log_dolly_model(tmp_path)
 
 
 def test_predict_in_process_stops_at_end_key(scripted_model_dir):
@@ -135,8 +134,8 @@ def test_predict_in_process_stops_at_end_key(scripted_model_dir):
 def test_logged_model_round_trip_stops_at_end_key(scripted_model_dir, tmp_path):
     import mlflow
 
-    with mlflow_logging.job_run("train", {"output_root": str(tmp_path)}, output_root=tmp_path, engine="test"):
-        info = pyfunc_model.log_dolly_model(scripted_model_dir, lineage={"dolly.gold_version": 4})
+    with runs.job_run("train", {"output_root": str(tmp_path)}, output_root=tmp_path, engine="test"):
+        info = models.log_dolly_model(scripted_model_dir, lineage={"dolly.gold_version": 4})
     assert info.signature.inputs is not None and info.signature.outputs is not None
     assert info.metadata["stop_token"] == END_KEY and info.metadata["dolly.gold_version"] == "4"
     # Artifacts stay under the configured root.
@@ -161,8 +160,8 @@ def test_logging_copies_the_directory_without_loading_the_model(scripted_model_d
         return real(*args, **kwargs)
 
     monkeypatch.setattr(generate, "load_for_generation", counting_load)
-    with mlflow_logging.job_run("train", {}, output_root=tmp_path, engine="test"):
-        pyfunc_model.log_dolly_model(scripted_model_dir)
+    with runs.job_run("train", {}, output_root=tmp_path, engine="test"):
+        models.log_dolly_model(scripted_model_dir)
         assert loads == []  # large checkpoints: weights copied, never loaded at log time
-        pyfunc_model.log_dolly_model(scripted_model_dir, name="validated", validate_example=True)
+        models.log_dolly_model(scripted_model_dir, name="validated", validate_example=True)
     assert len(loads) == 1  # opt-in: the input example was run through a loaded copy

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from dolly_spark.commands import mlflow_logging
 from dolly_spark.commands import register as register_cmd
-from dolly_spark.ops import tables, tracking
+from dolly_spark.ops import tables
 from dolly_spark.ops.config import parse_config
-from dolly_spark.serve import registry
+from dolly_spark.serve import model_uri
+from dolly_spark.tracking import experiments, lineage, models, registry, runs
 
 
 @dataclass
@@ -20,7 +20,7 @@ class FakeTrainConfig:
 
 @pytest.fixture(autouse=True)
 def no_env_overrides(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", tracking.PARENT_RUN_ENV):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", runs.PARENT_RUN_ENV):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -41,6 +41,7 @@ def trained(spark, tiny_model_dir, tmp_path_factory):
         "gold_table": names.gold.path,
         "gold_version": gold_version,
         "silver_version": 5,
+        "bronze_version": 2,
         "final_step": 4,
         "train_loss_first": 10.5,
         "train_loss_last": 9.75,
@@ -48,9 +49,9 @@ def trained(spark, tiny_model_dir, tmp_path_factory):
         "eval_loss_by_category": {"open_qa": 9.25},
         "metrics_path": str(root / "none.jsonl"),
     }
-    with mlflow_logging.job_run("train", FakeTrainConfig(str(root))) as run:
-        info = mlflow_logging.log_training_run(FakeTrainConfig(str(root)), result, spark=spark, names=names)
-    with mlflow_logging.job_run("evaluate", FakeTrainConfig(str(root))) as eval_run:
+    with runs.job_run("train", FakeTrainConfig(str(root))) as run:
+        info = models.log_training_run(FakeTrainConfig(str(root)), result, spark=spark, names=names)
+    with runs.job_run("evaluate", FakeTrainConfig(str(root))) as eval_run:
         mlflow.log_metrics({"eval_bleu": 0.25, "latency_s": 1.5})
     return {
         "root": root,
@@ -68,7 +69,7 @@ def test_training_run_logs_lineage_metrics_and_model(trained):
     run = MlflowClient().get_run(trained["run_id"])
     assert run.data.metrics["eval_loss"] == 9.5 and run.data.metrics["eval_loss_open_qa"] == 9.25
     assert run.data.metrics["train_loss_last"] == 9.75 and run.data.metrics["final_step"] == 4
-    assert run.data.tags[tracking.TAG_GOLD_VERSION] == str(trained["gold_version"])
+    assert run.data.tags[lineage.TAG_GOLD_VERSION] == str(trained["gold_version"])
     assert trained["info"].model_uri.startswith("models:/m-")
     assert run.inputs.dataset_inputs[0].dataset.name == f"gold@v{trained['gold_version']}"
 
@@ -83,9 +84,10 @@ def test_register_latest_train_run_tags_lineage_from_delta_history(trained):
     assert int(mv.version) == result.version and mv.run_id == trained["run_id"]
     gold = trained["names"].gold
     history = tables.table_history(gold)
-    assert mv.tags[tracking.TAG_GOLD_TABLE] == gold.path
-    assert int(mv.tags[tracking.TAG_GOLD_VERSION]) == max(h["version"] for h in history) == 1
-    assert mv.tags[tracking.TAG_SILVER_VERSION] == "5"
+    assert mv.tags[lineage.TAG_GOLD_TABLE] == gold.path
+    assert int(mv.tags[lineage.TAG_GOLD_VERSION]) == max(h["version"] for h in history) == 1
+    assert mv.tags[lineage.TAG_SILVER_VERSION] == "5" and mv.tags[lineage.TAG_BRONZE_VERSION] == "2"
+    assert set(lineage.LINEAGE_TAGS) <= set(mv.tags)
     assert mv.tags[registry.TAG_SOURCE_RUN] == trained["run_id"]
     assert float(mv.tags["dolly.metric.eval_loss"]) == 9.5
     assert float(mv.tags["dolly.metric.eval_loss_open_qa"]) == 9.25
@@ -121,7 +123,7 @@ def test_cli_registers_candidate_with_eval_run_metrics(trained, capsys):
 
 
 def test_run_without_model_fails_naming_the_run(trained):
-    with mlflow_logging.job_run("train", FakeTrainConfig(str(trained["root"]))) as empty:
+    with runs.job_run("train", FakeTrainConfig(str(trained["root"]))) as empty:
         pass
     run_id = empty.info.run_id
     with pytest.raises(registry.NoLoggedModelError, match=f"run {run_id} has no logged model named 'model'"):
@@ -131,14 +133,14 @@ def test_run_without_model_fails_naming_the_run(trained):
 
 
 def test_missing_alias_and_model_fail_clearly(trained):
-    tracking.configure(trained["root"])
+    experiments.configure(trained["root"])
     registry.register(registry.RegisterConfig(output_root=str(trained["root"]), run_id=trained["run_id"]))
-    with pytest.raises(registry.AliasNotFoundError, match=r"no alias 'prod'; existing aliases: .*@champion -> v\d"):
-        registry.load_model_by_alias("models:/dolly@prod")
-    with pytest.raises(registry.AliasNotFoundError, match="no registered model 'nobody'"):
-        registry.load_model_by_alias("models:/nobody@champion")
+    with pytest.raises(model_uri.AliasNotFoundError, match=r"no alias 'prod'; existing aliases: .*@champion -> v\d"):
+        model_uri.load_model_by_alias("models:/dolly@prod")
+    with pytest.raises(model_uri.AliasNotFoundError, match="no registered model 'nobody'"):
+        model_uri.load_model_by_alias("models:/nobody@champion")
     with pytest.raises(ValueError, match="models:/NAME@ALIAS"):
-        registry.load_model_by_alias("models:/dolly/1")
+        model_uri.load_model_by_alias("models:/dolly/1")
 
 
 def test_evaluate_metrics_tag_the_aliased_version(trained):
@@ -148,7 +150,7 @@ def test_evaluate_metrics_tag_the_aliased_version(trained):
     registry.tag_version_metrics(result.model_uri, {"rouge_l": 0.125})
     mv = MlflowClient().get_model_version(result.model_name, str(result.version))
     assert mv.tags["dolly.metric.rouge_l"] == "0.125"
-    with pytest.raises(registry.AliasNotFoundError):
+    with pytest.raises(model_uri.AliasNotFoundError):
         registry.tag_version_metrics("models:/dolly@prod", {"x": 1})
 
 

@@ -142,8 +142,8 @@ def test_dolly_spark_run_on_400_real_records_with_output_on_a_volume(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(STANDIN), env["PYTHONPATH"]])
     root = vol / "dolly"
     args = ["run", "--input", str(sample), "--output-root", str(root), "--tokenizer", str(TOKENIZER_DIR)]
-    args += ["--max-steps", "4", "--train-max-eval-records", "4", "--eval-sample-size", "4"]
-    args += ["--score-limit", "16", "--max-new-tokens", "4"]
+    args += ["--train-max-steps", "4", "--train-max-eval-records", "4", "--evaluate-sample-size", "4"]
+    args += ["--score-limit", "16", "--evaluate-max-new-tokens", "4", "--score-max-new-tokens", "4"]
     out = _cli(args, env)
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
     assert "== dolly-spark run: summary ==" in out.stdout

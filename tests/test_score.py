@@ -86,6 +86,8 @@ def test_read_input_filters_split_drops_training_columns_and_adds_context(spark,
         [("2", "eval", "b", None)], "record_id string, split string, instruction string, context string"
     )
     assertDataFrameEqual(got, expected)
+    every = score.read_input(ScoreConfig(output_root=str(tmp_path), split="all"), spark, names)
+    assert sorted(r["record_id"] for r in every.collect()) == ["1", "2"]
     tables.write_table(
         spark, spark.createDataFrame([("a", "ref")], "instruction string, response string"), names.silver
     )
@@ -145,12 +147,11 @@ def registered(tmp_path_factory, tiny_model_dir):
     """The tiny model logged as the project's pyfunc and registered as dolly_tiny@champion."""
     import mlflow
 
-    from dolly_spark.commands import mlflow_logging
-    from dolly_spark.serve import pyfunc_model
+    from dolly_spark.tracking import models, runs
 
     root = tmp_path_factory.mktemp("mlflow")
-    with mlflow_logging.job_run("train", {"output_root": str(root)}, output_root=root, engine="test"):
-        info = pyfunc_model.log_dolly_model(tiny_model_dir, registered_model_name="dolly_tiny")
+    with runs.job_run("train", {"output_root": str(root)}, output_root=root, engine="test"):
+        info = models.log_dolly_model(tiny_model_dir, registered_model_name="dolly_tiny")
     mlflow.MlflowClient().set_registered_model_alias("dolly_tiny", "champion", info.registered_model_version)
     return "models:/dolly_tiny@champion", f"dolly_tiny/{info.registered_model_version}"
 
@@ -164,7 +165,11 @@ def scored_root(spark, tmp_path_factory, registered):
         gold_like(spark, dolly_records(20, skip=N_EVAL), "train")
     )
     tables.write_table(spark, frame, names.gold)
-    cfg = ScoreConfig(model_uri=registered[0], output_root=str(root), greedy=True, max_new_tokens=8, batch_size=32)
+    cfg = ScoreConfig(
+        model_uri=registered[0],
+        output_root=str(root),
+        generation=GenerationConfig(greedy=True, max_new_tokens=8, batch_size=32),
+    )
     first = score.run(cfg, spark)
     return root, names, cfg, first
 
@@ -271,7 +276,12 @@ def test_only_new_rows_and_new_model_versions_are_scored(spark, scored_root, tmp
     more = score.run(cfg, spark)
     assert (more.scored, more.skipped, more.total) == (7, N_EVAL, N_EVAL + 7)
     other = perturbed_copy(tiny_model_dir, tmp_path / "other")
-    limited = ScoreConfig(model_uri=str(other), output_root=str(root), greedy=True, max_new_tokens=4, limit=30)
+    limited = ScoreConfig(
+        model_uri=str(other),
+        output_root=str(root),
+        generation=GenerationConfig(greedy=True, max_new_tokens=4),
+        limit=30,
+    )
     res = score.run(limited, spark)
     assert (res.scored, res.total) == (30, 30) and res.model_version.startswith("dir:")
     preds = tables.read_table(spark, names.predictions)
@@ -291,7 +301,10 @@ def test_duplicate_prompts_without_ids_are_scored_once(spark, tmp_path, tiny_mod
         names.silver,
     )
     cfg = ScoreConfig(
-        model_uri=str(tiny_model_dir), input_table="silver", output_root=str(tmp_path), greedy=True, max_new_tokens=3
+        model_uri=str(tiny_model_dir),
+        input_table="silver",
+        output_root=str(tmp_path),
+        generation=GenerationConfig(greedy=True, max_new_tokens=3),
     )
     res = score.run(cfg, spark)
     assert (res.total, res.duplicates, res.scored, res.skipped) == (3, 1, 2, 0)
@@ -303,7 +316,11 @@ def test_concurrent_jobs_on_overlapping_input_do_not_duplicate(spark, tmp_path, 
     rows = dolly_records(40, skip=3000)
     tables.write_table(spark, gold_like(spark, rows[:30], "eval"), names.gold)
     tables.write_table(spark, gold_like(spark, rows[10:], "eval"), names.silver)
-    base = dict(model_uri=str(tiny_model_dir), output_root=str(tmp_path), greedy=True, max_new_tokens=3)
+    base = dict(
+        model_uri=str(tiny_model_dir),
+        output_root=str(tmp_path),
+        generation=GenerationConfig(greedy=True, max_new_tokens=3),
+    )
     results, errors = {}, []
 
     def job(table):
@@ -331,7 +348,10 @@ def test_spark_udf_mode_matches_pandas_iter(spark, tmp_path, registered):
         names = tables.TableNames(root=str(tmp_path / mode))
         tables.write_table(spark, gold_like(spark, rows, "eval"), names.gold)
         cfg = ScoreConfig(
-            model_uri=registered[0], output_root=str(tmp_path / mode), greedy=True, max_new_tokens=5, udf_mode=mode
+            model_uri=registered[0],
+            output_root=str(tmp_path / mode),
+            generation=GenerationConfig(greedy=True, max_new_tokens=5),
+            udf_mode=mode,
         )
         assert score.run(cfg, spark).scored == 10
         by_mode[mode] = {
@@ -355,7 +375,7 @@ def test_length_buckets_cap_batch_size_and_padding():
 
 
 def test_unknown_alias_is_a_clear_error(registered):
-    from dolly_spark.serve.registry import AliasNotFoundError
+    from dolly_spark.serve.model_uri import AliasNotFoundError
 
     with pytest.raises(AliasNotFoundError, match="champion"):
         score.resolve_model("models:/dolly_tiny@nope")

@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 
 from dolly_spark.ops import tables
 from dolly_spark.serve import score
+from dolly_spark.serve.generate import GenerationConfig
 from dolly_spark.serve.score import ScoreConfig
 
 N = 40
@@ -24,7 +25,12 @@ def write_input(spark, root: Path) -> None:
 
 
 def config(root: Path, model_dir, **kw) -> ScoreConfig:
-    base = dict(model_uri=str(model_dir), output_root=str(root), split="", greedy=True, max_new_tokens=2, batch_size=8)
+    base = dict(
+        model_uri=str(model_dir),
+        output_root=str(root),
+        split="all",
+        generation=GenerationConfig(greedy=True, max_new_tokens=2, batch_size=8),
+    )
     return ScoreConfig(**{**base, **kw})
 
 
@@ -89,16 +95,16 @@ def test_the_command_logs_and_prints_throughput(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from dolly_spark.commands import score as score_cmd
-    from dolly_spark.ops import tracking
+    from dolly_spark.tracking import runs
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", tracking.PARENT_RUN_ENV):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION", runs.PARENT_RUN_ENV):
         monkeypatch.delenv(var, raising=False)
     result = score.ScoreResult(
         30, 0, 1, 30, 4, "m", "dir:x", chunks=3, generate_seconds=2.0, rows_per_s=15.0, tokens_per_s=45.0
     )
-    monkeypatch.setattr(score_cmd, "run", lambda cfg, spark: result)
+    monkeypatch.setattr(score_cmd.scoring, "run", lambda cfg, spark: result)
     cfg = ScoreConfig(model_uri="m", output_root=str(tmp_path))
-    assert score_cmd.tracked(cfg, spark=None) is result
+    assert score_cmd.run(cfg, spark=None) is result
     run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("dolly_spark").experiment_id])[0]
     assert run.data.metrics["score_rows_per_s"] == 15.0 and run.data.metrics["score_tokens_per_s"] == 45.0
     assert run.data.metrics["score_chunks"] == 3

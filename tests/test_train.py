@@ -1,11 +1,13 @@
-"""dolly_spark.train units: config, hardware choice, checkpoints, model loading, worker args."""
+"""dolly_spark.train units: config, hardware choice, checkpoints, model loading, worker args, callbacks."""
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 
-from dolly_spark.ops.config import parse_config
+from dolly_spark.launch.config import TrainJobConfig
+from dolly_spark.ops.config import ConfigError, parse_config
 from dolly_spark.train import checkpoints
 from dolly_spark.train.config import TrainConfig, WorkerJob
 from dolly_spark.train.hardware import (
@@ -14,6 +16,7 @@ from dolly_spark.train.hardware import (
     load_ds_config,
     precision_flags,
 )
+from dolly_spark.train.model import TINY_MODEL
 from tests.shared_data import SHARED, TOKENIZER_DIR
 
 
@@ -27,11 +30,10 @@ def test_defaults_are_dollys_hyperparameters():
 
 def test_flags_use_dashes_and_types():
     cfg = parse_config(
-        TrainConfig,
+        TrainJobConfig,
         [
             "--output-root",
             "/r",
-            "--tiny",
             "--max-steps",
             "30",
             "--resume",
@@ -45,7 +47,7 @@ def test_flags_use_dashes_and_types():
         prog="t",
     )
     assert (cfg.tiny, cfg.max_steps, cfg.resume, cfg.base_model, cfg.gpu_family, cfg.lr) == (
-        True,
+        False,
         30,
         True,
         "/m",
@@ -53,7 +55,17 @@ def test_flags_use_dashes_and_types():
         1e-3,
     )
     with pytest.raises(SystemExit):
-        parse_config(TrainConfig, ["--gpu-family", "tpu"], prog="t")
+        parse_config(TrainJobConfig, ["--gpu-family", "tpu"], prog="t")
+
+
+def test_tiny_is_a_base_model_not_a_flag_beside_one():
+    cfg = parse_config(TrainJobConfig, ["--output-root", "/r", "--base-model", TINY_MODEL], prog="t")
+    assert cfg.tiny and cfg.base_model == "tiny"
+    with pytest.raises(SystemExit):  # --tiny is gone: "tiny plus another base model" cannot be said
+        parse_config(TrainJobConfig, ["--tiny", "--base-model", "/m"], prog="t")
+    with pytest.raises(AttributeError):  # read-only: derived from base_model
+        cfg.tiny = False
+    assert not TrainConfig(output_root="/r", base_model="./tiny").tiny  # a directory named tiny is ./tiny
 
 
 def test_databricks_defaults_point_at_a_volume():
@@ -78,7 +90,7 @@ def test_family_from_device_name(name, family):
     assert family_from_device_name(name) == family
 
 
-def test_shipped_deepspeed_configs_match_the_issue():
+def test_shipped_deepspeed_configs_per_family():
     a100 = load_ds_config("a100")
     assert a100["zero_optimization"]["stage"] == 3 and precision_flags(a100) == {"bf16": True, "fp16": False}
     assert a100["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
@@ -89,7 +101,7 @@ def test_shipped_deepspeed_configs_match_the_issue():
     cpu = load_ds_config("cpu")
     assert precision_flags(cpu) == {"bf16": False, "fp16": False} and cpu["zero_optimization"]["stage"] == 3
     assert "optimizer" not in cpu  # torch AdamW: no fused-Adam compile on CPU
-    # Every family the bundle offers (issue 13): T4 shares V100's fp16 config; A10G, L4, L40S the A10's.
+    # Every family the bundle offers: T4 shares V100's fp16 config; A10G, L4, L40S the A10's.
     assert set(DS_CONFIG_FILES) == {"a100", "h100", "a10", "a10g", "l4", "l40s", "v100", "t4", "cpu"}
     assert DS_CONFIG_FILES["t4"] == DS_CONFIG_FILES["v100"]
     assert {DS_CONFIG_FILES[f] for f in ("a10g", "l4", "l40s")} == {DS_CONFIG_FILES["a10"]}
@@ -151,7 +163,7 @@ def test_tiny_model_resizes_to_dolly_tokenizer_and_stops_at_end():
     from dolly_spark.train.model import build_model, count_parameters, load_tokenizer
 
     tok = load_tokenizer(str(TOKENIZER_DIR))
-    model = build_model("unused", tok, tiny=True, max_positions=256)
+    model = build_model(TINY_MODEL, tok, max_positions=256)
     assert model.get_input_embeddings().weight.shape[0] == len(tok) == 50280
     assert tok.convert_tokens_to_ids(END_KEY) in model.generation_config.eos_token_id
     assert count_parameters(model) < 10_000_000
@@ -189,7 +201,7 @@ def test_worker_accepts_the_arguments_deepspeed_and_the_distributor_append():
 
 def test_worker_job_round_trips(tmp_path):
     job = WorkerJob(
-        config={"output_root": "/r", "tiny": True},
+        config={"output_root": "/r", "base_model": "tiny", "callbacks": ["m:C"]},
         train_files=["a"],
         eval_files=[],
         family="cpu",
@@ -201,6 +213,7 @@ def test_worker_job_round_trips(tmp_path):
     )
     back = WorkerJob.read(job.write(tmp_path / "job.json"))
     assert back == job and back.train_config().tiny is True
+    assert back.train_config().callbacks == ("m:C",)  # a JSON list back to the config's tuple
 
 
 def _marked_ckpt(root: Path, step: int, big: int = 0) -> Path:
@@ -278,3 +291,91 @@ def test_pickle_only_model_dir_is_refused_not_random_init(tmp_path):
         model_source_kind(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"x")
     assert model_source_kind(str(tmp_path)) == "local"
+
+
+# ---------------------------------------------------------------- callbacks hook
+
+CALLBACKS_MODULE = """
+from transformers import TrainerCallback
+
+
+class Fine(TrainerCallback):
+    pass
+
+
+class NeedsArgs(TrainerCallback):
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class NotACallback:
+    pass
+"""
+
+
+@pytest.fixture
+def callbacks_module(tmp_path, monkeypatch):
+    (tmp_path / "my_callbacks.py").write_text(CALLBACKS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_callbacks"
+
+
+def test_callbacks_load_by_module_and_class(callbacks_module):
+    from dolly_spark.train.callbacks import load_callback_classes
+
+    (cls,) = load_callback_classes((f"{callbacks_module}:Fine",))
+    assert cls.__name__ == "Fine" and cls() is not None
+
+
+@pytest.mark.parametrize(
+    "spec,why",
+    [
+        ("no_such_module_here:Fine", "cannot import no_such_module_here"),
+        ("my_callbacks:Missing", "is not a TrainerCallback class"),
+        ("my_callbacks:NotACallback", "is not a TrainerCallback class"),
+        ("my_callbacks:NeedsArgs", "no arguments"),
+    ],
+)
+def test_a_bad_callback_is_one_line_naming_the_flag(callbacks_module, spec, why):
+    from dolly_spark.train.callbacks import load_callback_classes
+
+    with pytest.raises(ConfigError) as err:
+        load_callback_classes((spec,))
+    assert str(err.value).startswith(f"--callbacks {spec}: ") and why in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_callbacks_must_read_module_colon_class():
+    with pytest.raises(ValueError, match="is not module:Class"):
+        TrainConfig(output_root="/r", callbacks=("just_a_module",))
+    with pytest.raises(SystemExit):  # on the command line: a usage error before anything runs
+        parse_config(TrainJobConfig, ["--callbacks", "a.b:C", "oops"], prog="t")
+    assert parse_config(TrainJobConfig, ["--callbacks", "a.b:C", "d:E"], prog="t").callbacks == ("a.b:C", "d:E")
+
+
+# ---------------------------------------------------------------- layers
+
+
+def launch_imports(package: Path) -> list[str]:
+    """Every import of the driver side (dolly_spark.launch) in ``package``, function-level ones included."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            found += [
+                f"{path.name}: {n}" for n in names if n == "dolly_spark.launch" or n.startswith("dolly_spark.launch.")
+            ]
+    return found
+
+
+def test_rank_code_never_imports_the_driver_side(tmp_path):
+    train_pkg = Path(__file__).resolve().parents[1] / "dolly_spark" / "train"
+    assert (train_pkg / "worker.py").is_file()
+    assert launch_imports(train_pkg) == []
+    # The scan catches one: a function-level import in a copy.
+    (tmp_path / "bad.py").write_text("def f():\n    from dolly_spark.launch import plan\n")
+    assert launch_imports(tmp_path) == ["bad.py: dolly_spark.launch", "bad.py: dolly_spark.launch.plan"]

@@ -1,4 +1,4 @@
-"""dolly_spark.train.plan: parameter counts, DeepSpeed's estimator, activations, HF step arithmetic, fixes."""
+"""dolly_spark.launch.plan and .memory: parameter counts, DeepSpeed's estimator, activations, HF step arithmetic, fixes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark.train import plan as P
+from dolly_spark.launch import memory as M
+from dolly_spark.launch import plan as P
 
 SHARED = Path(os.environ.get("DOLLY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PYTHIA_12B = {  # shared/data/models/pythia-12b/config.json (inlined: the tests must not depend on shared/ for this)
@@ -104,19 +105,19 @@ def test_param_counts_match_transformers(cfg):
         [sys.executable, "-c", _FRESH_COUNTS, json.dumps(cfg)], capture_output=True, text=True, check=True, timeout=300
     )
     counts, ds_counts = json.loads(out.stdout.strip().splitlines()[-1])
-    shape = P.model_shape(cfg)
+    shape = M.model_shape(cfg)
     assert [shape.total_params, shape.largest_layer_params] == counts
     if ds_counts is not None:
         assert [shape.total_params, shape.largest_layer_params] == ds_counts
 
 
 def test_pythia_totals():
-    assert P.model_shape(PYTHIA_12B).total_params == 11_846_072_320
-    assert P.model_shape(PYTHIA_12B).largest_layer_params == 50688 * 5120  # embed_in / embed_out
-    assert P.model_shape(PYTHIA_1B).total_params == 1_011_781_632
+    assert M.model_shape(PYTHIA_12B).total_params == 11_846_072_320
+    assert M.model_shape(PYTHIA_12B).largest_layer_params == 50688 * 5120  # embed_in / embed_out
+    assert M.model_shape(PYTHIA_1B).total_params == 1_011_781_632
     cfg = SHARED / "models" / "pythia-12b" / "config.json"
     if cfg.exists():
-        assert P.model_shape(json.loads(cfg.read_text())).total_params == 11_846_072_320
+        assert M.model_shape(json.loads(cfg.read_text())).total_params == 11_846_072_320
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -125,19 +126,19 @@ def test_pythia_totals():
 @pytest.mark.parametrize("zero_init", [True, False])
 def test_deepspeed_estimator_and_fallback_agree(stage, gpus, nodes, opt, params, zero_init):
     pytest.importorskip("deepspeed")
-    shape = P.model_shape(PYTHIA_12B)
-    ds = P.model_states_gb(shape, stage, gpus, nodes, opt, params, zero_init=zero_init, use_deepspeed=True)
-    ours = P.model_states_gb(shape, stage, gpus, nodes, opt, params, zero_init=zero_init, use_deepspeed=False)
+    shape = M.model_shape(PYTHIA_12B)
+    ds = M.model_states_gb(shape, stage, gpus, nodes, opt, params, zero_init=zero_init, use_deepspeed=True)
+    ours = M.model_states_gb(shape, stage, gpus, nodes, opt, params, zero_init=zero_init, use_deepspeed=False)
     assert ds == ours
 
 
 def test_estimator_matches_platform_notes_for_pythia_12b():
     """PLATFORM-NOTES: ZeRO-3 on 8 GPUs, 25.8 GB per GPU and 11.6 GB host (partitioned at load),
     3.7 GB per GPU with the optimizer offloaded."""
-    shape = P.model_shape(PYTHIA_12B)
-    gpu, host = P.model_states_gb(shape, 3, 8, 1, use_deepspeed=False)
+    shape = M.model_shape(PYTHIA_12B)
+    gpu, host = M.model_states_gb(shape, 3, 8, 1, use_deepspeed=False)
     assert (round(gpu, 1), round(host, 1)) == (25.8, 11.6)
-    gpu, _ = P.model_states_gb(shape, 3, 8, 1, offload_optimizer=True, use_deepspeed=False)
+    gpu, _ = M.model_states_gb(shape, 3, 8, 1, offload_optimizer=True, use_deepspeed=False)
     assert round(gpu, 1) == 3.7
 
 
@@ -145,7 +146,7 @@ def test_deepspeed_import_stays_off_stdout_and_keeps_its_logger():
     """DeepSpeed's import-time log line would corrupt a JSON --plan on stdout; its later logs must not vanish."""
     pytest.importorskip("deepspeed")
     code = (
-        "import dolly_spark.train.plan as p; assert p.deepspeed_estimators() is not None; "
+        "import dolly_spark.launch.memory as m; assert m.deepspeed_estimators() is not None; "
         "from deepspeed.utils import logger; logger.warning('MARK-AFTER')"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -157,17 +158,17 @@ def test_deepspeed_import_stays_off_stdout_and_keeps_its_logger():
 
 
 def test_activation_formula():
-    shape = P.model_shape(PYTHIA_1B)
+    shape = M.model_shape(PYTHIA_1B)
     s, b, h, a, L, V = 2048, 4, 2048, 8, 16, 50304
-    logits = b * s * V * P.LOGITS_BYTES_PER_TOKEN_VOCAB
-    full = P.activation_gb(shape, b, s, False) * P.GiB
+    logits = b * s * V * M.LOGITS_BYTES_PER_TOKEN_VOCAB
+    full = M.activation_gb(shape, b, s, False) * M.GiB
     assert full == pytest.approx(L * s * b * h * 34 + logits)
-    eager = P.activation_gb(shape, b, s, False, flash_attention=False) * P.GiB
+    eager = M.activation_gb(shape, b, s, False, flash_attention=False) * M.GiB
     assert eager == pytest.approx(L * s * b * h * (34 + 5 * a * s / h) + logits)
-    ckpt = P.activation_gb(shape, b, s, True) * P.GiB
+    ckpt = M.activation_gb(shape, b, s, True) * M.GiB
     assert ckpt == pytest.approx(L * 2 * s * b * h + s * b * h * 34 + logits)
     assert ckpt < full < eager
-    assert P.activation_gb(shape, 2 * b, s, True) == pytest.approx(2 * P.activation_gb(shape, b, s, True))
+    assert M.activation_gb(shape, 2 * b, s, True) == pytest.approx(2 * M.activation_gb(shape, b, s, True))
 
 
 def _accelerate_len(records, batch, world) -> int:
@@ -219,6 +220,9 @@ def test_target_8x_a100_80gb_fits():
         "gradient_checkpointing",
         "packing",
         "params",
+        "method",
+        "trainable_params",
+        "total_params",
         "est_gpu_mem_gb",
         "est_host_mem_gb",
         "fits",
@@ -237,7 +241,7 @@ def test_target_8x_a100_40gb_without_checkpointing_does_not_fit():
     assert r["fix"].startswith("enable gradient checkpointing")
 
 
-def test_target_single_a10_needs_offload():
+def test_target_single_a10_fits_only_with_qlora_or_full_offload():
     r = P.plan(
         PYTHIA_12B,
         gpu_family="a10",
@@ -250,39 +254,47 @@ def test_target_single_a10_needs_offload():
         train_records=13964,
     )
     assert r["fits"] is False
-    assert "offload" in r["fix"]
-    assert r["fix"].startswith("offload optimizer and parameters")
+    # Same hardware first: a 4-bit base beats moving every weight over PCIe each step ...
+    cheapest, keeping = r["fix"].split("; or, keeping --method full: ")
+    assert cheapest.startswith("switch to --method qlora with a 4-bit NF4 base (est ")
+    # ... and the fix that keeps full fine-tuning is still named.
+    assert keeping.startswith("offload optimizer and parameters to CPU")
 
 
 @pytest.mark.parametrize(
-    "kwargs,prefix",
+    "kwargs,prefix,keeping",
     [
         # 8x80GB, checkpointing off: turning it on is enough
         (
             dict(gpu_memory_gb=80, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=False),
             "enable gradient checkpointing (",
+            None,
         ),
         # 8x40GB, checkpointing already on: smaller batch, more accumulation, same records per step
         (
             dict(gpu_memory_gb=40, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=True),
             "per-device batch 3 with gradient accumulation 2, same records per step",
+            None,
         ),
         # 8x40GB, checkpointing off: both
         (
             dict(gpu_memory_gb=40, gpus_per_node=8, per_device_batch=6, gradient_checkpointing=False),
             "enable gradient checkpointing and per-device batch 3",
+            None,
         ),
-        # 2x80GB: model states alone are too big; offloading the optimizer is enough
+        # 2x80GB: model states alone are too big; LoRA fits on the same GPUs, so does optimizer offload
         (
             dict(gpu_memory_gb=80, gpus_per_node=2, per_device_batch=2, gradient_checkpointing=True),
+            "switch to --method lora (est ",
             "offload the optimizer to CPU",
         ),
-        # 1x24GB: optimizer offload still leaves 16-bit params on the GPU
+        # 1x24GB: a 16-bit base alone does not fit, a 4-bit one does; keeping full: offload all of it
         (
             dict(gpu_family="a10", gpu_memory_gb=24, gpus_per_node=1, per_device_batch=1, gradient_checkpointing=True),
+            "switch to --method qlora",
             "offload optimizer and parameters to CPU",
         ),
-        # ... and with a 128 GB host neither offload fits: more GPUs
+        # ... and with a 128 GB host neither offload fits: full fine-tuning needs more GPUs
         (
             dict(
                 gpu_family="a10",
@@ -292,16 +304,26 @@ def test_target_single_a10_needs_offload():
                 gradient_checkpointing=True,
                 host_memory_gb=128,
             ),
+            "switch to --method qlora",
             "use ",
+        ),
+        # 8x24GB: LoRA's usual ZeRO-2 keeps a whole 16-bit base per GPU, ZeRO-3 partitions it: before QLoRA
+        (
+            dict(gpu_family="a10", gpu_memory_gb=24, gpus_per_node=8, per_device_batch=1, gradient_checkpointing=True),
+            "switch to --method lora under ZeRO-3 (est ",
+            "offload the optimizer to CPU",
         ),
     ],
 )
-def test_fix_order(kwargs, prefix):
+def test_fix_order(kwargs, prefix, keeping):
     args = dict(TARGET, **kwargs)
     r = P.plan(PYTHIA_12B, **args)
     assert r["fits"] is False
-    assert r["fix"].startswith(prefix), r["fix"]
-    assert "(est " in r["fix"]
+    cheapest, _, alternative = r["fix"].partition("; or, keeping --method full: ")
+    assert cheapest.startswith(prefix), r["fix"]
+    assert "(est " in cheapest
+    # A fix that changes the method also names the cheapest one that keeps it.
+    assert alternative.startswith(keeping) if keeping else alternative == "", r["fix"]
 
 
 def test_fix_is_itself_a_fit():
@@ -349,7 +371,7 @@ def test_warnings():
 
 def test_plan_imports_neither_spark_nor_torch():
     code = (
-        f"import sys, dolly_spark.train.plan as p; p.plan({PYTHIA_1B!r}, gpu_memory_gb=80, train_records=10); "
+        f"import sys, dolly_spark.launch.plan as p; p.plan({PYTHIA_1B!r}, gpu_memory_gb=80, train_records=10); "
         "bad = [m for m in ('pyspark', 'torch', 'transformers', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -1,14 +1,18 @@
-"""Dolly's schedule by default: records per step, length-grouped order, pad fraction, packing's
-per-record losses, max_seq_len from the model, the plan and the fit check (no DeepSpeed, no Spark)."""
+"""Dolly's schedule by default (but for length grouping): records per step, length-grouped order,
+pad fraction, packing's per-record losses, max_seq_len from the model, the plan and the fit check
+(no DeepSpeed, no Spark)."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
+from dolly_spark.launch.config import TrainJobConfig
 from dolly_spark.launch.planning import WontFit, check_fit, ds_setup, resolve_plan
 from dolly_spark.ops.config import parse_config
+from dolly_spark.prep.prepare import PrepareConfig
 from dolly_spark.train import sampling
 from dolly_spark.train.config import TrainConfig
 from dolly_spark.train.data import IGNORE_INDEX, PackedCollator, build_examples, to_dataset
@@ -20,10 +24,61 @@ from tests.train_fixtures import gold_rows
 PYTHIA_12B = SHARED / "models" / "pythia-12b" / "config.json"
 
 
-def test_defaults_are_dollys_schedule():
-    cfg = TrainConfig(output_root="/tmp/x")
-    assert (cfg.pack, cfg.group_by_length, cfg.gradient_checkpointing) == (False, True, True)
-    assert cfg.max_seq_len is None and cfg.check_fit
+# Dolly's values: train_dolly.py's command line (the run behind dolly-v2) over training/trainer.py's
+# click defaults, and the HF Trainer's own defaults for what neither sets.
+DOLLY_SCHEDULE = {
+    "base_model": "EleutherAI/pythia-12b",  # dolly-v2-12b's base
+    "epochs": 2.0,  # --epochs 2
+    "lr": 5e-6,  # --lr 5e-6
+    "warmup_steps": 50,  # --warmup-steps 50
+    "eval_steps": 50,  # --eval-steps 50
+    "save_steps": 200,  # --save-steps 200
+    "seed": 42,  # trainer.py: DEFAULT_SEED
+    "gradient_checkpointing": True,  # trainer.py: --gradient-checkpointing defaults on
+    "gradient_accumulation_steps": 1,  # not set: the Trainer's 1
+    "pack": False,  # one record per row
+    "group_by_length": False,  # not set: the Trainer's random batches
+    "max_seq_len": None,  # read from the model's config
+}
+DOLLY_BATCH_BY_FAMILY = {"a100": 6, "a10": 4, "v100": 3}  # train_dolly.py: 6 on A100, 4 on A10, else 3
+# Where our default is not Dolly's, on purpose: length-grouped batches, the same records per step with
+# far less padding (docs/training.md). --preset dolly restores Dolly's random batches.
+DELIBERATE_DEVIATIONS = {"group_by_length": True}
+
+
+def schedule_drift(cfg) -> dict:
+    """Setting -> (ours, expected) wherever ``cfg`` is neither Dolly's value nor a listed deviation."""
+    expected = {**DOLLY_SCHEDULE, **DELIBERATE_DEVIATIONS}
+    drift = {k: (getattr(cfg, k), v) for k, v in expected.items() if getattr(cfg, k) != v}
+    for family, batch in DOLLY_BATCH_BY_FAMILY.items():
+        if cfg.batch_size_for(family) != batch:
+            drift[f"batch_size_for({family})"] = (cfg.batch_size_for(family), batch)
+    return drift
+
+
+def test_defaults_are_dollys_schedule_but_for_length_grouping():
+    cfg = TrainJobConfig(output_root="/tmp/x")
+    assert schedule_drift(cfg) == {}
+    # The one deviation, by name: Dolly's Trainer draws random batches, ours groups by length.
+    assert (DOLLY_SCHEDULE["group_by_length"], cfg.group_by_length) == (False, True)
+    assert cfg.check_fit
+    # --preset dolly gives Dolly's random batches, and every other value stays Dolly's.
+    preset = parse_config(TrainJobConfig, ["--preset", "dolly"], prog="t")
+    assert {k: getattr(preset, k) for k in DOLLY_SCHEDULE} == DOLLY_SCHEDULE
+
+    # The check fails on a config whose default drifted from Dolly's ...
+    @dataclasses.dataclass
+    class DriftedLr(TrainJobConfig):
+        lr: float = 1e-5
+
+    assert schedule_drift(DriftedLr(output_root="/tmp/x")) == {"lr": (1e-5, 5e-6)}
+    # ... on a changed per-device batch, and on the deviation silently undone.
+    assert set(schedule_drift(TrainJobConfig(output_root="/tmp/x", per_device_batch_size=8))) == {
+        "batch_size_for(a100)",
+        "batch_size_for(a10)",
+        "batch_size_for(v100)",
+    }
+    assert schedule_drift(dataclasses.replace(cfg, group_by_length=False)) == {"group_by_length": (False, True)}
 
 
 def test_max_seq_len_follows_the_model_config(tmp_path):
@@ -33,9 +88,19 @@ def test_max_seq_len_follows_the_model_config(tmp_path):
     assert TrainConfig(output_root="/r", base_model=str(small)).resolved_max_seq_len() == 1024
     assert TrainConfig(output_root="/r", base_model=str(tmp_path)).resolved_max_seq_len() == 1024  # the dir
     assert TrainConfig(output_root="/r", base_model=str(small), max_seq_len=512).resolved_max_seq_len() == 512
-    # --model is base_model; --no-gradient-checkpointing turns it off
-    cfg = parse_config(TrainConfig, ["--model", str(small), "--no-gradient-checkpointing"], prog="t")
+    cfg = parse_config(TrainConfig, ["--base-model", str(small), "--no-gradient-checkpointing"], prog="t")
     assert (cfg.base_model, cfg.gradient_checkpointing) == (str(small), False)
+
+
+def test_model_means_the_base_model_in_train_and_no_flag_is_abbreviated():
+    """``--model`` is train's alias of ``--base-model`` (prepare has no ``--model``), never an
+    abbreviation of ``--model-dir``; an abbreviated flag is a usage error, not another flag's value."""
+    cfg = parse_config(TrainJobConfig, ["--model", "EleutherAI/pythia-1b"], prog="t")
+    assert (cfg.base_model, cfg.model_dir) == ("EleutherAI/pythia-1b", None)
+    with pytest.raises(SystemExit):
+        parse_config(TrainJobConfig, ["--model-d", "/tmp/m"], prog="t")
+    with pytest.raises(SystemExit):
+        parse_config(PrepareConfig, ["--model", "EleutherAI/pythia-1b"], prog="p")
 
 
 def test_dolly_preset_sits_below_flags():
@@ -197,14 +262,14 @@ def test_ds_setup_reads_the_shipped_configs():
     )
 
 
-def test_gold_max_seq_len_follows_the_model_prepare_names(tmp_path):
+def test_gold_max_record_tokens_follows_the_base_model_prepare_names(tmp_path):
     from dolly_spark.prep.gold import GoldConfig
 
     small = tmp_path / "config.json"
     small.write_text(json.dumps({**json.loads(PYTHIA_12B.read_text()), "max_position_embeddings": 1024}))
-    assert GoldConfig().max_seq_len == 2048  # Pythia's context when no model is named
-    assert GoldConfig(model=str(small)).max_seq_len == 1024
-    assert GoldConfig(model=str(small), max_seq_len=512).max_seq_len == 512
+    assert GoldConfig().record_token_limit == 2048  # Pythia's context when no model is named
+    assert GoldConfig(base_model=str(small)).record_token_limit == 1024
+    assert GoldConfig(base_model=str(small), max_record_tokens=512).record_token_limit == 512
 
 
 def test_plan_command_counts_gold_and_train_refuses_before_staging(spark, rows, tmp_path, capsys):
@@ -212,7 +277,7 @@ def test_plan_command_counts_gold_and_train_refuses_before_staging(spark, rows, 
     from tests.train_fixtures import write_gold
 
     write_gold(spark, tmp_path, rows)
-    flags = ["--output-root", str(tmp_path), "--model", str(PYTHIA_12B), "--gpu-family", "a100", "--num-gpus", "8"]
+    flags = ["--output-root", str(tmp_path), "--base-model", str(PYTHIA_12B), "--gpu-family", "a100", "--num-gpus", "8"]
     assert train_cmd.main(["--plan", "--gpu-memory-gb", "80", *flags]) == 0
     out = json.loads(capsys.readouterr().out)
     train = sum(r["split"] == "train" for r in rows)
@@ -223,3 +288,9 @@ def test_plan_command_counts_gold_and_train_refuses_before_staging(spark, rows, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("won't fit: est ") and "cheapest fix: enable gradient checkpointing" in err
     assert not (tmp_path / "train" / "staging").exists()  # nothing staged, nothing launched
+
+    # A callback the driver cannot import: one line before anything is staged or started.
+    assert train_cmd.main(["--gpu-memory-gb", "80", "--callbacks", "no_such_module_here:Cb", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dolly-spark train: error: --callbacks no_such_module_here:Cb: cannot import")
+    assert not (tmp_path / "train" / "staging").exists()

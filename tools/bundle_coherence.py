@@ -1,4 +1,4 @@
-"""Bundle checks that tie the bundle to the code and to the supported runtimes (issue 13).
+"""Bundle checks that tie the bundle to the code and to the supported runtimes.
 
 - runtimes: every cluster's ``spark_version`` (per target) is a supported row's key, read from
   the ``# spark_version:`` / ``# cpu_spark_version:`` lines of ``runtimes/*.txt``;

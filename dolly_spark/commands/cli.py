@@ -31,10 +31,10 @@ def job_module(command: str):
 
 def parser_for(command: str) -> argparse.ArgumentParser:
     """The exact argument parser a command's ``main`` uses (bundle tests check task params)."""
-    from dolly_spark.ops.config import add_config_arguments
+    from dolly_spark.ops.config import OneLineParser, add_config_arguments
 
     module = job_module(command)
-    parser = argparse.ArgumentParser(prog=f"dolly-spark {command}", description=module.__doc__)
+    parser = OneLineParser(prog=f"dolly-spark {command}", description=module.__doc__)
     add_config_arguments(parser, module.CONFIG)
     return parser
 

@@ -19,13 +19,13 @@ import uuid
 from dataclasses import dataclass, field
 
 from dolly_spark.commands.common import parse_job
-from dolly_spark.ops.config import Location
+from dolly_spark.ops.config import LocalRoot
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class EngineConfig(Location):
+class EngineConfig(LocalRoot):
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (default: loopback only)"})
     port: int = field(default=0, metadata={"help": "port to listen on (default 0: a free port)"})
     refresh_seconds: float = field(
@@ -33,10 +33,10 @@ class EngineConfig(Location):
     )
 
     def __post_init__(self):
-        if self.catalog:
-            raise ValueError("dolly-spark engine serves a local --output-root; on Databricks use a SQL warehouse")
         if not self.output_root:
-            raise ValueError("give --output-root DIR")
+            raise ValueError(
+                "give --output-root DIR (the engine serves a local root; on Databricks use a SQL warehouse)"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: expected 0-65535")
         if self.refresh_seconds < 0:
@@ -119,7 +119,6 @@ def announce(engine: Engine, registered: list[str], views: list[str], out=None) 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(EngineConfig, argv, "engine", __doc__, level=logging.WARNING)
-    os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session at INFO on stderr
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         print("dolly-spark engine: error: on Databricks the cluster is the engine", file=sys.stderr)
         return 1

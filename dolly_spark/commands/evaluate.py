@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 from dolly_spark.commands.common import cli_errors, parse_job, spark_session
-from dolly_spark.serve.evaluate import ALL, EvaluateConfig, EvaluateResult, run
+from dolly_spark.serve import evaluate as evaluation
+from dolly_spark.serve.evaluate import ALL, EvaluateConfig, EvaluateResult
 
 CONFIG = EvaluateConfig
 
@@ -16,7 +17,7 @@ def log_evaluation(losses: pd.DataFrame, generations: pd.DataFrame) -> None:
     """Metrics and both tables into the active MLflow run."""
     import mlflow
 
-    from dolly_spark.commands.mlflow_logging import log_metric_dict, metric_key
+    from dolly_spark.tracking.metrics import log_metric_dict, metric_key
 
     metrics = {}
     for r in losses.itertuples():
@@ -36,16 +37,16 @@ def log_evaluation(losses: pd.DataFrame, generations: pd.DataFrame) -> None:
     mlflow.log_table(gens, artifact_file="eval/eval_generations.json")
 
 
-def tracked(cfg: EvaluateConfig, spark) -> tuple[EvaluateResult, str | None]:
-    from dolly_spark.commands.mlflow_logging import job_run
-    from dolly_spark.serve.registry import tag_version_metrics
+def run(cfg: EvaluateConfig, spark) -> tuple[EvaluateResult, str | None]:
+    from dolly_spark.tracking.registry import tag_version_metrics
+    from dolly_spark.tracking.runs import job_run
 
     with job_run("evaluate", cfg) as active:
-        result = run(cfg, spark)
+        result = evaluation.run(cfg, spark)
         if active is not None:
             log_evaluation(result.loss_table, result.generations_table)
             if len(result.loss_by_source) > 1:
-                from dolly_spark.commands.mlflow_logging import log_metric_dict
+                from dolly_spark.tracking.metrics import log_metric_dict
 
                 log_metric_dict({f"eval_loss_source_{s}": v for s, v in result.loss_by_source.items()})
         if cfg.model_uri.startswith("models:/") and "@" in cfg.model_uri:
@@ -76,6 +77,6 @@ def format_summary(r: EvaluateResult) -> str:
 @cli_errors("evaluate")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(EvaluateConfig, argv, "evaluate", __doc__)
-    result, _ = tracked(cfg, spark_session())
+    result, _ = run(cfg, spark_session())
     print(format_summary(result))
     return 0

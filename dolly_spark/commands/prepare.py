@@ -4,49 +4,88 @@ duplicates, metrics). ``--until STAGE`` stops early."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from pathlib import Path
 
-from dolly_spark.commands.common import cli_errors, parse_job, spark_session
+from dolly_spark.commands.common import check_tokenizer, cli_errors, parse_job, spark_session
 from dolly_spark.ops.config import ConfigError
+from dolly_spark.ops.paths import local_path_of
+from dolly_spark.prep import prepare as preparation
 from dolly_spark.prep.ingest import InputUnavailableError, UnsupportedInputError, check_input
-from dolly_spark.prep.prepare import PrepareConfig, PrepareResult, root_lock, run
+from dolly_spark.prep.prepare import PrepareConfig, PrepareResult, root_lock
 
 CONFIG = PrepareConfig
 
 
 def preflight(cfg: PrepareConfig) -> None:
-    """Every source exists, is readable and in a supported compression: checked before the
-    session, any table or the MLflow store (a missing input must not leave an ``mlflow.db``)."""
-    from dolly_spark.prep.sources import SourceError, check_names, resolve
+    """Everything that can be resolved before a write, checked before the session, any table or
+    the MLflow store (a failure must not leave an ``mlflow.db``): every source exists, is readable
+    and in a supported compression; the output root is not inside an input folder; the tokenizer
+    loads (when the run reaches gold)."""
+    from dolly_spark.prep.sources import SourceError, check_names
 
     sources = cfg.source_list()
     try:
         check_names(sources)
         for i, src in enumerate(sources):
-            if i == 0 and cfg.input and src.is_dolly():
-                check_input(cfg.input)  # --input's own messages: missing, unreadable, compression
-                continue
-            fmt, location, files = resolve(src)  # no engine needed: files, Delta logs, names
-            if src.is_dolly() and fmt == "hub":
-                check_input(src.uri)
-            elif src.is_dolly() and fmt == "jsonl":  # as the line ingest reads it: the path, else each file
-                for target in [location] if Path(location).exists() else files:
-                    check_input(target)
+            check_source(src, named_input=cfg.input if i == 0 else None)
+            check_root_outside(cfg.output_root, src.uri)
     except (OSError, UnsupportedInputError, InputUnavailableError, SourceError) as err:
         raise ConfigError(str(err)) from err
+    if cfg.until == "gold":
+        check_tokenizer(cfg.gold.tokenizer)
 
 
-def tracked(cfg: PrepareConfig, spark) -> PrepareResult:
+def check_source(src, named_input: str | None = None) -> None:
+    """A source is found and, for dolly-15k's line ingest, readable (no engine needed)."""
+    from dolly_spark.prep.sources import resolve
+
+    if named_input and src.is_dolly():
+        check_input(named_input)  # --input's own messages: missing, unreadable, compression
+        return
+    fmt, location, files = resolve(src)  # files, Delta logs, names
+    if src.is_dolly() and fmt == "hub":
+        check_input(src.uri)
+    elif src.is_dolly() and fmt == "jsonl":  # as the line ingest reads it: the path, else each file
+        for target in [location] if Path(location).exists() else files:
+            check_input(target)
+
+
+def check_root_outside(output_root: str | None, uri: str) -> None:
+    """A root inside (or equal to) an input folder would be read as input: its own tables and
+    MLflow store, written before the ingest lists the folder."""
+    folder = _input_folder(uri)
+    root = Path(output_root).resolve() if output_root else None
+    if folder is not None and root is not None and (root == folder or folder in root.parents):
+        raise ConfigError(
+            f"--output-root {output_root} is inside the input folder {uri}: the run would read its own "
+            "output as input; choose an output root outside it"
+        )
+
+
+def _input_folder(uri: str) -> Path | None:
+    """The local folder a source reads (a glob's fixed leading folders), or None."""
+    local = local_path_of(uri)
+    if local is None:
+        return None
+    parts = local.parts
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    folder = Path(*parts[:fixed]) if fixed else None
+    return folder.resolve() if folder is not None and folder.is_dir() else None
+
+
+def run(cfg: PrepareConfig, spark) -> PrepareResult:
     import mlflow
 
-    from dolly_spark.commands.mlflow_logging import job_run, log_metrics_table, reap_dead_runs
+    from dolly_spark.tracking.metrics import log_metrics_table
+    from dolly_spark.tracking.runs import job_run, reap_dead_runs
 
     run_id = uuid.uuid4().hex
     # The root lock first: a concurrent loser fails before it opens a run or touches a table.
     with root_lock(cfg, spark, run_id), job_run("prepare", cfg):
         reap_dead_runs()
-        result = run(cfg, spark, run_id)
+        result = preparation.run(cfg, spark, run_id)
         log_metrics_table(spark, cfg.table_names(), run_id_filter=result.run_id)
         mlflow.set_tags({f"dolly.{k}_version": str(v) for k, v in result.versions.items()})
         # Lineage of Delta sources: the version each one was read at.
@@ -75,7 +114,7 @@ def format_summary(result: PrepareResult) -> str:
 
 @cli_errors("prepare")
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_job(PrepareConfig, argv, "prepare", __doc__)
+    cfg = parse_job(PrepareConfig, argv, "prepare", __doc__, level=logging.WARNING)  # progress goes to stdout
     preflight(cfg)
-    print(format_summary(tracked(cfg, spark_session())))
+    print(format_summary(run(cfg, spark_session())))
     return 0

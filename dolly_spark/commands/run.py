@@ -3,71 +3,119 @@
 prepare -> report -> train -> register -> evaluate -> score, the same DAG the bundle's
 ``dolly_pipeline`` job runs task by task. Each stage can be skipped (``--skip``) or run alone
 (``--stages``); later stages pick up what earlier runs left under the same root.
+
+One YAML file configures it all, a section per job (``prepare: {...}``, ``train: {...}``, ...), as
+each job's own config; flags are the job's flags, prefixed by the section (``--train-max-steps``),
+except prepare's, which keep their names (``--input``, ``--dedup-threshold``). The location, the
+tokenizer and the base model are set once, at the top, and handed to every section.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from dolly_spark.commands import evaluate as evaluate_cmd
 from dolly_spark.commands import prepare as prepare_cmd
+from dolly_spark.commands import register as register_cmd
 from dolly_spark.commands import report as report_cmd
 from dolly_spark.commands import score as score_cmd
 from dolly_spark.commands import train as train_cmd
-from dolly_spark.commands.common import cli_errors, parse_job, spark_session
-from dolly_spark.ops.config import ConfigError, Location
-from dolly_spark.ops.tracking import resolve_tracking
-from dolly_spark.prep.gold import GoldConfig
-from dolly_spark.prep.ingest import HF_DATASET_ID
+from dolly_spark.commands.common import check_tokenizer, cli_errors, parse_job, spark_session
+from dolly_spark.launch.config import TrainJobConfig
+from dolly_spark.ops.config import LOCATION_FIELDS, TrackedLocation
+from dolly_spark.ops.mlflow_store import resolve_tracking
 from dolly_spark.prep.prepare import PrepareConfig
 from dolly_spark.prep.report import ReportConfig
-from dolly_spark.prep.sources import SourceConfig
 from dolly_spark.serve.evaluate import EvaluateConfig
-from dolly_spark.serve.registry import RegisterConfig, register
 from dolly_spark.serve.score import ScoreConfig
-from dolly_spark.train.config import TrainConfig
+from dolly_spark.text.model_config import TINY_MODEL
+from dolly_spark.text.tokenizer import default_tokenizer
+from dolly_spark.tracking.registry import RegisterConfig
+from dolly_spark.tracking.runs import job_run
+from dolly_spark.train.config import METHODS
 
 log = logging.getLogger(__name__)
 
 PIPELINE_STAGES = ("prepare", "report", "train", "register", "evaluate", "score")
+DEFAULT_BASE_MODEL = "EleutherAI/pythia-12b"  # Dolly's dolly-v2-12b base
+
+# A CPU-sized run of the tiny model: Dolly's lr 5e-6 / 50 warmup steps barely move a random-init
+# model in a few dozen steps, and short rows keep the 50k-vocab logits cheap (records over 512
+# tokens are cut: a few percent). Unpacked, length-grouped batches of 2 per rank.
+LOCAL_PRESET = {
+    "_help": "the tiny model on CPU in minutes (run's default when no --base-model is given)",
+    "base_model": TINY_MODEL,
+    "train": {
+        "max_steps": 40,
+        "lr": 1e-3,
+        "warmup_steps": 5,
+        "eval_steps": 20,
+        "save_steps": 20,
+        "max_eval_records": 16,
+        "max_seq_len": 512,
+        "per_device_batch_size": 2,
+    },
+    # Greedy: the same generations on every local run, and no per-token sort of a 50k vocabulary.
+    "evaluate": {"sample_size": 64, "generation": {"max_new_tokens": 32, "greedy": True}},
+    "score": {"limit": 500, "generation": {"max_new_tokens": 32, "greedy": True}},
+}
+
+
+def _section(cls, prefix: str, *owned: str):
+    return field(default_factory=cls, metadata={"flag_prefix": prefix, "set_by_parent": (*LOCATION_FIELDS, *owned)})
 
 
 @dataclass
-class RunConfig(Location):
-    input: str = field(
-        default="databricks/databricks-dolly-15k", metadata={"help": "JSONL file/dir, Volume path or HF id"}
-    )
-    # Own data, as in prepare (README "Your own data"): YAML sources / categories, --source NAME=URI.
-    sources: tuple[SourceConfig, ...] = field(default=(), metadata={"cli": False})
-    source: tuple[str, ...] = field(default=(), metadata={"help": "add a source: NAME=URI (repeatable list)"})
-    categories: tuple[str, ...] | str | None = field(default=None, metadata={"cli": False})
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer hub id or local dir (default: $DOLLY_TOKENIZER)"}
-    )
+class RunConfig(TrackedLocation):
+    PRESETS: ClassVar[dict] = {"local": LOCAL_PRESET}
+
     stages: tuple[str, ...] = field(default=PIPELINE_STAGES, metadata={"help": "stages to run, in DAG order"})
     skip: tuple[str, ...] = field(default=(), metadata={"help": "stages to skip"})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
-    # train
-    base_model: str = field(default="EleutherAI/pythia-12b", metadata={"help": "hub id, local dir or config.json"})
-    tiny: bool = field(default=True, metadata={"help": "tiny Pythia-style model (local runs)"})
-    max_steps: int = field(default=40, metadata={"help": "training steps (-1: Dolly's 2 epochs)"})
-    train_max_eval_records: int = field(
-        default=16, metadata={"help": "eval records per category the tiny run evaluates on"}
+    base_model: str = field(
+        default=DEFAULT_BASE_MODEL,
+        metadata={"help": "model to fine-tune: hub id, local dir, config.json or 'tiny'; its context bounds gold"},
     )
-    train_max_seq_len: int = field(
-        default=512, metadata={"help": "row length for the tiny run (longer records are cut)"}
+    tokenizer: str = field(
+        default_factory=default_tokenizer, metadata={"help": "hub id or local dir (default: $DOLLY_TOKENIZER)"}
     )
-    # register / evaluate / score
-    model_name: str | None = None
-    alias: str = "champion"
-    eval_sample_size: int = field(default=64, metadata={"help": "eval prompts to generate for"})
-    score_limit: int = field(default=500, metadata={"help": "eval prompts to score (0: all)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "generation budget for evaluate and score"})
-    batch_size: int = 16
+    method: str = field(
+        default="full",
+        metadata={"help": "how train fine-tunes the base: full, lora or qlora", "choices": METHODS},
+    )
+    prepare: PrepareConfig = _section(PrepareConfig, "", "gold.tokenizer", "gold.base_model")
+    report: ReportConfig = _section(ReportConfig, "report_")
+    # ``plan`` is train's print-and-exit mode: a pipeline always trains.
+    train: TrainJobConfig = _section(TrainJobConfig, "train_", "tokenizer", "base_model", "method", "plan")
+    register: RegisterConfig = _section(RegisterConfig, "register_", "run_id")
+    evaluate: EvaluateConfig = _section(EvaluateConfig, "evaluate_", "model_uri")
+    score: ScoreConfig = _section(ScoreConfig, "score_", "model_uri")
+
+    @classmethod
+    def default_preset(cls, values: dict) -> str | None:
+        """``local`` unless a base model is named (flag or YAML)."""
+        return None if values.get("base_model") else "local"
+
+    def __post_init__(self):
+        unknown = (set(self.stages) | set(self.skip)) - set(PIPELINE_STAGES)
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(PIPELINE_STAGES)}")
+        where = {k: getattr(self, k) for k in LOCATION_FIELDS}
+        model = {"tokenizer": self.tokenizer, "base_model": self.base_model}
+        gold = dataclasses.replace(self.prepare.gold, **model)
+        self.prepare = dataclasses.replace(self.prepare, gold=gold, **where)
+        self.report = dataclasses.replace(self.report, **where)
+        self.train = dataclasses.replace(self.train, **where, **model, method=self.method)
+        self.register = dataclasses.replace(self.register, **where)
+        self.evaluate = dataclasses.replace(self.evaluate, **where)
+        self.score = dataclasses.replace(self.score, **where)
+
+    def selected_stages(self) -> list[str]:
+        return [s for s in PIPELINE_STAGES if s in self.stages and s not in self.skip]
 
 
 CONFIG = RunConfig
@@ -80,34 +128,17 @@ class StageOutcome:
     summary: dict
 
 
-def selected_stages(cfg: RunConfig) -> list[str]:
-    unknown = (set(cfg.stages) | set(cfg.skip)) - set(PIPELINE_STAGES)
-    if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; known: {PIPELINE_STAGES}")
-    return [s for s in PIPELINE_STAGES if s in cfg.stages and s not in cfg.skip]
-
-
 def run(cfg: RunConfig, spark) -> list[StageOutcome]:
-    from dolly_spark.commands.mlflow_logging import job_run
-
-    if cfg.tokenizer:
-        os.environ["DOLLY_TOKENIZER"] = cfg.tokenizer
-    todo = selected_stages(cfg)
+    todo = cfg.selected_stages()
     outcomes: list[StageOutcome] = []
     state: dict = {}
-    with job_run(
-        "pipeline", cfg, output_root=cfg.output_root, catalog=cfg.catalog, experiment=cfg.experiment
-    ) as parent:
-        os.environ["DOLLY_PARENT_RUN_ID"] = parent.info.run_id
-        try:
-            for i, stage in enumerate(todo, 1):
-                print(f"[{i}/{len(todo)}] {stage} ...", flush=True)
-                t0 = time.time()
-                summary = STAGE_RUNNERS[stage](cfg, spark, state)
-                outcomes.append(StageOutcome(stage, time.time() - t0, summary))
-                print(f"[{i}/{len(todo)}] {stage} done in {time.time() - t0:.1f}s: {one_line(summary)}", flush=True)
-        finally:
-            os.environ.pop("DOLLY_PARENT_RUN_ID", None)
+    with job_run("pipeline", cfg):  # each job's run nests under this one (the active run)
+        for i, stage in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {stage} ...", flush=True)
+            t0 = time.time()
+            summary = STAGE_RUNNERS[stage](cfg, spark, state)
+            outcomes.append(StageOutcome(stage, time.time() - t0, summary))
+            print(f"[{i}/{len(todo)}] {stage} done in {time.time() - t0:.1f}s: {one_line(summary)}", flush=True)
     return outcomes
 
 
@@ -115,30 +146,11 @@ def format_summary(cfg: RunConfig, outcomes: list[StageOutcome]) -> str:
     return "\n".join(summary_lines(cfg, outcomes))
 
 
-# ---------------------------------------------------------------------------------------------
-# Each stage: RunConfig -> the job's own config, run under its MLflow run, a summary dict.
+# Each stage: its section of the RunConfig, run by the job's own command (its MLflow run), a summary.
 
 
-def _common(cfg) -> dict:
-    return {"output_root": cfg.output_root, "catalog": cfg.catalog, "schema": cfg.schema}
-
-
-def prepare_config(cfg) -> PrepareConfig:
-    # With sources given, the default --input (the hub id) is not added as one more source.
-    own = bool(cfg.sources or cfg.source)
-    return PrepareConfig(
-        input=None if own and cfg.input == HF_DATASET_ID else cfg.input,
-        sources=tuple(cfg.sources),
-        source=tuple(cfg.source),
-        categories=cfg.categories,
-        **_common(cfg),
-        # The tokenizer is a gold setting (PrepareConfig has no tokenizer field of its own).
-        **({"gold": GoldConfig(tokenizer=cfg.tokenizer)} if cfg.tokenizer else {}),
-    )
-
-
-def run_prepare(cfg, spark, state: dict) -> dict:
-    result = prepare_cmd.tracked(prepare_config(cfg), spark)
+def run_prepare(cfg: RunConfig, spark, state: dict) -> dict:
+    result = prepare_cmd.run(cfg.prepare, spark)
     state["prepare"] = result
     return {
         "tables": result.details.get("accounting", {}),
@@ -147,35 +159,13 @@ def run_prepare(cfg, spark, state: dict) -> dict:
     }
 
 
-def run_report(cfg, spark, state: dict) -> dict:
-    written = report_cmd.tracked(ReportConfig(**_common(cfg)), spark)
+def run_report(cfg: RunConfig, spark, state: dict) -> dict:
+    written = report_cmd.run(cfg.report, spark)
     return {"report_dir": str(Path(written["summary"]).parent)}
 
 
-def run_train(cfg, spark, state: dict) -> dict:
-    extra = {"tokenizer": cfg.tokenizer} if cfg.tokenizer else {}
-    if cfg.tiny:
-        # Dolly's lr 5e-6 / 50 warmup steps barely move a random-init tiny model in a few dozen steps.
-        # Short rows keep the 50k-vocab logits cheap on CPU: records over 512 tokens are cut (a few
-        # percent). Unpacked, length-grouped batches of 2 per rank: about the tokens of one 512 row.
-        extra.update(
-            lr=1e-3,
-            warmup_steps=5,
-            eval_steps=max(10, cfg.max_steps // 2),
-            save_steps=max(10, cfg.max_steps // 2),
-            max_eval_records=cfg.train_max_eval_records,
-            max_seq_len=cfg.train_max_seq_len,
-            per_device_batch_size=2,
-        )
-    tcfg = TrainConfig(
-        **_common(cfg),
-        base_model=cfg.base_model,
-        tiny=cfg.tiny,
-        max_steps=cfg.max_steps,
-        experiment=cfg.experiment,
-        **extra,
-    )
-    result, run_id = train_cmd.tracked(tcfg, spark)
+def run_train(cfg: RunConfig, spark, state: dict) -> dict:
+    result, run_id = train_cmd.run(cfg.train, spark)
     state["train_run_id"] = run_id
     return {
         "final_step": result.final_step,
@@ -187,52 +177,26 @@ def run_train(cfg, spark, state: dict) -> dict:
     }
 
 
-def run_register(cfg, spark, state: dict) -> dict:
-    rcfg = RegisterConfig(
-        run_id=state.get("train_run_id"),
-        model_name=cfg.model_name,
-        alias=cfg.alias,
-        experiment=cfg.experiment,
-        **_common(cfg),
-    )
-    result = register(rcfg)
+def run_register(cfg: RunConfig, spark, state: dict) -> dict:
+    result = register_cmd.run(dataclasses.replace(cfg.register, run_id=state.get("train_run_id")), spark)
     state["model_uri"] = result.model_uri
     return {"model_uri": result.model_uri, "version": result.version}
 
 
-def _model_uri(cfg, state: dict) -> str:
+def _model_uri(cfg: RunConfig, state: dict) -> str:
     if state.get("model_uri"):
         return state["model_uri"]
     # Stage rerun alone: the alias the register stage set earlier under the same root.
-    return f"models:/{RegisterConfig(model_name=cfg.model_name, **_common(cfg)).resolved_model_name()}@{cfg.alias}"
+    return f"models:/{cfg.register.resolved_model_name()}@{cfg.register.alias}"
 
 
-def run_evaluate(cfg, spark, state: dict) -> dict:
-    ecfg = EvaluateConfig(
-        model_uri=_model_uri(cfg, state),
-        sample_size=cfg.eval_sample_size,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        experiment=cfg.experiment,
-        **_common(cfg),
-    )
-    result, _ = evaluate_cmd.tracked(ecfg, spark)
+def run_evaluate(cfg: RunConfig, spark, state: dict) -> dict:
+    result, _ = evaluate_cmd.run(dataclasses.replace(cfg.evaluate, model_uri=_model_uri(cfg, state)), spark)
     return {"eval_loss": result.eval_loss, "perplexity": result.perplexity, "generations": result.generations}
 
 
-def run_score(cfg, spark, state: dict) -> dict:
-    scfg = ScoreConfig(
-        model_uri=_model_uri(cfg, state),
-        input_table="gold",
-        split="eval",
-        limit=cfg.score_limit or None,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        greedy=True,
-        experiment=cfg.experiment,
-        **_common(cfg),
-    )
-    result = score_cmd.tracked(scfg, spark)
+def run_score(cfg: RunConfig, spark, state: dict) -> dict:
+    result = score_cmd.run(dataclasses.replace(cfg.score, model_uri=_model_uri(cfg, state)), spark)
     return {
         "scored": result.scored,
         "skipped": result.skipped,
@@ -251,7 +215,7 @@ def one_line(summary: dict) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict))
 
 
-def summary_lines(cfg, outcomes) -> list[str]:
+def summary_lines(cfg: RunConfig, outcomes: list[StageOutcome]) -> list[str]:
     lines = ["", "== dolly-spark run: summary =="]
     for o in outcomes:
         lines.append(f"{o.stage:<9} {o.seconds:7.1f}s  {one_line(o.summary)}")
@@ -278,12 +242,11 @@ STAGE_RUNNERS = {
 @cli_errors("run")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(RunConfig, argv, "run", __doc__, level=logging.WARNING)
-    try:
-        todo = selected_stages(cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    todo = cfg.selected_stages()
     if "prepare" in todo:
-        prepare_cmd.preflight(prepare_config(cfg))  # before the pipeline's MLflow run
+        prepare_cmd.preflight(cfg.prepare)  # before the pipeline's MLflow run (the tokenizer too)
+    elif "train" in todo:
+        check_tokenizer(cfg.tokenizer)
     t0 = time.time()
     outcomes = run(cfg, spark_session())
     print(format_summary(cfg, outcomes))

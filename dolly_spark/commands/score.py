@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from dolly_spark.commands.common import cli_errors, log_flat_metrics, parse_job, spark_session
-from dolly_spark.serve.score import ScoreConfig, ScoreResult, run
+from dolly_spark.commands.common import cli_errors, parse_job, spark_session
+from dolly_spark.serve import score as scoring
+from dolly_spark.serve.score import ScoreConfig, ScoreResult
 
 CONFIG = ScoreConfig
 
 
-def tracked(cfg: ScoreConfig, spark) -> ScoreResult:
+def run(cfg: ScoreConfig, spark) -> ScoreResult:
     import mlflow
 
-    from dolly_spark.commands.mlflow_logging import job_run
+    from dolly_spark.tracking.metrics import log_flat_metrics
+    from dolly_spark.tracking.runs import job_run
 
     with job_run("score", cfg):
-        result = run(cfg, spark)
+        result = scoring.run(cfg, spark)
         log_flat_metrics("score_", dataclasses.asdict(result))
         mlflow.set_tags({"dolly.model_uri": result.model_uri, "dolly.model_version": str(result.model_version)})
     return result
@@ -37,5 +39,5 @@ def format_summary(r: ScoreResult) -> str:
 @cli_errors("score")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(ScoreConfig, argv, "score", __doc__)
-    print(format_summary(tracked(cfg, spark_session())))
+    print(format_summary(run(cfg, spark_session())))
     return 0

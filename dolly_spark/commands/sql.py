@@ -168,7 +168,6 @@ def open_location(spark, cfg: Location) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(SqlConfig, argv, "sql", __doc__, level=logging.WARNING)
-    os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session at INFO on stderr
     from pyspark.errors import PySparkException
 
     try:

@@ -10,15 +10,18 @@ import sys
 import time
 
 from dolly_spark.commands.common import cli_errors, parse_job, spark_session
-from dolly_spark.launch.launcher import TrainingFailed, TrainResult, read_metrics, run
+from dolly_spark.launch import launcher
+from dolly_spark.launch.config import TrainJobConfig
+from dolly_spark.launch.failures import TrainingFailed
+from dolly_spark.launch.launcher import TrainResult, read_metrics
+from dolly_spark.launch.methods import check_method_support
 from dolly_spark.launch.planning import WontFit
-from dolly_spark.train.config import TrainConfig
 
-CONFIG = TrainConfig
+CONFIG = TrainJobConfig
 
 
 def upstream_versions(spark, names, gold_version: int) -> dict:
-    """Bronze (raw) version behind a gold version, from the prepare run that wrote it."""
+    """Bronze version behind a gold version, from the prepare run that wrote it."""
     from dolly_spark.ops import tables
 
     if not tables.table_exists(spark, names.metrics):
@@ -27,7 +30,7 @@ def upstream_versions(spark, names, gold_version: int) -> dict:
     for row in reversed(rows):
         versions = json.loads(row["details"] or "{}").get("versions", {})
         if versions.get("gold") == gold_version and "bronze" in versions:
-            return {"raw_version": versions["bronze"], "bronze_version": versions["bronze"]}
+            return {"bronze_version": versions["bronze"]}
     return {}
 
 
@@ -54,13 +57,15 @@ def log_step_metrics(rows: list[dict]) -> int:
     return len(metrics)
 
 
-def tracked(cfg: TrainConfig, spark) -> tuple[TrainResult, str | None]:
+def run(cfg: TrainJobConfig, spark) -> tuple[TrainResult, str | None]:
     import mlflow
 
-    from dolly_spark.commands.mlflow_logging import job_run, log_training_run
+    from dolly_spark.tracking.models import log_training_run
+    from dolly_spark.tracking.runs import job_run
 
+    check_method_support(cfg)  # qlora without 4-bit kernels: one line before any run, stage or launch
     with job_run("train", cfg) as active:
-        result = run(cfg, spark)
+        result = launcher.run(cfg, spark)
         if active is not None:
             for k, v in upstream_versions(spark, cfg.table_names(), result.gold_version).items():
                 setattr(result, k, v)  # read by log_training_run as lineage
@@ -96,7 +101,7 @@ def log_schedule(result: TrainResult) -> None:
         mlflow.set_tag("dolly.schedule_note", schedule["note"])
 
 
-def print_plan(cfg: TrainConfig, spark) -> int:
+def print_plan(cfg: TrainJobConfig, spark) -> int:
     """``--plan``: one JSON object on stdout, nothing launched; exit 0 whether or not it fits."""
     from dolly_spark.launch.planning import plan_for
 
@@ -106,11 +111,11 @@ def print_plan(cfg: TrainConfig, spark) -> int:
 
 @cli_errors("train")
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_job(TrainConfig, argv, "train", __doc__)
+    cfg = parse_job(TrainJobConfig, argv, "train", __doc__)
     if cfg.plan:
         return print_plan(cfg, spark_session())
     try:
-        result, run_id = tracked(cfg, spark_session())
+        result, run_id = run(cfg, spark_session())
     except (TrainingFailed, WontFit) as err:
         print(str(err), file=sys.stderr)
         return 1

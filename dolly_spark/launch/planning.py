@@ -1,8 +1,9 @@
 """``train --plan`` and the fit check before launch: a ``TrainConfig`` resolved against the gold table
-and the hardware (real or hypothetical), handed to ``train.plan.plan``.
+and the hardware (real or hypothetical), handed to ``launch.plan.plan``.
 
 Runs on the driver with no GPU: the model is read from its ``config.json`` only, the DeepSpeed
-setup (ZeRO stage, offload, precision) from the family's shipped config, and the number of
+setup (ZeRO stage, offload, precision) from the family's shipped config as set up for the method
+(``hardware.load_ds_config``: the same config the launcher hands the ranks), and the number of
 rows the Trainer iterates from gold at its committed version.
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dolly_spark.launch.config import TrainJobConfig
+from dolly_spark.launch.plan import plan
+from dolly_spark.ops.config import ConfigError
 from dolly_spark.train.config import TrainConfig
 from dolly_spark.train.hardware import load_ds_config
 
@@ -73,20 +77,8 @@ def detected_gpu_memory_gb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
-def resolve_plan(
-    cfg: TrainConfig,
-    family: str,
-    gpus_per_node: int,
-    train_records: int,
-    train_rows: int,
-    gpu_memory_gb: float | None = None,
-) -> dict[str, Any]:
-    """The plan JSON for this config on ``gpus_per_node x cfg.num_nodes`` devices of ``family``."""
-    from dolly_spark.train.plan import plan
-
-    setup = ds_setup(load_ds_config(family, cfg.deepspeed_config))
-    max_seq_len = cfg.resolved_max_seq_len()
-    out = plan(
+def _plan(cfg: TrainConfig, family, gpus_per_node, train_rows, gpu_memory_gb, host_memory_gb, max_seq_len, setup):
+    return plan(
         model_config_for(cfg),
         gpu_family=family,
         gpu_memory_gb=gpu_memory_gb,
@@ -103,10 +95,31 @@ def resolve_plan(
         eval_steps=cfg.eval_steps,
         save_steps=cfg.save_steps,
         max_steps=cfg.max_steps,
-        host_memory_gb=cfg.host_memory_gb,
-        model_name="tiny" if cfg.tiny else cfg.base_model,
+        host_memory_gb=host_memory_gb,
+        model_name=cfg.base_model,
+        method=cfg.method,
+        lora_r=cfg.lora.r,
+        lora_target_modules=cfg.lora.target_modules,
         **setup,
     )
+
+
+def resolve_plan(
+    cfg: TrainConfig,
+    family: str,
+    gpus_per_node: int,
+    train_records: int,
+    train_rows: int,
+    gpu_memory_gb: float | None = None,
+    host_memory_gb: float | None = None,
+) -> dict[str, Any]:
+    """The plan JSON for this config on ``gpus_per_node x cfg.num_nodes`` devices of ``family``."""
+    setup = ds_setup(load_ds_config(family, cfg.deepspeed_config, cfg.method))
+    max_seq_len = cfg.resolved_max_seq_len()
+    try:
+        out = _plan(cfg, family, gpus_per_node, train_rows, gpu_memory_gb, host_memory_gb, max_seq_len, setup)
+    except ValueError as err:  # a setup the plan cannot take (qlora under ZeRO-3, unknown lora targets)
+        raise ConfigError(str(err)) from err
     out.update(
         max_seq_len=max_seq_len,
         train_records=train_records,
@@ -138,7 +151,7 @@ def check_fit(result: dict[str, Any], refuse: bool = True) -> None:
         )
 
 
-def plan_for(cfg: TrainConfig, spark) -> dict[str, Any]:
+def plan_for(cfg: TrainJobConfig, spark) -> dict[str, Any]:
     """Everything ``train`` would resolve (gold version, family, devices, memory), then the plan."""
     from dolly_spark.ops import tables
     from dolly_spark.train.hardware import local_device_count, resolve_family
@@ -154,6 +167,6 @@ def plan_for(cfg: TrainConfig, spark) -> dict[str, Any]:
     if memory is None and family != "cpu" and resolve_family("auto") == family:
         memory = detected_gpu_memory_gb()  # the card we run on, not the family's usual one
     records, rows = count_train_rows(spark, ref, version, cfg.pack)
-    out = resolve_plan(cfg, family, gpus, records, rows, memory)
+    out = resolve_plan(cfg, family, gpus, records, rows, memory, cfg.host_memory_gb)
     out.update(gold_table=ref.path or ref.name, gold_version=int(version))
     return out

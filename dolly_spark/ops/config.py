@@ -50,40 +50,64 @@ def flag_prefix(f: dataclasses.Field) -> str:
     return f.metadata.get("flag_prefix", f.name + "_")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, _prefix: str = "", _dest: str = "") -> None:
+def set_by_parent(f: dataclasses.Field, inherited: frozenset[str] = frozenset()) -> frozenset[str]:
+    """Fields of a nested section that its parent config sets (``RunConfig`` hands its location,
+    tokenizer and base model to every section): they get no flag and no YAML key inside the
+    section. Dotted names reach further down (``gold.tokenizer`` of the prepare section)."""
+    own = set(f.metadata.get("set_by_parent", ()))
+    own |= {n.split(".", 1)[1] for n in inherited if n.startswith(f.name + ".")}
+    return frozenset(own)
+
+
+def _add_common_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    parser.add_argument("--config", help="YAML file with config values (CLI flags override it)")
+    if getattr(cls, "PRESETS", None):
+        parser.add_argument(
+            "--preset",
+            choices=sorted(cls.PRESETS),
+            help="named defaults (below --config and flags): "
+            + "; ".join(f"{k}: {v.get('_help', '')}" for k, v in cls.PRESETS.items()),
+        )
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the engine's own log lines and progress bars when piped",
+    )
+
+
+def _field_kwargs(f: dataclasses.Field, tp: Any, dest: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+    if tp is bool:
+        kw["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(tp) in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        # Repeatable: ``--source a=X --source b=Y`` and ``--source a=X b=Y`` both give two.
+        kw.update(nargs="*", action="extend", type=inner if inner in (int, float) else str)
+    else:
+        kw["type"] = tp if tp in (int, float, str) else str
+    if "choices" in f.metadata:
+        kw["choices"] = f.metadata["choices"]
+    return kw
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, _prefix: str = "", _dest: str = "", _skip: frozenset = frozenset()
+) -> None:
     hints = typing.get_type_hints(cls)
     if not _dest:
-        parser.add_argument("--config", help="YAML file with config values (CLI flags override it)")
-        if getattr(cls, "PRESETS", None):
-            parser.add_argument(
-                "--preset",
-                choices=sorted(cls.PRESETS),
-                help="named defaults (below --config and flags): "
-                + "; ".join(f"{k}: {v.get('_help', '')}" for k, v in cls.PRESETS.items()),
-            )
-        parser.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
-        )
+        _add_common_flags(parser, cls)
     for f in dataclasses.fields(cls):
-        if not f.init or f.metadata.get("cli") is False:
+        if not f.init or f.metadata.get("cli") is False or f.name in _skip:
             continue
         if _nested(hints[f.name]):
-            add_config_arguments(parser, _base_type(hints[f.name]), _prefix + flag_prefix(f), _dest + f.name + ".")
+            sub = _base_type(hints[f.name])
+            add_config_arguments(parser, sub, _prefix + flag_prefix(f), _dest + f.name + ".", set_by_parent(f, _skip))
             continue
-        tp = _base_type(hints[f.name])
-        helptext = f.metadata.get("help", "")
-        kw: dict[str, Any] = {"dest": _dest + f.name, "default": argparse.SUPPRESS, "help": helptext}
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(tp) in (list, tuple):
-            (inner, *_) = typing.get_args(tp) or (str,)
-            kw.update(nargs="*", type=inner if inner in (int, float) else str)
-        elif tp in (int, float, str):
-            kw["type"] = tp
-        else:
-            kw["type"] = str
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
+        kw = _field_kwargs(f, _base_type(hints[f.name]), _dest + f.name)
         if f.metadata.get("positional") and not _dest:  # ``dolly-spark sql "QUERY"``: optional, one value
             parser.add_argument(f.name, nargs="?", **{k: v for k, v in kw.items() if k != "dest"})
             continue
@@ -136,7 +160,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _build_section(f: dataclasses.Field, tp: Any, v: Any, where: str, skip: frozenset[str]) -> Any:
+    """A nested section from YAML/flags: a mapping (or a ready dataclass, or None where optional)."""
+    if (v is None and _is_optional(tp)) or dataclasses.is_dataclass(v):
+        return v
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}{f.name}: expected a mapping, got {v!r}")
+    owned = set_by_parent(f, skip)
+    given = sorted(k for k in v if k in owned)
+    if given:
+        raise ConfigError(f"{where}{f.name}.{given[0]}: set at the top level, not inside {f.name}")
+    return _build(_base_type(tp), v, f"{where}{f.name}.", owned)
+
+
+def _build(cls: type, values: dict[str, Any], where: str, skip: frozenset[str] = frozenset()) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = set(values) - set(fields)
@@ -146,15 +183,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     for name, v in values.items():
         f, tp = fields[name], hints[name]
         if _nested(tp):
-            if v is None and _is_optional(tp):
-                kwargs[name] = None
-                continue
-            if dataclasses.is_dataclass(v):
-                kwargs[name] = v
-                continue
-            if not isinstance(v, dict):
-                raise ConfigError(f"{where}{name}: expected a mapping, got {v!r}")
-            kwargs[name] = _build(_base_type(tp), v, f"{where}{name}.")
+            kwargs[name] = _build_section(f, tp, v, where, skip)
             continue
         kwargs[name] = _coerce(v, tp, f"{where}{name}")
         if "choices" in f.metadata and kwargs[name] not in f.metadata["choices"]:
@@ -165,6 +194,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """A config from plain values (a job file's JSON, nested sections as mappings), checked as YAML is."""
+    return _build(cls, values, "")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -184,19 +218,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
-    """Defaults < YAML (``--config``, nested like the dataclasses) < flags, then checked whole."""
+    """Defaults < preset < YAML (``--config``, nested like the dataclasses) < flags, then checked whole.
+
+    A config class may name the preset it gets when none is asked for (``default_preset(values)``,
+    given the YAML and flag values)."""
     values: dict[str, Any] = {}
     cfg_file = getattr(ns, "config", None)
     if cfg_file:
         values = load_yaml(cfg_file)
     preset = getattr(ns, "preset", None) or values.pop("preset", None)
-    if preset is not None:
-        presets = getattr(cls, "PRESETS", None) or {}
-        if preset not in presets:
-            raise ConfigError(f"preset {preset!r} is not one of {sorted(presets)}")
-        values = _merged({k: v for k, v in presets[preset].items() if k != "_help"}, values)
     for dest, v in vars(ns).items():
-        if dest in ("config", "preset", "debug"):
+        if dest in ("config", "preset", "debug", "verbose"):
             continue
         *parents, leaf = dest.split(".")
         node = values
@@ -205,6 +237,13 @@ def resolve_config(cls: type[T], ns: argparse.Namespace) -> T:
                 node[part] = {}
             node = node[part]
         node[leaf] = list(v) if isinstance(v, tuple) else v
+    if preset is None and hasattr(cls, "default_preset"):
+        preset = cls.default_preset(values)
+    if preset is not None:
+        presets = getattr(cls, "PRESETS", None) or {}
+        if preset not in presets:
+            raise ConfigError(f"preset {preset!r} is not one of {sorted(presets)}")
+        values = _merged({k: v for k, v in presets[preset].items() if k != "_help"}, values)
     return _build(cls, values, f"{cfg_file}: " if cfg_file else "")
 
 
@@ -216,8 +255,19 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line (``--help`` shows the usage): ``run`` alone has over a hundred flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # ``--model`` must never quietly mean ``--model-dir``
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str = "") -> T:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     add_config_arguments(parser, cls)
     ns = parser.parse_args(argv)
     try:
@@ -227,20 +277,42 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
 
 
 @dataclasses.dataclass(kw_only=True)
-class Location:
+class LocalRoot:
+    """A local output root: Delta tables, models and the MLflow store live under it."""
+
+    output_root: str | None = dataclasses.field(
+        default=None, metadata={"help": "local root: Delta tables, models and mlflow.db live under it"}
+    )
+
+    def table_names(self):
+        from dolly_spark.ops.tables import table_names_for
+
+        return table_names_for(self.output_root, getattr(self, "catalog", None), getattr(self, "schema", None))
+
+
+@dataclasses.dataclass(kw_only=True)
+class Location(LocalRoot):
     """Where a job's tables, models and MLflow store live: a local root, or a Unity Catalog schema.
 
     Every job config extends it, so ``--output-root`` / ``--catalog`` / ``--schema`` mean the same
     everywhere.
     """
 
-    output_root: str | None = dataclasses.field(
-        default=None, metadata={"help": "local root: Delta tables, models and mlflow.db live under it"}
-    )
     catalog: str | None = dataclasses.field(default=None, metadata={"help": "Unity Catalog catalog (Databricks)"})
     schema: str | None = dataclasses.field(default=None, metadata={"help": "Unity Catalog schema (Databricks)"})
 
-    def table_names(self):
-        from dolly_spark.ops.tables import table_names_for
 
-        return table_names_for(self.output_root, self.catalog, self.schema)
+@dataclasses.dataclass(kw_only=True)
+class TrackedLocation(Location):
+    """A location whose job records an MLflow run: ``--experiment`` is declared here, once."""
+
+    experiment: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "MLflow experiment (default: $DOLLY_EXPERIMENT, else dolly_spark; /Shared/dolly_spark on Databricks)"
+        },
+    )
+
+
+# The fields a parent config hands to each of its sections (``RunConfig``).
+LOCATION_FIELDS = ("output_root", "catalog", "schema", "experiment")

@@ -1,7 +1,7 @@
 """Joins written with the small side on the left, where the hash table is built.
 
 The embedded engine runs with join swapping off (``ops/session.py``): its optimizer swapped the
-packing plan's join so the hash table held every gold row (0.5 GiB at 150k records, issue 16).
+packing plan's join so the hash table held every gold row (0.5 GiB at 150k records).
 With swapping off the left input is always the build side, so these helpers put the small
 frame there. On Databricks the optimizer picks sides by statistics; the results are the same.
 """

@@ -4,13 +4,17 @@ Paths are resolved first, so ``..``, absolute paths and symlinks pointing out of
 caught. ``file:`` URIs and ``sqlite:///`` tracking URIs are checked as the local paths they name.
 Remote URIs (``dbfs:``, ``s3://``, ``databricks``...) are not local writes and are checked only
 when the root is itself a URI of the same scheme.
+
+``engine_path`` hands the embedded engine any local path, odd characters included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -97,3 +101,42 @@ def _same_remote_prefix(path: str, root: str) -> bool:
         return False
     rparts = [x for x in r.path.split("/") if x]
     return parts[: len(rparts)] == rparts
+
+
+# What the embedded engine (Sail) takes as is in a local path. Other characters it percent-encodes
+# on disk (it writes "/r/a b" to "/r/a%20b") or cuts the path at ("/r/a?b" becomes "/r/a").
+_ENGINE_SAFE = re.compile(r"[A-Za-z0-9._/+=@,-]*")
+
+
+def engine_path(path: str | os.PathLike) -> str:
+    """``path`` as the embedded engine should be given it, so its files land exactly there.
+
+    A path the engine takes as is comes back unchanged, and so does a remote URI. Otherwise the
+    deepest directory whose name holds other characters (a space, ``é``, a quote...) is reached
+    through a symlink with a plain name under local scratch: ``/r/my root/tables/gold`` becomes
+    ``<scratch>/engine_paths/<hash>/tables/gold``. That directory is created if missing (a link
+    must point at something; the engine's write would create it anyway).
+    """
+    s = os.fspath(path)
+    local = local_path_of(s)
+    if local is None or _ENGINE_SAFE.fullmatch(s):
+        return s
+    parts = local.absolute().parts
+    odd = max(i for i, part in enumerate(parts) if not _ENGINE_SAFE.fullmatch(part))
+    return str(_engine_alias(Path(*parts[: odd + 1])).joinpath(*parts[odd + 1 :]))
+
+
+def _engine_alias(target: Path) -> Path:
+    """A symlink to ``target`` with a plain name, reused while it points there."""
+    base = local_scratch("engine_paths")
+    if not _ENGINE_SAFE.fullmatch(str(base)):
+        raise ValueError(f"local scratch {base} holds characters the engine rewrites; set DOLLY_LOCAL_SCRATCH")
+    if not target.exists():
+        target.mkdir(parents=True, exist_ok=True)
+    link = base / hashlib.sha256(os.fsencode(target)).hexdigest()[:32]
+    if link.is_symlink() and os.readlink(link) == str(target):
+        return link
+    tmp = base / f".{link.name}.{uuid.uuid4().hex}"
+    os.symlink(target, tmp, target_is_directory=target.is_dir())
+    os.replace(tmp, link)  # atomic: a concurrent job sees the old link or the new one
+    return link

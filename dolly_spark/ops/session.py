@@ -6,11 +6,15 @@ One code path for all three: only the DataFrame/SQL API (no RDDs, no JVM handles
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+# The embedded engine's own log lines follow this logger: at INFO (``--verbose``) Sail's INFO lines
+# show; else only its errors. A RUST_LOG the user set wins.
+ENGINE_LOG = "dolly_spark.engine"
 
 _EMBEDDED: dict[str, object] = {}
 
@@ -29,14 +33,43 @@ def detect_engine() -> Engine:
     return Engine("sail")
 
 
+@contextlib.contextmanager
+def scoped_environ(**values: str):
+    """Set environment variables inside the block and restore them afterwards, so a command
+    never leaves the process (or the processes it starts later) a changed environment."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def engine_environ() -> dict[str, str]:
+    """The embedded engine's settings; a value the user set wins.
+
+    - No join swapping: the left input of every join is its hash table (ops/joins.py puts the
+      small side there), and with swapping on the optimizer built the packing join on all gold rows.
+    - RUST_LOG: errors only, unless ``ENGINE_LOG`` is at INFO (``--verbose``).
+    """
+    out = {} if "SAIL_OPTIMIZER__ENABLE_JOIN_SWAP" in os.environ else {"SAIL_OPTIMIZER__ENABLE_JOIN_SWAP": "false"}
+    if "RUST_LOG" not in os.environ and not logging.getLogger(ENGINE_LOG).isEnabledFor(logging.INFO):
+        out["RUST_LOG"] = "error"
+    return out
+
+
 def start_sail_server(host: str = "127.0.0.1", port: int = 0):
     """Start a Sail Spark Connect server in this process; returns (server, port). Port 0: a free one."""
     from pysail.spark import SparkConnectServer
 
-    # The left input of every join is its hash table (ops/joins.py puts the small side there):
-    # with swapping on, the optimizer built the packing join on all gold rows (issue 16).
-    os.environ.setdefault("SAIL_OPTIMIZER__ENABLE_JOIN_SWAP", "false")
-    server = SparkConnectServer(ip=host, port=port)
+    # Sail reads its config (SAIL_* variables) when a server is built, and sets up its logger
+    # from RUST_LOG when the process builds its first one: both only need to hold for that call.
+    with scoped_environ(**engine_environ()):
+        server = SparkConnectServer(ip=host, port=port)
     server.start(background=True)
     return server, server.listening_address[1]
 

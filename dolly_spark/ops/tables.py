@@ -1,7 +1,8 @@
 """The only layer that reads or writes tables.
 
 Logical tables map to Unity Catalog three-part names on Databricks, or to Delta paths under
-a local root. Identifiers are validated, never spliced into SQL unchecked.
+a local root. Identifiers are validated, never spliced into SQL unchecked. A local root may be any
+path: paths are quoted in SQL, and the engine is handed them through ``engine_location``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dolly_spark.ops.paths import engine_path
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +32,9 @@ LOGICAL_TABLES = (
     "sql_views",  # view definitions, re-created whenever a session opens the tables
 )
 _IDENT = re.compile(r"[A-Za-z0-9_]+")  # used with fullmatch: "$" would accept a trailing newline
-# Characters a local path may hold. It is quoted inside SQL ('...' and `...`), and the engine
-# URL-encodes or cuts paths at others (Sail writes '/r/a b' to '/r/a%20b', '/r/a?b' to '/r/a').
-_SAFE_PATH = re.compile(r"[A-Za-z0-9._/+=@,-]+")
+# What a local root may not hold: delta-rs reads "\" as "/" and "%20" as " " (through a symlink
+# too) and rejects control characters in a path.
+_UNREADABLE_BY_DELTA_RS = re.compile(r"[\\\x00-\x1f\x7f]|%[0-9A-Fa-f]{2}")
 
 
 class InvalidIdentifierError(ValueError):
@@ -46,26 +49,35 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
     return name
 
 
-def validate_path(path: str) -> str:
-    if not isinstance(path, str) or not _SAFE_PATH.fullmatch(path):
-        raise InvalidIdentifierError(
-            f"invalid table path {path!r}: only letters, digits and . _ / + = @ , - are allowed "
-            "(quotes, spaces, '?', '#', '%' and non-ASCII would be rewritten by the engine or break SQL)"
-        )
-    return path
+def engine_location(path: str) -> str:
+    """The path to give the engine for a local ``path``: Databricks takes any path as is; the
+    embedded engine (and a local Spark Connect one) goes through ``paths.engine_path``."""
+    from dolly_spark.ops.session import engine_name
+
+    return path if engine_name() == "databricks" else engine_path(path)
+
+
+def quote_path(path: str) -> str:
+    """``path`` inside backquotes (``delta.`...```), backquotes in it doubled."""
+    return "`" + path.replace("`", "``") + "`"
+
+
+def sql_string(s: str) -> str:
+    """``s`` as a single-quoted SQL string literal (Spark SQL escapes with backslashes)."""
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
 class TableRef:
     logical: str
     name: str  # validated SQL name: catalog.schema.table, or the bare table name locally
-    path: str | None = None  # Delta location for local tables
+    path: str | None = None  # Delta location for local tables: any local path
 
     @property
     def sql(self) -> str:
         """How to name the table inside SQL text."""
         if self.path is not None:
-            return f"delta.`{self.path}`"
+            return f"delta.{quote_path(engine_location(self.path))}"
         return ".".join(f"`{p}`" for p in self.name.split("."))
 
 
@@ -85,8 +97,14 @@ class TableNames:
         if self.catalog is not None:
             validate_identifier(self.catalog, "catalog")
             validate_identifier(self.schema or "", "schema")
-        else:
-            validate_path(str(Path(self.root).resolve()))
+        elif not isinstance(self.root, str) or not self.root or "\x00" in self.root:
+            raise ValueError(f"invalid local root {self.root!r}: expected a path")
+        elif _UNREADABLE_BY_DELTA_RS.search(self.root):
+            raise ValueError(
+                f"local root {self.root!r}: a backslash, a control character (tab, newline...) or a %XX escape "
+                "in the path is not supported: delta-rs, which reads the tables' versions, cannot open it; "
+                "rename the folder"
+            )
         if self.prefix:
             validate_identifier(self.prefix, "table prefix")
         for k, v in self.overrides.items():
@@ -98,8 +116,7 @@ class TableNames:
         table = validate_identifier(self.overrides.get(logical, f"{self.prefix}{logical}"), "table")
         if self.catalog is not None:
             return TableRef(logical, f"{self.catalog}.{self.schema}.{table}")
-        path = str(Path(self.root).resolve() / "tables" / table)
-        return TableRef(logical, table, validate_path(path))
+        return TableRef(logical, table, str(Path(self.root).resolve() / "tables" / table))
 
     def __getattr__(self, item: str) -> TableRef:
         if item in LOGICAL_TABLES:
@@ -127,13 +144,13 @@ def read_table(spark, ref: TableRef, version: int | None = None):
     if version is not None:
         reader = reader.option("versionAsOf", int(version))
     if ref.path is not None:
-        return reader.load(ref.path)
+        return reader.load(engine_location(ref.path))
     if version is not None:
         return spark.sql(f"SELECT * FROM {ref.sql} VERSION AS OF {int(version)}")
     return spark.table(ref.name)
 
 
-# Bounded writer memory on the embedded engine (issue 16). Sail's Delta writer holds a whole file
+# Bounded writer memory on the embedded engine. Sail's Delta writer holds a whole file
 # as one row group until it rolls over, and its Parquet writer a row group of up to 1M rows: at
 # 150k gold rows that was the whole table in memory. Databricks' writers bound themselves; these
 # options are only set for Sail.
@@ -172,7 +189,7 @@ def write_table(
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     if ref.path is not None:
-        writer.save(ref.path)
+        writer.save(engine_location(ref.path))
         register_table(spark, ref)
     else:
         writer.saveAsTable(ref.name)
@@ -190,7 +207,7 @@ def register_table(spark, ref: TableRef) -> None:
     if ref.path is None:
         return
     spark.sql(f"DROP TABLE IF EXISTS `{ref.name}`")
-    spark.sql(f"CREATE TABLE `{ref.name}` USING delta LOCATION '{ref.path}'")
+    spark.sql(f"CREATE TABLE `{ref.name}` USING delta LOCATION {sql_string(engine_location(ref.path))}")
 
 
 def register_all(spark, names: TableNames) -> list[str]:
@@ -213,19 +230,15 @@ def local_versions(names: TableNames) -> dict[str, int]:
     return out
 
 
-def _escape_sql_string(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def _apply_comments(spark, ref: TableRef, comment: str | None, column_comments: dict[str, str]) -> None:
     """Table and column comments where the engine supports them (Databricks does; Sail does not)."""
     if ref.path is not None:
         return  # the embedded engine has no COMMENT ON / ALTER COLUMN COMMENT for path tables
     if comment:
-        spark.sql(f"COMMENT ON TABLE {ref.sql} IS '{_escape_sql_string(comment)}'")
+        spark.sql(f"COMMENT ON TABLE {ref.sql} IS {sql_string(comment)}")
     for col, text in column_comments.items():
         validate_identifier(col, "column")
-        spark.sql(f"ALTER TABLE {ref.sql} ALTER COLUMN `{col}` COMMENT '{_escape_sql_string(text)}'")
+        spark.sql(f"ALTER TABLE {ref.sql} ALTER COLUMN `{col}` COMMENT {sql_string(text)}")
 
 
 def table_version(spark, ref: TableRef) -> int:
@@ -252,5 +265,5 @@ def write_parquet(df, path: str, num_files: int | None = None) -> list[str]:
     """
     if num_files:
         df = df.repartition(int(num_files))
-    bounded(df.write.mode("overwrite"), "parquet").parquet(str(path))
+    bounded(df.write.mode("overwrite"), "parquet").parquet(engine_location(str(path)))
     return sorted(str(p) for p in Path(path).rglob("*.parquet") if not p.name.startswith((".", "_")))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame
 
-from dolly_spark.ops.tables import bounded
+from dolly_spark.ops.tables import bounded, engine_location
 
 
 class WorkDir:
@@ -32,7 +32,7 @@ class WorkDir:
         self.timings: dict[str, float] = {}  # seconds spent computing each materialised stage
 
     def materialize(self, df: DataFrame, name: str) -> DataFrame:
-        target = str(self.path / name)
+        target = engine_location(str(self.path / name))
         t0 = time.perf_counter()
         bounded(df.write.mode("overwrite"), "parquet").parquet(target)
         self.timings[name] = round(time.perf_counter() - t0, 3)

@@ -6,6 +6,9 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
+from pyspark.sql import functions as F
+
+from dolly_spark.ops import tables
 from dolly_spark.ops.schemas import METRICS_SCHEMA
 
 
@@ -55,3 +58,22 @@ def check_invariant(raw: int, out: int, quarantined: int, duplicates: int = 0, w
             f"row accounting broken: raw {raw} != {what} {out} + quarantine {quarantined} + duplicates "
             f"{duplicates} (difference {raw - out - quarantined - duplicates})"
         )
+
+
+def per_source_accounting(spark, names, out_name: str) -> dict[str, dict[str, int]]:
+    """{source: {raw, <out_name>, quarantine, duplicates}}; raises if any source loses rows."""
+    tallies: dict[str, dict[str, int]] = {}
+    parts = {"raw": names.bronze, out_name: getattr(names, out_name), "quarantine": names.quarantine}
+    if out_name in ("candidates", "gold"):
+        parts["duplicates"] = names.duplicates
+    for key, ref in parts.items():
+        if not tables.table_exists(spark, ref):
+            continue
+        df = tables.read_table(spark, ref)
+        for r in df.groupBy(F.coalesce(F.col("source"), F.lit("")).alias("s")).count().collect():
+            tallies.setdefault(r["s"], dict.fromkeys(parts, 0))[key] = int(r["count"])
+    for src, t in tallies.items():
+        check_invariant(
+            t["raw"], t[out_name], t["quarantine"], t.get("duplicates", 0), what=f"{out_name} (source {src!r})"
+        )
+    return dict(sorted(tallies.items()))

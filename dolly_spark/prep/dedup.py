@@ -1,6 +1,6 @@
 """Silver -> gold candidates: exact and MinHash-LSH near-duplicate removal, with lineage.
 
-Stages, each a named ``DataFrame -> DataFrame`` sharing one :class:`DedupConfig`:
+Building blocks, each a named ``DataFrame -> DataFrame`` (the LSH ones in ``prep/dedup_lsh.py``):
 
 1. ``normalize_for_matching``the configured fields, normalised (case, whitespace, punctuation)
 2. ``exact_groups``       sha256 of the normalised text; one representative per group
@@ -11,8 +11,11 @@ Stages, each a named ``DataFrame -> DataFrame`` sharing one :class:`DedupConfig`
 7. ``verify_pairs``       Jaccard of the shingle sets; edges with jaccard >= threshold
 8. ``clusters``           connected components of the edges (union-find or label propagation)
 
-``deduplicate`` runs them (exact first, MinHash on the exact survivors) and returns the kept
-rows plus a ``duplicates`` frame: one row per removed record, pointing at the record kept.
+``deduplicate`` chains them as stages sharing one :class:`DedupConfig` and work dir:
+``exact_duplicates`` -> ``shingle_survivors`` (one record per exact group) ->
+``lsh_candidate_pairs`` -> ``verified_edges`` -> ``near_duplicate_clusters`` ->
+``removed_records`` -> ``with_lineage``. It returns the kept rows plus a ``duplicates`` frame:
+one row per removed record, pointing at the record kept.
 No pyspark.ml and no RDDs: DataFrame/SQL operations and pandas UDFs only.
 """
 
@@ -32,8 +35,22 @@ from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import DUPLICATES_COLUMNS
 from dolly_spark.ops.workdir import WorkDir
 from dolly_spark.prep.dedup_clusters import clusters
-from dolly_spark.prep.dedup_short import budget_udf, short_record_buckets, within_substitution_budget  # noqa: F401 (re-export)
-from dolly_spark.prep.minhash import band_hashes, minhash_signatures, optimal_bands_rows, permutations, shingle_hashes
+from dolly_spark.prep.dedup_lsh import (
+    band_buckets,
+    candidate_pairs,
+    capped_bucket_stats,
+    jaccard,
+    shared_buckets,
+    verify_pairs,
+)
+from dolly_spark.prep.dedup_short import short_record_buckets, within_substitution_budget  # noqa: F401 (re-export)
+from dolly_spark.prep.minhash import (  # noqa: F401 (band_hashes: a re-export)
+    band_hashes,
+    minhash_signatures,
+    optimal_bands_rows,
+    permutations,
+    shingle_hashes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +189,7 @@ def exact_groups(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     return reps.join(hashed, "exact_hash").select(*df.columns, "exact_hash", "exact_group_size", "exact_rep")
 
 
-# --- 2. MinHash LSH ----------------------------------------------------------------------------
+# --- 2. shingles and MinHash signatures -------------------------------------------------------
 
 
 def _shingle_udf(kind: str, k: int):
@@ -218,108 +235,7 @@ def add_signatures(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     return df.withColumn("signature", _signature_udf(cfg.num_perm, cfg.seed)(F.col("shingles")))
 
 
-def _band_udf(bands: int, rows: int):
-    @pandas_udf("array<long>")
-    def band(signature: pd.Series) -> pd.Series:
-        if len(signature) == 0:
-            return pd.Series([], dtype=object)
-        sig = np.stack(signature.to_numpy()).view(np.uint32)
-        return pd.Series(list(band_hashes(sig, bands, rows)))
-
-    return band
-
-
-def band_buckets(df: DataFrame, bands: int, rows: int) -> DataFrame:
-    """One row per (record, band): ``record_id, band, bucket`` (the band's hash).
-
-    Band hashes come from one pandas UDF call: an SQL ``transform`` over the signature made Sail
-    re-evaluate the signature UDF once per band.
-    """
-    return df.select("record_id", F.posexplode(_band_udf(bands, rows)(F.col("signature"))).alias("band", "bucket"))
-
-
-def shared_buckets(buckets: DataFrame) -> DataFrame:
-    """Buckets with two or more members: ``band, bucket, bucket_size, members`` (sorted ids)."""
-    return (
-        buckets.groupBy("band", "bucket")
-        .agg(F.count(F.lit(1)).alias("bucket_size"), F.array_sort(F.collect_list("record_id")).alias("members"))
-        .where(F.col("bucket_size") > 1)
-    )
-
-
-def candidate_pairs(shared: DataFrame, max_bucket_size: int) -> DataFrame:
-    """Distinct ``id_a < id_b`` pairs sharing a bucket.
-
-    Only the ``max_bucket_size`` lowest record_ids of a bucket pair up: a degenerate bucket would
-    otherwise produce size^2 pairs (see ``capped_bucket_stats``).
-    """
-    cap = max_bucket_size
-    capped = shared.select(F.slice("members", 1, cap).alias("members"))
-    return (
-        capped.select("members", F.posexplode("members").alias("pos", "id_a"))
-        .select("id_a", F.explode(F.slice("members", F.col("pos") + 2, cap)).alias("id_b"))
-        .distinct()
-    )
-
-
-def capped_bucket_stats(shared: DataFrame, max_bucket_size: int) -> dict[str, int]:
-    row = (
-        shared.where(F.col("bucket_size") > max_bucket_size)
-        .agg(F.count(F.lit(1)).alias("buckets"), F.sum(F.col("bucket_size") - max_bucket_size).alias("members"))
-        .collect()[0]
-    )
-    return {"capped_buckets": int(row["buckets"] or 0), "capped_members": int(row["members"] or 0)}
-
-
-def jaccard(a: Column, b: Column) -> Column:
-    """Jaccard similarity of two arrays treated as sets."""
-    return (F.size(F.array_intersect(a, b)) / F.size(F.array_union(a, b))).cast("double")
-
-
-def verify_pairs(
-    pairs: DataFrame,
-    shingled: DataFrame,
-    threshold: float,
-    field_columns: list[str] | tuple[str, ...] = (),
-    text_columns: list[str] | tuple[str, ...] = (),
-    short_field_words: int = 32,
-    substitution_rate: float = 0.0,
-) -> DataFrame:
-    """Candidate pairs that are near duplicates: ``id_a, id_b, jaccard`` (whole-text Jaccard).
-
-    Without ``field_columns``: whole-text Jaccard >= threshold. With them (per-field shingle
-    arrays), every field must be close too. With ``text_columns`` (per-field normalised texts)
-    a short field is also close when it is within its word-substitution budget, the record then
-    passes when the whole text reaches the threshold or every field is within its budget, and a
-    slot change (the same word replaced in two fields) never passes.
-    """
-    cols = ["shingles", *field_columns, *text_columns]
-    sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
-    sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
-    whole = jaccard(F.col("a_shingles"), F.col("b_shingles"))
-    fields_close, all_within_budget = F.lit(True), F.lit(True)
-    if text_columns:
-        texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
-        budgets = budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
-    for i, c in enumerate(field_columns):
-        close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
-        if text_columns:
-            budget = F.element_at(budgets, i + 1)
-            close = close | budget
-            all_within_budget = all_within_budget & budget
-        fields_close = fields_close & close
-    record_close = (whole >= F.lit(threshold)) | (all_within_budget if text_columns else F.lit(False))
-    if text_columns:  # a slot change is a different question, however similar the texts
-        record_close = record_close & ~F.element_at(budgets, len(text_columns) + 1)
-    return (
-        pairs.join(sa, "id_a")
-        .join(sb, "id_b")
-        .where(fields_close & record_close)
-        .select("id_a", "id_b", whole.alias("jaccard"))
-    )
-
-
-# --- top level --------------------------------------------------------------------------------
+# --- 3. deduplicate: its result, its stages, the top level ------------------------------------
 
 
 @dataclass
@@ -335,17 +251,16 @@ class DedupResult:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupResult:
-    """Exact dedup, then MinHash LSH on the survivors. Every input row ends up in exactly one of
-    ``kept`` and ``duplicates``; reruns on the same input give the same result."""
-    work = WorkDir(cfg.work_dir)
-    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
-    stats: dict = {"bands": bands, "rows": rows, "threshold": cfg.threshold, "fields": cfg.fields}
+# The stages of ``deduplicate``, in order. Each takes the shared DedupConfig and WorkDir, writes
+# what later stages read more than once to the work dir, and returns it (with its stats).
 
-    exact = work.materialize(
-        silver.transform(lambda d: normalize_for_matching(d, cfg))
-        .transform(lambda d: exact_groups(d, cfg))
-        .select(
+
+def exact_duplicates(silver: DataFrame, cfg: DedupConfig, work: WorkDir) -> DataFrame:
+    """Every record with its exact group (``exact_hash``, ``exact_group_size``, ``exact_rep``) and
+    what the keep rule needs later (``response_chars``, ``source_rank``)."""
+    grouped = silver.transform(lambda d: normalize_for_matching(d, cfg)).transform(lambda d: exact_groups(d, cfg))
+    return work.materialize(
+        grouped.select(
             "record_id",
             "dedup_text",
             "exact_hash",
@@ -357,71 +272,80 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
         "exact",
     )
 
-    # MinHash on one record per exact group.
+
+def shingle_survivors(exact: DataFrame, silver: DataFrame, cfg: DedupConfig, work: WorkDir) -> DataFrame:
+    """Shingles of one record per exact group: MinHash runs on these only."""
     survivors = exact.where(F.col("record_id") == F.col("exact_rep"))
-    shingled = work.materialize(
-        survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id")
-        .transform(lambda d: add_shingles(d, cfg))
-        .select(
-            "record_id",
-            "response_chars",
-            "source_rank",
-            "shingles",
-            *field_shingle_columns(cfg),
-            *field_text_columns(cfg),
-        ),
-        "shingles",
+    shingled = survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id").transform(
+        lambda d: add_shingles(d, cfg)
     )
+    columns = ["record_id", "response_chars", "source_rank", "shingles"]
+    return work.materialize(
+        shingled.select(*columns, *field_shingle_columns(cfg), *field_text_columns(cfg)), "shingles"
+    )
+
+
+def lsh_candidate_pairs(
+    shingled: DataFrame, cfg: DedupConfig, work: WorkDir, bands: int, rows: int
+) -> tuple[DataFrame, dict]:
+    """Pairs sharing an LSH bucket of their MinHash signatures, or (short rule) a short-record
+    bucket; with the capped-bucket stats and the pair count."""
     shared = work.materialize(
         shingled.transform(lambda d: add_signatures(d, cfg))
         .transform(lambda d: band_buckets(d, bands, rows))
         .transform(shared_buckets),
         "shared_buckets",
     )
-    stats.update(capped_bucket_stats(shared, cfg.max_bucket_size))
+    stats = capped_bucket_stats(shared, cfg.max_bucket_size)
     pairs = candidate_pairs(shared, cfg.max_bucket_size)
     if cfg.short_rule:
-        short = work.materialize(
-            shared_buckets(
-                short_record_buckets(
-                    shingled, field_text_columns(cfg), cfg.short_field_words, cfg.short_field_substitution_rate
-                )
-            ),
-            "short_buckets",
+        blocks = short_record_buckets(
+            shingled, field_text_columns(cfg), cfg.short_field_words, cfg.short_field_substitution_rate
         )
+        short = work.materialize(shared_buckets(blocks), "short_buckets")
         stats.update({f"short_{k}": v for k, v in capped_bucket_stats(short, cfg.max_bucket_size).items()})
         pairs = pairs.unionByName(candidate_pairs(short, cfg.max_bucket_size)).distinct()
     pairs = work.materialize(pairs, "candidate_pairs")
     stats["candidate_pairs"] = pairs.count()
-    edges = work.materialize(
-        verify_pairs(
-            pairs,
-            shingled,
-            cfg.threshold,
-            field_shingle_columns(cfg),
-            field_text_columns(cfg),
-            cfg.short_field_words,
-            cfg.short_field_substitution_rate,
-        ),
-        "verified_pairs",
-    )
-    stats["verified_pairs"] = edges.count()
-    components, method = clusters(edges, cfg.union_find_max_edges, cfg.max_iterations, work)
-    stats["components_method"] = method
-    components = work.materialize(components, "components")
+    return pairs, stats
 
-    # The record kept per near-duplicate cluster, by the same keep rule as exact groups.
+
+def verified_edges(pairs: DataFrame, shingled: DataFrame, cfg: DedupConfig, work: WorkDir) -> tuple[DataFrame, dict]:
+    """The candidate pairs that really are near duplicates (exact Jaccard, per-field rules)."""
+    verified = verify_pairs(
+        pairs,
+        shingled,
+        cfg.threshold,
+        field_shingle_columns(cfg),
+        field_text_columns(cfg),
+        cfg.short_field_words,
+        cfg.short_field_substitution_rate,
+    )
+    edges = work.materialize(verified, "verified_pairs")
+    return edges, {"verified_pairs": edges.count()}
+
+
+def near_duplicate_clusters(
+    edges: DataFrame, shingled: DataFrame, cfg: DedupConfig, work: WorkDir
+) -> tuple[DataFrame, dict]:
+    """``record_id, cluster, near_rep``: connected components of the edges, and the record kept
+    per cluster by the same keep rule as exact groups."""
+    components, method = clusters(edges, cfg.union_find_max_edges, cfg.max_iterations, work)
+    components = work.materialize(components, "components")
     members = components.join(shingled.select("record_id", "response_chars", "source_rank"), "record_id")
     reps = members.groupBy("cluster").agg(
         F.min(_keep_key(cfg, F.col("response_chars"), F.col("source_rank"))).getField("record_id").alias("near_rep")
     )
     near = work.materialize(members.join(reps, "cluster").select("record_id", "cluster", "near_rep"), "near_reps")
+    return near, {"components_method": method}
 
-    # Final survivor of each record: its exact rep, or that rep's near-duplicate rep.
+
+def removed_records(exact: DataFrame, near: DataFrame, shingled: DataFrame, work: WorkDir) -> DataFrame:
+    """One row per removed record: ``record_id, kept_record_id, cluster_id, method, jaccard``,
+    pointing at its final survivor (its exact rep, or that rep's near-duplicate rep)."""
     resolved = exact.join(
         near.select(F.col("record_id").alias("exact_rep"), "cluster", "near_rep"), "exact_rep", "left"
     ).withColumn("final_rep", F.coalesce(F.col("near_rep"), F.col("exact_rep")))
-
     exact_removed = resolved.where(F.col("record_id") != F.col("exact_rep")).select(
         "record_id",
         F.col("final_rep").alias("kept_record_id"),
@@ -442,25 +366,49 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
             jaccard(F.col("shingles"), F.col("sh_kept")).alias("jaccard"),
         )
     )
-    removed = work.materialize(exact_removed.unionByName(near_removed), "removed")
+    return work.materialize(exact_removed.unionByName(near_removed), "removed")
 
-    # Which source each side came from: dedup runs across sources.
+
+def with_lineage(removed: DataFrame, silver: DataFrame) -> DataFrame:
+    """The ``duplicates`` rows (DUPLICATES_COLUMNS): which source each side came from, since
+    dedup runs across sources."""
     src = F.col("source") if "source" in silver.columns else F.lit(None).cast("string")
     sources = silver.select("record_id", src.alias("source"))
     kept_sources = sources.select(F.col("record_id").alias("kept_record_id"), F.col("source").alias("kept_source"))
-    duplicates = (
+    return (
         removed.join(silver.select("record_id", "category"), "record_id")
         .join(sources, "record_id")
         .join(kept_sources, "kept_record_id", "left")
         .select(*DUPLICATES_COLUMNS)
     )
-    kept = anti_join(silver, removed, "record_id")
 
+
+def group_counts(exact: DataFrame, near: DataFrame) -> dict[str, int]:
+    """Exact groups with more than one member, and near-duplicate clusters."""
     groups = exact.where(F.col("exact_group_size") > 1).agg(F.countDistinct("exact_hash").alias("n")).collect()[0]
-    stats["exact_groups"] = int(groups["n"] or 0)
-    stats["near_clusters"] = near.select("cluster").distinct().count()
+    return {"exact_groups": int(groups["n"] or 0), "near_clusters": near.select("cluster").distinct().count()}
+
+
+def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupResult:
+    """Exact dedup, then MinHash LSH on the survivors. Every input row ends up in exactly one of
+    ``kept`` and ``duplicates``; reruns on the same input give the same result."""
+    work = WorkDir(cfg.work_dir)
+    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    stats: dict = {"bands": bands, "rows": rows, "threshold": cfg.threshold, "fields": cfg.fields}
+    exact = exact_duplicates(silver, cfg, work)
+    shingled = shingle_survivors(exact, silver, cfg, work)
+    pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work, bands, rows)
+    edges, edge_stats = verified_edges(pairs, shingled, cfg, work)
+    near, cluster_stats = near_duplicate_clusters(edges, shingled, cfg, work)
+    removed = removed_records(exact, near, shingled, work)
+    stats.update({**pair_stats, **edge_stats, **cluster_stats, **group_counts(exact, near)})
     stats["stage_seconds"] = dict(work.timings)
-    return DedupResult(kept=kept, duplicates=duplicates, stats=stats, work_dir=str(work.path))
+    return DedupResult(
+        kept=anti_join(silver, removed, "record_id"),
+        duplicates=with_lineage(removed, silver),
+        stats=stats,
+        work_dir=str(work.path),
+    )
 
 
 def dedup_metrics(result: DedupResult) -> dict:

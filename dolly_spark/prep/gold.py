@@ -7,7 +7,7 @@ Stages are pure ``DataFrame -> DataFrame`` functions sharing one ``GoldConfig``:
 
 ``build_gold`` chains them and keeps every row, with ``reasons``/``reason`` set on the rejected
 ones (``special_token_in_text``, ``too_long``, ``response_key_missing``); ``gold_rows`` and ``gold_quarantine_rows`` split
-the result. Records longer than ``max_seq_len`` are never truncated.
+the result. Records longer than ``max_record_tokens`` are never truncated.
 """
 
 from __future__ import annotations
@@ -50,13 +50,16 @@ class GoldConfig:
         default_factory=default_tokenizer,
         metadata={"help": "tokenizer hub id or local dir with tokenizer.json (env DOLLY_TOKENIZER)"},
     )
-    max_seq_len: int | None = field(
+    max_record_tokens: int | None = field(
         default=None,
-        metadata={"help": "longer records go to quarantine as too_long (default: --model's context, else 2048)"},
+        metadata={
+            "help": "records of more tokens go to quarantine as too_long, never cut "
+            "(default: --base-model's context, else 2048)"
+        },
     )
-    model: str | None = field(
+    base_model: str | None = field(
         default=None,
-        metadata={"help": "model id, dir or config.json whose max_position_embeddings sets max_seq_len"},
+        metadata={"help": "the model to fine-tune (id, dir or config.json): its context sets max_record_tokens"},
     )
     # Dolly's train_dolly.py passes --test-size 200 (trainer.py's own default, 1000, is overridden).
     eval_size: int = field(default=200, metadata={"help": "eval records expected out of eval_reference_rows"})
@@ -77,14 +80,14 @@ class GoldConfig:
     )
     pack_separator_tokens: int = field(
         default=0,
-        metadata={"help": "tokens the collator appends per record (e.g. 1 for an EOS); counted against max_seq_len"},
+        metadata={
+            "help": "tokens the collator appends per record (e.g. 1 for an EOS); counted against max_record_tokens"
+        },
     )
 
     def __post_init__(self):
-        if self.max_seq_len is None:  # frozen: resolved once, so every stage sees the same number
-            object.__setattr__(self, "max_seq_len", model_max_positions(self.model) if self.model else PYTHIA_CONTEXT)
-        if self.max_seq_len < 8:
-            raise ValueError(f"max_seq_len must be at least 8, got {self.max_seq_len}")
+        if self.max_record_tokens is not None and self.max_record_tokens < 8:
+            raise ValueError(f"max_record_tokens must be at least 8, got {self.max_record_tokens}")
         if not 0 < self.eval_size < self.eval_reference_rows:
             raise ValueError(
                 f"need 0 < eval_size < eval_reference_rows, got {self.eval_size} and {self.eval_reference_rows}"
@@ -94,14 +97,21 @@ class GoldConfig:
         if self.pack_group_rows < 1:
             raise ValueError("pack_group_rows must be >= 1")
 
+    @functools.cached_property
+    def record_token_limit(self) -> int:
+        """``max_record_tokens``, else the base model's context (read once per config), else Pythia's."""
+        if self.max_record_tokens is not None:
+            return self.max_record_tokens
+        return model_max_positions(self.base_model) if self.base_model else PYTHIA_CONTEXT
+
     @property
     def eval_fraction(self) -> float:
         return self.eval_size / self.eval_reference_rows
 
     @property
     def pack_budget(self) -> int:
-        """Tokens in one packed row: the model context, so a pack never exceeds max_seq_len."""
-        return self.max_seq_len
+        """Tokens in one packed row: the model context, so a pack never exceeds max_record_tokens."""
+        return self.record_token_limit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +267,12 @@ def flag_special_tokens(df: DataFrame, cfg: GoldConfig) -> DataFrame:
 
 
 def flag_too_many_tokens(df: DataFrame, cfg: GoldConfig) -> DataFrame:
-    """seq_len (+ separator tokens) > max_seq_len: quarantined as ``too_long``, never truncated."""
+    """seq_len (+ separator tokens) > max_record_tokens: quarantined as ``too_long``, never truncated."""
     return df.withColumn(
         RULE_PREFIX + "too_long",
-        F.when(F.col("seq_len") + F.lit(cfg.pack_separator_tokens) > cfg.max_seq_len, F.lit("too_long")).otherwise(
-            F.lit(None).cast("string")
-        ),
+        F.when(
+            F.col("seq_len") + F.lit(cfg.pack_separator_tokens) > cfg.record_token_limit, F.lit("too_long")
+        ).otherwise(F.lit(None).cast("string")),
     )
 
 

@@ -7,7 +7,8 @@ number kept as lineage. Record ids are content addresses (``content_key`` plus a
 tiebreak), so the train/eval split never depends on file names, line order or chunking.
 A named file is read whatever its name; unsupported compressions (bz2, xz, zstd, zip, gzip in
 gzip) are refused for a named file and one ``unsupported_compression`` row inside a folder.
-Works on local paths and UC Volume paths (executors read them through the Volume's FUSE mount);
+A line longer than ``max_line_bytes`` is one ``line_too_long`` row (its first bytes kept), read
+in bounded memory. Works on local paths and UC Volume paths (executors read them through the Volume's FUSE mount);
 the Hugging Face dataset id is resolved to a local file first.
 """
 
@@ -25,13 +26,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from dolly_spark.ops.schemas import BRONZE_SCHEMA
+from dolly_spark.prep import line_reader
 from dolly_spark.prep.line_reader import (
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
     TEXT,
     Chunk,
     chunk_lines,
     compression_problem,
-    count_line_starts,
     file_kind,
     kind_of,
     list_files,
@@ -59,7 +61,8 @@ _ARROW_SCHEMA = pa.schema(
 _COUNT_SCHEMA = pa.schema([("path", pa.string()), ("start", pa.int64()), ("lines", pa.int64())])
 _COUNT_DDL = "path string, start long, lines long"
 _CHUNK_SCHEMA = "path string, kind string, start long, end long, first_line long"
-BATCH_LINES = 4096  # lines per Arrow batch a reading task yields: its memory bound
+BATCH_LINES = 4096  # lines per Arrow batch a reading task yields, at most ...
+BATCH_BYTES = 16 * 1024 * 1024  # ... and raw bytes per batch: no message nears the engine's limit
 MAX_READ_TASKS = 4096  # partitions of the chunk list: many small files share tasks beyond this
 
 
@@ -205,16 +208,34 @@ def split_file(path: str, content: bytes) -> dict[str, list]:
     return _columns(source, chunk_lines(lambda: io.BytesIO(content), kind, 0, len(content)), 1)
 
 
-def read_chunks(batches, batch_lines: int = BATCH_LINES):
-    """mapInArrow body: each chunk row becomes Arrow batches of at most ``batch_lines`` rows."""
+def line_blocks(lines, batch_lines: int = BATCH_LINES, batch_bytes: int = BATCH_BYTES):
+    """Lists of lines, each at most ``batch_lines`` long and ending at the first line that
+    brings it to ``batch_bytes`` raw bytes (so one overlong block holds a single line)."""
+    block, size = [], 0
+    for line in lines:
+        block.append(line)
+        size += len(line[0])
+        if len(block) >= batch_lines or size >= batch_bytes:
+            yield block
+            block, size = [], 0
+    if block:
+        yield block
+
+
+def read_chunks(
+    batches,
+    batch_lines: int = BATCH_LINES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_bytes: int = BATCH_BYTES,
+):
+    """mapInArrow body: each chunk row becomes Arrow batches bounded in rows and in bytes."""
     for batch in batches:
         for c in batch.to_pylist():
-            lines = chunk_lines(lambda p=c["path"]: open(p, "rb"), c["kind"], c["start"], c["end"])
+            lines = chunk_lines(
+                lambda p=c["path"]: open(p, "rb"), c["kind"], c["start"], c["end"], max_line_bytes=max_line_bytes
+            )
             first = c["first_line"]
-            while True:
-                block = list(itertools.islice(lines, batch_lines))
-                if not block:
-                    break
+            for block in line_blocks(lines, batch_lines, batch_bytes):
                 yield pa.RecordBatch.from_pydict(_columns(c["path"], block, first), schema=_ARROW_SCHEMA)
                 first += len(block)
 
@@ -223,20 +244,24 @@ def count_chunks(batches):
     """mapInArrow body of the counting pass: line starts per byte range."""
     for batch in batches:
         rows = batch.to_pylist()
-        counts = [count_line_starts(lambda p=r["path"]: open(p, "rb"), r["start"], r["end"]) for r in rows]
+        counts = [line_reader.count_line_starts(lambda p=r["path"]: open(p, "rb"), r["start"], r["end"]) for r in rows]
         yield pa.RecordBatch.from_pydict(
             {"path": [r["path"] for r in rows], "start": [r["start"] for r in rows], "lines": counts},
             schema=_COUNT_SCHEMA,
         )
 
 
-def sample_keys(paths: list[str], lines_per_file: int = 50, max_files: int = 100) -> set[str] | None:
+def sample_keys(
+    paths: list[str], lines_per_file: int = 50, max_files: int = 100, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> set[str] | None:
     """Keys of the JSON objects among the first lines of the first files, read on the driver (a
     few KiB, not a pass over the data); None when no sampled line is a readable object."""
     keys: set[str] = set()
     readable = False
     for path in paths[:max_files]:
-        lines = chunk_lines(lambda p=path: open(p, "rb"), kind_of(path), verify_gzip=False)
+        lines = chunk_lines(
+            lambda p=path: open(p, "rb"), kind_of(path), verify_gzip=False, max_line_bytes=max_line_bytes
+        )
         try:
             for _, text, err in itertools.islice(lines, lines_per_file):
                 obj = _json_or_none(text) if err is None else None
@@ -267,28 +292,41 @@ def with_record_ids(lines):
     return lines.withColumn("record_id", F.when(n == 0, F.col("record_id")).otherwise(tiebroken))
 
 
-def number_chunks(spark, chunks: list[Chunk]) -> list[Chunk]:
-    """Set each range's first line number; only files split into several ranges need counting,
-    which runs on the executors (one small row per range comes back)."""
-    split = [c for c in chunks if c.kind == TEXT and c.start > 0]
-    if not split:
-        return chunks
-    paths = {c.path for c in split}
-    ranges = [c for c in chunks if c.path in paths]
+def ranges_to_count(chunks: list[Chunk]) -> list[Chunk]:
+    """Every range of the files split into several ranges: only those need their lines counted
+    (an unsplit file's one range starts at line 1)."""
+    split = {c.path for c in chunks if c.kind == TEXT and c.start > 0}
+    return [c for c in chunks if c.path in split]
+
+
+def count_ranges(spark, ranges: list[Chunk]) -> dict[tuple[str, int], int]:
+    """Line starts per (path, start), counted on the executors (one small row per range comes back)."""
     frame = spark.createDataFrame([(c.path, c.kind, c.start, c.end, c.first_line) for c in ranges], _CHUNK_SCHEMA)
     counted = frame.repartition(len(ranges)).mapInArrow(count_chunks, _COUNT_DDL).toArrow().to_pylist()
-    counts = {(r["path"], r["start"]): r["lines"] for r in counted}
-    return [c for c in chunks if c.path not in paths] + with_first_lines(ranges, counts)
+    return {(r["path"], r["start"]): r["lines"] for r in counted}
 
 
-def read_bronze(spark, input_path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+def number_chunks(spark, chunks: list[Chunk]) -> list[Chunk]:
+    """Set each range's first line number, counting only the ranges of split files."""
+    ranges = ranges_to_count(chunks)
+    if not ranges:
+        return chunks
+    paths = {c.path for c in ranges}
+    return [c for c in chunks if c.path not in paths] + with_first_lines(ranges, count_ranges(spark, ranges))
+
+
+def read_bronze(
+    spark, input_path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+):
     """DataFrame of every line under ``input_path`` (file or directory; .jsonl, .json, .gz).
 
     A named file is read whatever its name; in a folder, '_' and '.' files are skipped (logged).
-    Plain-text files larger than ``chunk_bytes`` are read by several tasks.
+    Plain-text files larger than ``chunk_bytes`` are read by several tasks; a line longer than
+    ``max_line_bytes`` becomes one ``line_too_long`` row holding its first bytes.
     """
     from pyspark.sql import functions as F
 
+    line_reader.check_max_line_bytes(max_line_bytes)
     resolved = check_input(input_path)
     files, hidden = list_files(resolved)
     if hidden:
@@ -298,5 +336,9 @@ def read_bronze(spark, input_path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         return spark.createDataFrame([], BRONZE_SCHEMA).withColumn("ingested_at", F.current_timestamp())
     rows = [(c.path, c.kind, c.start, c.end, c.first_line) for c in chunks]
     frame = spark.createDataFrame(rows, _CHUNK_SCHEMA).repartition(min(len(rows), MAX_READ_TASKS))
-    lines = frame.mapInArrow(read_chunks, BRONZE_SCHEMA)
+
+    def read_capped(batches):
+        return read_chunks(batches, max_line_bytes=max_line_bytes)
+
+    lines = frame.mapInArrow(read_capped, BRONZE_SCHEMA)
     return with_record_ids(lines).withColumn("ingested_at", F.current_timestamp())

@@ -1,10 +1,14 @@
-"""Lines of JSON-lines files, split across tasks by byte range (issue 16).
+"""Lines of JSON-lines files, split across tasks by byte range.
 
 The driver lists the input files and plans chunks: a plain-text file larger than
 ``chunk_bytes`` becomes several byte ranges, read by different tasks; gzip, UTF-16 and
 unsupported compressions are one chunk each (none of them can be entered mid-file). A line
 belongs to the range holding its first byte, so a line that crosses a boundary is read whole,
 once. Every reader streams: a task holds one batch of lines, never a whole file.
+
+A line longer than ``max_line_bytes`` is never held whole: the reader takes at most that many
+bytes plus one, keeps a prefix and skips to the next newline in blocks, and the line becomes one
+``line_too_long`` row. So a task's memory is bounded by the cap, whatever the input holds.
 
 Line numbers stay exact lineage: a first, cheap pass counts the line starts in each range of a
 split file (``count_line_starts``, bytes.count over 8 MiB blocks) and the driver turns the
@@ -40,7 +44,13 @@ UNSUPPORTED_COMPRESSION = "unsupported_compression"
 TEXT, GZIP, UTF16, UNSUPPORTED = "text", "gzip", "utf16", "unsupported"
 DEFAULT_CHUNK_BYTES = 128 * 1024 * 1024  # Spark's own default split size (maxPartitionBytes)
 _BLOCK = 8 * 1024 * 1024
-_RAW_KEEP = 4096  # bytes of an unreadable file kept as its one quarantined row's raw text
+_SKIP_BLOCK = 1024 * 1024  # bytes read at a time while skipping the rest of an overlong line
+_RAW_KEEP = 4096  # bytes kept as raw text of an unreadable file's row or an overlong line's row
+LINE_TOO_LONG = "line_too_long"
+# Far above any real record (dolly's longest line is ~30 KB; the bad corpus has 5 MB fields, which
+# keep their field-specific reason) and far below the engine's 128 MiB message limit.
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+MIN_MAX_LINE_BYTES = 1024
 
 # (raw bytes, decoded text or None, error or None) of one line, without its line ending.
 Line = tuple[bytes, "str | None", "str | None"]
@@ -161,6 +171,31 @@ def with_first_lines(chunks: list[Chunk], counts: dict[tuple[str, int], int]) ->
     return out
 
 
+def check_max_line_bytes(max_line_bytes: int) -> int:
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < MIN_MAX_LINE_BYTES:
+        raise ValueError(f"max_line_bytes: expected a whole number >= {MIN_MAX_LINE_BYTES}, got {max_line_bytes!r}")
+    return max_line_bytes
+
+
+def _skip_rest_of_line(f: BinaryIO) -> int:
+    """Read up to and including the next newline (or EOF) in bounded blocks; bytes consumed."""
+    n = 0
+    while True:
+        block = f.readline(_SKIP_BLOCK)
+        n += len(block)
+        if not block or block.endswith(b"\n"):
+            return n
+
+
+def _read_line(f: BinaryIO, max_line_bytes: int) -> tuple[bytes, int, bool]:
+    """(the line, or the first bytes of an overlong one; bytes consumed; too long?). A line is
+    too long when more than ``max_line_bytes`` bytes come before its newline."""
+    raw = f.readline(max_line_bytes + 1)
+    if len(raw) <= max_line_bytes or raw.endswith(b"\n"):
+        return raw, len(raw), False
+    return raw[:_RAW_KEEP], len(raw) + _skip_rest_of_line(f), True
+
+
 def _text_line(raw: bytes) -> Line:
     raw = raw[:-1] if raw.endswith(b"\n") else raw
     raw = raw[:-1] if raw.endswith(b"\r") else raw
@@ -170,24 +205,27 @@ def _text_line(raw: bytes) -> Line:
         return raw, None, "invalid_utf8"
 
 
-def range_lines(f: BinaryIO, start: int, end: int) -> Iterator[Line]:
-    """Lines beginning in [start, end) of a seekable binary file; a UTF-8 BOM at byte 0 is dropped."""
+def range_lines(f: BinaryIO, start: int, end: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
+    """Lines beginning in [start, end) of a seekable binary file; a UTF-8 BOM at byte 0 is dropped.
+    A line over ``max_line_bytes`` is one ``line_too_long`` line holding its first bytes."""
     if start > 0:
         f.seek(start - 1)
-        f.readline()  # the end of a line begun before ``start`` (or the newline just before it)
-        pos = f.tell()
+        pos = start - 1 + _skip_rest_of_line(f)  # a line begun before ``start`` (or the newline before it)
     else:
         f.seek(0)
         pos = 0
     while pos < end:
-        raw = f.readline()
-        if not raw:
+        raw, used, too_long = _read_line(f, max_line_bytes)
+        if not used:
             return
-        if pos == 0 and raw.startswith(codecs.BOM_UTF8):
+        bom = pos == 0 and raw.startswith(codecs.BOM_UTF8)
+        pos += used
+        if bom:
             raw = raw[len(codecs.BOM_UTF8) :]
-            pos += len(codecs.BOM_UTF8)
-        pos += len(raw)
-        yield _text_line(raw)
+        if too_long:
+            yield raw, None, LINE_TOO_LONG
+        else:
+            yield _text_line(raw)
 
 
 def _gzip_problem(opener: Opener) -> str | None:
@@ -210,7 +248,12 @@ def _head(opener: Opener) -> bytes:
 
 
 def chunk_lines(
-    opener: Opener, kind: str, start: int = 0, end: int | None = None, verify_gzip: bool = True
+    opener: Opener,
+    kind: str,
+    start: int = 0,
+    end: int | None = None,
+    verify_gzip: bool = True,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> Iterator[Line]:
     """Every line of one chunk, streamed. Unreadable files give one line holding the error.
     ``verify_gzip=False`` (a peek at the first lines) skips the read-through of a gzip file; a
@@ -223,21 +266,29 @@ def chunk_lines(
             yield _head(opener), None, problem
             return
         with opener() as raw, gzip.GzipFile(fileobj=raw) as g:
-            yield from range_lines(g, 0, float("inf"))
+            yield from range_lines(g, 0, float("inf"), max_line_bytes)
     elif kind == UTF16:
-        # Whole-file decode: UTF-16 JSON lines are rare and small; a bad pair anywhere is one row.
-        with opener() as f:
-            content = f.read()
-        try:
-            text = content.decode("utf-16").lstrip("\ufeff")
-        except UnicodeDecodeError:
-            yield content[:_RAW_KEEP], None, "invalid_utf16"
-            return
-        pieces = text.split("\n")
-        if pieces and pieces[-1] == "":
-            pieces.pop()  # a final newline ends the last line; it does not start one
-        for ln in pieces:
-            yield ln.encode("utf-8", "surrogatepass"), ln.rstrip("\r"), None
+        yield from _utf16_lines(opener, max_line_bytes)
     else:
         with opener() as f:
-            yield from range_lines(f, start, end if end is not None else float("inf"))
+            yield from range_lines(f, start, end if end is not None else float("inf"), max_line_bytes)
+
+
+def _utf16_lines(opener: Opener, max_line_bytes: int) -> Iterator[Line]:
+    # Whole-file decode: UTF-16 JSON lines are rare and small; a bad pair anywhere is one row.
+    with opener() as f:
+        content = f.read()
+    try:
+        text = content.decode("utf-16").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        yield content[:_RAW_KEEP], None, "invalid_utf16"
+        return
+    pieces = text.split("\n")
+    if pieces and pieces[-1] == "":
+        pieces.pop()  # a final newline ends the last line; it does not start one
+    for ln in pieces:
+        raw = ln.encode("utf-8", "surrogatepass")
+        if len(raw) > max_line_bytes:
+            yield raw[:_RAW_KEEP], None, LINE_TOO_LONG
+        else:
+            yield raw, ln.rstrip("\r"), None

@@ -68,8 +68,8 @@ def packing_plan(df: DataFrame, cfg, n_rows: int | None = None) -> DataFrame:
     Each split is cut into ``pack_groups(n_rows)`` groups by a hash of record_id, packed in
     parallel: a random sample of thousands of records packs as tightly as the whole split (only
     each group's last, partly filled pack is extra). Only three narrow columns go through the
-    grouping, which the engine holds in memory whole (issue 16: carrying text and token ids
-    through it cost ~0.8 GiB at 150k records).
+    grouping, which the engine holds in memory whole (carrying text and token ids through it
+    cost ~0.8 GiB at 150k records).
     """
     narrow = df.where(F.col("reason").isNull()).select("record_id", "split", "seq_len")
     groups = pack_groups(n_rows, cfg.pack_group_rows)

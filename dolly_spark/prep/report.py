@@ -15,7 +15,7 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from dolly_spark.ops import manifest, tables
-from dolly_spark.ops.config import Location
+from dolly_spark.ops.config import TrackedLocation
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,13 @@ MISSING_CATEGORY = "(missing)"
 
 
 @dataclass
-class ReportConfig(Location):
+class ReportConfig(TrackedLocation):
     out_dir: str | None = field(
         default=None, metadata={"help": "where to write the report (default <output_root>/reports)"}
     )
-    max_seq_len: int = field(default=2048, metadata={"help": "drawn as a limit line on the length histograms"})
+    max_record_tokens: int = field(
+        default=2048, metadata={"help": "prepare's too_long limit, drawn as a line on the length histograms"}
+    )
     create_views: bool = field(default=True, metadata={"help": "also (re)create the SQL views"})
 
     def report_dir(self) -> Path:
@@ -85,7 +87,7 @@ def plot_category_counts(counts: dict[str, dict[str, int]], path: Path) -> Path:
     return path
 
 
-def plot_token_lengths(lengths_by_cat: dict[str, list[int]], max_seq_len: int, path: Path) -> Path:
+def plot_token_lengths(lengths_by_cat: dict[str, list[int]], max_record_tokens: int, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,17 +97,17 @@ def plot_token_lengths(lengths_by_cat: dict[str, list[int]], max_seq_len: int, p
     ncols = 4
     nrows = max(1, -(-len(cats) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
-    bins = list(range(0, max_seq_len + 65, 64))
+    bins = list(range(0, max_record_tokens + 65, 64))
     for ax, cat in zip(axes.flat, cats):
         values = lengths_by_cat[cat]
         ax.hist(values, bins=bins, color="tab:blue")
-        ax.axvline(max_seq_len, color="tab:red", linestyle="--", linewidth=1)
+        ax.axvline(max_record_tokens, color="tab:red", linestyle="--", linewidth=1)
         ax.set_yscale("log")
         ax.set_title(f"{cat} (n={len(values)})", fontsize=10)
         ax.set_xlabel("tokens")
     for ax in list(axes.flat)[len(cats) :]:
         ax.axis("off")
-    fig.suptitle("Gold token lengths per category (dashed: max_seq_len)")
+    fig.suptitle("Gold token lengths per category (dashed: max_record_tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -208,7 +210,7 @@ def run(cfg: ReportConfig, spark) -> dict[str, str]:
     if manifest.available(spark, names, "gold"):
         pdf = manifest.read_committed(spark, names, "gold").select("category", "seq_len").toPandas()
         by_cat = {c: g["seq_len"].astype(int).tolist() for c, g in pdf.groupby("category")}
-        written["token_lengths"] = str(plot_token_lengths(by_cat, cfg.max_seq_len, out / "token_lengths.png"))
+        written["token_lengths"] = str(plot_token_lengths(by_cat, cfg.max_record_tokens, out / "token_lengths.png"))
     else:
         log.warning("no gold table yet: token-length histograms skipped")
     views: list[str] = []

@@ -239,12 +239,15 @@ def _read_frame(spark, src: SourceConfig, fmt: str, location: str, files: list[s
 
 
 def _open_frame(spark, fmt: str, location: str, files: list[str], who: str) -> tuple[DataFrame, int | None]:
+    from dolly_spark.ops.tables import engine_location
+
+    files = [engine_location(f) for f in files]  # any local path: the engine rewrites odd characters
     if fmt == "delta":
         import deltalake
 
         version = int(deltalake.DeltaTable(location).version())
         # Pinned to the version recorded as lineage, even if the table moves meanwhile.
-        return spark.read.format("delta").option("versionAsOf", version).load(location), version
+        return spark.read.format("delta").option("versionAsOf", version).load(engine_location(location)), version
     if fmt == "table":
         return spark.read.table(location), None
     if fmt == "parquet":
@@ -351,16 +354,16 @@ def mapped_frame(df: DataFrame, src: SourceConfig, version: int | None) -> DataF
     )
 
 
-def _dolly_lines(
-    spark, src: SourceConfig, fmt: str, location: str, files: list[str], chunk_bytes: int | None = None
-) -> DataFrame:
-    """dolly-15k's own JSON lines go through the line ingest, which keeps malformed lines."""
+def _dolly_lines(spark, src: SourceConfig, fmt: str, location: str, files: list[str], **ingest) -> DataFrame:
+    """dolly-15k's own JSON lines go through the line ingest, which keeps malformed lines.
+    ``ingest``: ``chunk_bytes`` and ``max_line_bytes`` of ``read_bronze`` (its defaults if absent)."""
     from dolly_spark.prep.ingest import read_bronze, sample_keys
 
     if fmt == "jsonl" and files:
         # The first lines of the first files, read on the driver: inferring a schema would be a
         # pass over all the data. Malformed lines are skipped here; the line ingest quarantines them.
-        cols = sample_keys(files)
+        peek = {k: v for k, v in ingest.items() if k == "max_line_bytes"}
+        cols = sample_keys(files, **peek)
         if cols:
             missing = [c for c in REQUIRED if c not in cols]
             if missing:
@@ -369,18 +372,20 @@ def _dolly_lines(
                     f"its columns are {sorted(cols)} (set preset or columns)"
                 )
     target = location if fmt == "hub" else (location if Path(location).exists() else None)
-    split = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
-    frames = [read_bronze(spark, target, **split)] if target else [read_bronze(spark, f, **split) for f in files]
+    frames = [read_bronze(spark, target, **ingest)] if target else [read_bronze(spark, f, **ingest) for f in files]
     bronze = frames[0]
     for f in frames[1:]:
         bronze = bronze.unionByName(f)
     return bronze.withColumn("source", F.lit(src.source_name)).withColumn("source_version", F.lit(None).cast("long"))
 
 
-def read_source(spark, src: SourceConfig, chunk_bytes: int | None = None) -> DataFrame:
+def read_source(
+    spark, src: SourceConfig, chunk_bytes: int | None = None, max_line_bytes: int | None = None
+) -> DataFrame:
     fmt, location, files = resolve(src)
     if src.is_dolly() and fmt in ("jsonl", "hub") and (fmt != "hub" or src.uri.rstrip("/") == DOLLY_HUB_ID):
-        return _dolly_lines(spark, src, fmt, location, files, chunk_bytes)
+        ingest = {"chunk_bytes": chunk_bytes, "max_line_bytes": max_line_bytes}
+        return _dolly_lines(spark, src, fmt, location, files, **{k: v for k, v in ingest.items() if v})
     if fmt == "hub":
         fmt, files = _hub_files(src)
     df, version = _read_frame(spark, src, fmt, location, files)
@@ -397,19 +402,22 @@ def check_names(sources: list[SourceConfig]) -> None:
         seen[s.source_name] = s.uri
 
 
-def read_sources(spark, sources: list[SourceConfig], chunk_bytes: int | None = None) -> DataFrame:
+def read_sources(
+    spark, sources: list[SourceConfig], chunk_bytes: int | None = None, max_line_bytes: int | None = None
+) -> DataFrame:
     """Bronze rows of every source (``source``, ``source_version`` included), checked up front.
 
     Mapped sources hash their name into their ids. Line-ingested dolly sources after the first are
     salted with their name too, so a file listed twice keeps two sets of ids; the first source's
     ids stay as a one-source run makes them (adding sources never moves its records' split).
+    ``chunk_bytes`` and ``max_line_bytes`` go to the line ingest (its defaults when None).
     """
     if not sources:
         raise SourceError("no sources: give --input, --source NAME=URI or a sources: list")
     check_names(sources)
     frames = []
     for i, src in enumerate(sources):
-        df = read_source(spark, src, chunk_bytes)
+        df = read_source(spark, src, chunk_bytes, max_line_bytes)
         if i > 0 and src.is_dolly():
             df = df.withColumn(
                 "record_id", F.substring(F.sha2(F.concat_ws("\x00", F.lit(src.source_name), "record_id"), 256), 1, 20)

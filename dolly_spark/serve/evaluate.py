@@ -19,7 +19,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from dolly_spark.ops import manifest, tables
-from dolly_spark.ops.config import Location
+from dolly_spark.ops.config import TrackedLocation
 from dolly_spark.ops.session import engine_name
 from dolly_spark.serve.generate import GenerationConfig
 from dolly_spark.serve.model_download import shared_download_dir
@@ -32,27 +32,21 @@ ALL = "all"  # the category value of the overall row in loss_by_category
 
 
 @dataclass
-class EvaluateConfig(Location):
+class EvaluateConfig(TrackedLocation):
     model_uri: str = field(
         default="", metadata={"help": "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH or a local HF model dir"}
     )
     split: str = field(default="eval", metadata={"help": "gold split to evaluate"})
     sample_size: int = field(default=64, metadata={"help": "eval records to generate for (fixed, chosen by hash)"})
     sample_seed: int = field(default=0, metadata={"help": "changes which records the hash picks"})
-    batch_size: int = 16
     loss_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass for the loss"})
-    max_new_tokens: int = 256
-    greedy: bool = field(default=True, metadata={"help": "deterministic generations (--no-greedy: Dolly's sampling)"})
-    seed: int | None = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"flag_prefix": ""})
     download_dir: str | None = field(
         default=None, metadata={"help": "where MLflow models are downloaded (multi-node: a Volume)"}
     )
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (used by the tracking wrapper)"})
 
     def generation_config(self) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens, greedy=self.greedy, batch_size=self.batch_size, seed=self.seed
-        )
+        return self.generation
 
 
 @dataclass
@@ -146,15 +140,16 @@ def fixed_sample(df, size: int, seed: int = 0):
     return df.withColumn("_sample_key", key).orderBy("_sample_key", "record_id").limit(int(size)).drop("_sample_key")
 
 
-def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
-    t0 = time.time()
-    names = cfg.table_names()
-    model = resolve_model(cfg.model_uri, shared_download_dir(cfg.download_dir, cfg.output_root, engine_name()))
-    eval_id = uuid.uuid4().hex
-    gold = manifest.read_committed(spark, names, "gold").filter(F.col("split") == F.lit(cfg.split))
+# The stages of ``run``: the eval frame, loss sums in Spark, their summary, the generations, the result.
 
-    # 1. loss and perplexity per category, summed in Spark.
-    # Summed per (category, source) in one pass; per category and per source below.
+
+def eval_frame(spark, names: tables.TableNames, split: str):
+    """Gold's rows of ``split``, at the version the last completed prepare run committed."""
+    return manifest.read_committed(spark, names, "gold").filter(F.col("split") == F.lit(split))
+
+
+def loss_sums(gold, model, cfg: EvaluateConfig) -> pd.DataFrame:
+    """records, loss_sum and loss_tokens per (category, source), summed in Spark in one pass."""
     source = F.col("source") if "source" in gold.columns else F.lit(None).cast("string")
     per_row = gold.select(
         "category",
@@ -172,6 +167,11 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
     )
     if agg.empty:
         raise ValueError(f"gold has no rows with split = {cfg.split!r}")
+    return agg
+
+
+def summarise_losses(agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """(loss_by_category frame with its ``all`` row, token-weighted loss per named source)."""
     sums = ["records", "loss_sum", "loss_tokens"]
     losses = loss_by_category(agg.groupby("category", as_index=False)[sums].sum())
     by_source = agg.groupby("source")[sums].sum()
@@ -180,17 +180,12 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
         for s, r in by_source.iterrows()
         if s
     }
-    overall = losses[losses["category"] == ALL].iloc[0]
-    log.info(
-        "[1/2] eval loss %.4f (ppl %.2f) over %d records, %d tokens (%.1fs)",
-        overall["loss"],
-        overall["perplexity"],
-        overall["records"],
-        overall["loss_tokens"],
-        time.time() - t0,
-    )
+    return losses, loss_by_source
 
-    # 2. generations for a fixed sample.
+
+def write_generations(spark, names: tables.TableNames, gold, model, cfg: EvaluateConfig, eval_id: str):
+    """Generate for the fixed sample and append it to ``eval_generations`` under ``eval_id``.
+    Returns (the table's version, this run's rows as pandas, by record_id)."""
     sample = fixed_sample(gold, cfg.sample_size, cfg.sample_seed).select(
         "record_id", "category", "instruction", "context", F.col("response").alias("reference_response")
     )
@@ -216,6 +211,28 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
         .orderBy("record_id")
         .toPandas()
     )
+    return version, generations
+
+
+def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
+    t0 = time.time()
+    names = cfg.table_names()
+    model = resolve_model(cfg.model_uri, shared_download_dir(cfg.download_dir, cfg.output_root, engine_name()))
+    eval_id = uuid.uuid4().hex
+    gold = eval_frame(spark, names, cfg.split)
+
+    losses, loss_by_source = summarise_losses(loss_sums(gold, model, cfg))
+    overall = losses[losses["category"] == ALL].iloc[0]
+    log.info(
+        "[1/2] eval loss %.4f (ppl %.2f) over %d records, %d tokens (%.1fs)",
+        overall["loss"],
+        overall["perplexity"],
+        overall["records"],
+        overall["loss_tokens"],
+        time.time() - t0,
+    )
+
+    version, generations = write_generations(spark, names, gold, model, cfg, eval_id)
     log.info(
         "[2/2] %d generations -> %s@%d (%.1fs)",
         len(generations),

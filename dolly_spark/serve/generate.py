@@ -7,7 +7,7 @@ stops at ``### End`` (Dolly's stop token), which never appears in the returned t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dolly_spark.text.prompts import END_KEY, RESPONSE_KEY, format_prompt
@@ -20,15 +20,22 @@ FINISH_LENGTH = "length"
 
 @dataclass
 class GenerationConfig:
-    """Dolly's sampling defaults (top_p 0.92, top_k 0, 256 new tokens); ``greedy`` for determinism."""
+    """Dolly's sampling defaults (top_p 0.92, top_k 0, 256 new tokens), one set for score, evaluate
+    and the served model; ``greedy`` for deterministic decoding."""
 
-    max_new_tokens: int = 256
-    top_p: float = 0.92
-    top_k: int = 0
-    temperature: float = 1.0
-    greedy: bool = False
-    batch_size: int = 8
-    seed: int | None = None
+    max_new_tokens: int = field(default=256, metadata={"help": "most tokens generated per response"})
+    top_p: float = field(default=0.92, metadata={"help": "nucleus sampling mass (Dolly: 0.92)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k likeliest tokens (0: no limit, Dolly's)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    greedy: bool = field(default=False, metadata={"help": "deterministic greedy decoding (default: Dolly's sampling)"})
+    batch_size: int = field(default=16, metadata={"help": "prompts generated together (length-sorted batches)"})
+    seed: int | None = field(default=None, metadata={"help": "seed the sampler for reproducible responses"})
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be >= 1")
+        if not 0 < self.top_p <= 1 or self.top_k < 0 or self.temperature <= 0:
+            raise ValueError("need 0 < top_p <= 1, top_k >= 0 and temperature > 0")
 
 
 def special_token_id(tokenizer, token: str) -> int:

@@ -18,7 +18,7 @@ def staging_ref(target: tables.TableRef, run_id: str) -> tables.TableRef:
     """A sibling table that holds this run's generations until they are merged."""
     name = tables.validate_identifier(f"{target.name.split('.')[-1]}__staging_{run_id}", "staging table")
     if target.path is not None:
-        return tables.TableRef(target.logical, name, tables.validate_path(str(Path(target.path).parent / name)))
+        return tables.TableRef(target.logical, name, str(Path(target.path).parent / name))
     return tables.TableRef(target.logical, ".".join(target.name.split(".")[:-1] + [name]))
 
 
@@ -41,7 +41,7 @@ def remove_stale_staging(spark, target: tables.TableRef, older_than_hours: float
     for d in Path(target.path).parent.glob(prefix + "*"):
         newest = max((p.stat().st_mtime for p in d.rglob("*")), default=d.stat().st_mtime)
         if newest < cutoff:
-            drop_staging(spark, tables.TableRef(target.logical, d.name, tables.validate_path(str(d))))
+            drop_staging(spark, tables.TableRef(target.logical, d.name, str(d)))
             removed.append(d.name)
             log.warning("removed stale staging table %s (last written %.1f h ago)", d, (time.time() - newest) / 3600)
     return removed

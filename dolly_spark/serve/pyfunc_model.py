@@ -1,25 +1,20 @@
 """Dolly as an MLflow pyfunc: the instruction pipeline (prompt template, ``### End`` as the stop
 token, Dolly's sampling defaults) around a saved Hugging Face model directory.
 
-Logged from the saved directory (``artifacts={"hf_model": dir}``): the weights are copied, not
-loaded, so a large checkpoint is never held in memory twice. No Spark here.
+This module is what loading needs: the model class, its request params and its signature.
+Logging it into a run (from the saved directory, weights copied, not loaded) is
+``dolly_spark.tracking.models.log_dolly_model``. No Spark here.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import logging
 import os
-from dataclasses import asdict, fields
-from pathlib import Path
+from dataclasses import fields
 
 import mlflow
 import pandas as pd
 
 from dolly_spark.serve.generate import GenerationConfig
-from dolly_spark.text.prompts import END_KEY, INTRO_BLURB
-
-log = logging.getLogger(__name__)
 
 HF_ARTIFACT = "hf_model"
 OUTPUT_COLUMNS = ("response", "prompt_tokens", "completion_tokens", "finish_reason", "error")
@@ -134,107 +129,3 @@ def model_signature():
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def _drop_local_version(version: str) -> str:
-    # "2.13.0+cpu" pins a CPU-only wheel; serving on GPU needs the plain release.
-    return version.split("+", 1)[0]
-
-
-def pinned_requirements(packages=REQUIRED_PACKAGES) -> list[str]:
-    reqs = []
-    for pkg in packages:
-        try:
-            reqs.append(f"{pkg}=={_drop_local_version(importlib.metadata.version(pkg))}")
-        except importlib.metadata.PackageNotFoundError:
-            log.warning("%s is not installed; left out of the model's requirements", pkg)
-    return reqs
-
-
-def _check_model_dir(model_dir) -> Path:
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved Hugging Face model (no config.json)")
-    if not list(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path} has no *.safetensors weights (save with safe_serialization=True)")
-    if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{path} has no tokenizer.json; save the Dolly tokenizer next to the weights")
-    return path
-
-
-class _PyfuncWithoutServingCheck:
-    """The pyfunc flavor minus log-time input-example validation, which would load the model
-    (a second copy of a large checkpoint) just to run the example."""
-
-    __name__ = "mlflow.pyfunc"
-
-    @staticmethod
-    def save_model(*args, validate_serving_input=None, **kwargs):
-        return mlflow.pyfunc.save_model(*args, **kwargs)
-
-
-def log_dolly_model(
-    model_dir,
-    *,
-    name: str = "model",
-    input_example: pd.DataFrame | None = None,
-    registered_model_name: str | None = None,
-    lineage: dict | None = None,
-    validate_example: bool = False,
-    extra_metadata: dict | None = None,
-):
-    """Log ``model_dir`` (safetensors + tokenizer) as a Dolly pyfunc into the active run.
-
-    ``lineage`` (tracking.lineage_tags) goes into the model's metadata and tags, and onto the
-    registered version when ``registered_model_name`` is given. ``validate_example`` loads the
-    model once more at log time to run the input example: cheap for small models only.
-    Returns the ModelInfo.
-    """
-    import dolly_spark
-
-    path = _check_model_dir(model_dir)
-    example = input_example if input_example is not None else pd.DataFrame(DEFAULT_INPUT_EXAMPLE)
-    lineage = {k: str(v) for k, v in (lineage or {}).items() if v is not None}
-    metadata = {
-        "prompt_template": "dolly-v2",
-        "intro_blurb": INTRO_BLURB,
-        "stop_token": END_KEY,
-        "generation_defaults": asdict(GenerationConfig()),
-        **lineage,
-        **(extra_metadata or {}),
-    }
-    kwargs = dict(
-        name=name,
-        python_model=DollyInstructionModel(),
-        artifacts={HF_ARTIFACT: str(path)},
-        # The model class lives in this package: ship it so loading needs no install.
-        code_paths=[str(Path(dolly_spark.__file__).parent)],
-        signature=model_signature(),
-        input_example=example,
-        pip_requirements=pinned_requirements(),
-        metadata=metadata,
-        tags=lineage or None,
-    )
-    if validate_example:
-        info = mlflow.pyfunc.log_model(**kwargs)
-    else:
-        from mlflow.models import Model
-
-        from dolly_spark.ops.runtime import model_log_keywords
-
-        info = Model.log(
-            flavor=_PyfuncWithoutServingCheck,
-            validate_serving_input=False,
-            artifact_path=None,
-            **model_log_keywords("pyfunc.CustomPythonModel"),
-            **kwargs,
-        )
-    if registered_model_name:
-        info = _register_logged(info, registered_model_name, lineage)
-    return info
-
-
-def _register_logged(info, model_name: str, tags: dict):
-    mv = mlflow.register_model(info.model_uri, model_name, tags=tags or None)
-    info.registered_model_version = int(mv.version)
-    return info

@@ -26,7 +26,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from dolly_spark.ops import manifest, tables
-from dolly_spark.ops.config import Location
+from dolly_spark.ops.config import TrackedLocation
 from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import RESULT_COLUMNS, RESULT_DDL
 from dolly_spark.ops.session import engine_name
@@ -44,6 +44,7 @@ from dolly_spark.serve.model_download import download_model_once, shared_downloa
 log = logging.getLogger(__name__)
 
 UDF_MODES = ("pandas_iter", "spark_udf")
+ALL_SPLITS = "all"  # --split value that keeps every input row
 # What the generation UDF returns, one struct per row (also the pyfunc's output columns).
 # Gold columns that only training needs; dropped from predictions by default.
 TRAINING_ONLY_COLUMNS = ("prompt", "text", "input_ids", "prompt_len", "seq_len", "pack_id")
@@ -51,7 +52,7 @@ OUTPUT_ONLY_COLUMNS = ("row_key", *RESULT_COLUMNS, "model_uri", "model_version",
 
 
 @dataclass
-class ScoreConfig(Location):
+class ScoreConfig(TrackedLocation):
     model_uri: str = field(
         default="", metadata={"help": "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH or a local HF model dir"}
     )
@@ -61,22 +62,18 @@ class ScoreConfig(Location):
     query: str | None = field(
         default=None, metadata={"help": "SQL query to score instead of --input-table (run as given)"}
     )
-    split: str | None = field(
+    split: str = field(
         default="eval",
-        metadata={"help": "keep rows with this split value when the input has a split column ('' for all)"},
+        metadata={
+            "help": f"keep rows with this split value when the input has a split column ({ALL_SPLITS!r}: every row)"
+        },
     )
     output_table: str = field(default="predictions", metadata={"help": "logical output table"})
     drop_columns: tuple[str, ...] = field(
         default=TRAINING_ONLY_COLUMNS, metadata={"help": "input columns not copied to the output"}
     )
-    batch_size: int = 16
-    max_new_tokens: int = 256
-    greedy: bool = field(default=False, metadata={"help": "deterministic greedy decoding (default: Dolly's sampling)"})
-    top_p: float = 0.92
-    top_k: int = 0
-    temperature: float = 1.0
-    seed: int | None = None
-    limit: int | None = field(default=None, metadata={"help": "score at most this many rows (the first by row_key)"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"flag_prefix": ""})
+    limit: int = field(default=0, metadata={"help": "score at most this many rows, the first by row_key (0: all)"})
     num_partitions: int | None = field(
         default=None, metadata={"help": "repartition before generating (e.g. one per GPU)"}
     )
@@ -94,18 +91,15 @@ class ScoreConfig(Location):
         default=6.0, metadata={"help": "drop staging tables of killed runs older than this"}
     )
     udf_mode: str = field(default="pandas_iter", metadata={"help": "generation UDF", "choices": UDF_MODES})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (used by the tracking wrapper)"})
+
+    def __post_init__(self):
+        if not self.split:
+            raise ValueError(f"split: give a split value, or {ALL_SPLITS!r} for every row")
+        if self.limit < 0:
+            raise ValueError(f"limit: expected 0 (all rows) or more, got {self.limit}")
 
     def generation_config(self) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            temperature=self.temperature,
-            greedy=self.greedy,
-            batch_size=self.batch_size,
-            seed=self.seed,
-        )
+        return self.generation
 
 
 @dataclass
@@ -196,7 +190,7 @@ def _mlflow_version(uri: str) -> tuple[str, str]:
     if uri.startswith("models:/"):
         ref = uri[len("models:/") :]
         if "@" in ref:
-            from dolly_spark.serve.registry import resolve_alias  # clear error naming the existing aliases
+            from dolly_spark.serve.model_uri import resolve_alias  # clear error naming the existing aliases
 
             mv = resolve_alias(uri)
             return f"{mv.name}/{mv.version}", f"models:/{mv.name}/{mv.version}"
@@ -334,7 +328,7 @@ def read_input(cfg: ScoreConfig, spark, names: tables.TableNames):
         raise ValueError(f"input has no instruction column (columns: {df.columns})")
     if "context" not in df.columns:
         df = df.withColumn("context", F.lit(None).cast("string"))
-    if cfg.split and "split" in df.columns:
+    if cfg.split != ALL_SPLITS and "split" in df.columns:
         df = df.filter(F.col("split") == F.lit(cfg.split))
     drop = [c for c in cfg.drop_columns if c in df.columns]
     df = df.drop(*drop) if drop else df
@@ -406,7 +400,7 @@ def run(cfg: ScoreConfig, spark, after_chunk=None) -> ScoreResult:
     log.info("[1/4] model %s -> version %s", cfg.model_uri, model.version)
 
     source = with_row_key(read_input(cfg, spark, names))
-    if cfg.limit is not None:
+    if cfg.limit:
         source = source.orderBy("row_key").limit(int(cfg.limit))  # the same rows on every rerun
     total = source.count()
     unique = source.dropDuplicates(["row_key"])

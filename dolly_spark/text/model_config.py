@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 PYTHIA_CONTEXT = 2048  # every Pythia / dolly-v2 model's max_position_embeddings
+# The ``base_model`` that builds a random-init few-MB GPT-NeoX (local runs, CI), with Pythia's context.
+TINY_MODEL = "tiny"
 # The names models use for their context length, in the order Dolly's trainer tries them.
 CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "seq_length")
 
@@ -40,4 +42,6 @@ def context_length(config: dict[str, Any]) -> int | None:
 
 def model_max_positions(model: str) -> int:
     """The model's context length (Dolly's max_length), or Pythia's 2048 when the config has none."""
+    if model == TINY_MODEL:
+        return PYTHIA_CONTEXT
     return context_length(load_model_config(model)) or PYTHIA_CONTEXT

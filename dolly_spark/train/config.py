@@ -1,19 +1,24 @@
 """``TrainConfig``: one typed config for the driver launcher and the per-rank workers.
 
 The driver serialises it (plus what it resolved: shards, hardware, DeepSpeed config) into a
-job file that every rank reads, so driver and workers cannot disagree about a setting.
+job file that every rank reads, so driver and workers cannot disagree about a setting. Settings
+only the driver uses (planning, the fit check) live in ``dolly_spark.launch.config.TrainJobConfig``
+and stay out of that file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dolly_spark.ops.config import Location
+from dolly_spark.ops.config import TrackedLocation
+from dolly_spark.text.model_config import TINY_MODEL
 from dolly_spark.text.tokenizer import default_tokenizer
+from dolly_spark.train.model import TINY_CONTEXT
 
 GPU_FAMILIES = ("auto", "a100", "h100", "a10", "a10g", "l4", "l40s", "v100", "t4", "cpu")
 LAUNCHERS = ("auto", "deepspeed", "torchrun", "distributor")
@@ -29,7 +34,33 @@ DEFAULT_BATCH_BY_FAMILY = {
     "t4": 2,
     "cpu": 2,
 }
-TINY_CONTEXT = 2048  # --tiny builds a Pythia-shaped config with Pythia's context
+CALLBACK_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # module:Class
+# full: every weight trains (Dolly's); lora: low-rank adapters on a frozen base; qlora: the same on a
+# base loaded in 4-bit NF4 (bitsandbytes).
+METHODS = ("full", "lora", "qlora")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The adapters of ``--method lora|qlora`` (peft's LoraConfig)."""
+
+    r: int = field(default=16, metadata={"help": "adapter rank"})
+    alpha: int = field(default=32, metadata={"help": "adapter scale numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter input"})
+    target_modules: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "module names that get adapters (default: GPT-NeoX's query_key_value, dense, dense_h_to_4h, "
+            "dense_4h_to_h; other architectures: their linear layers)"
+        },
+    )
+
+    def __post_init__(self):
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))  # a list from the job file
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError(f"lora r and alpha must be >= 1, got r={self.r}, alpha={self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
 
 
 # Exact Dolly: random (not length-grouped) batches of single records, everything else as our defaults.
@@ -48,18 +79,29 @@ DOLLY_PRESET = {
 
 
 @dataclass
-class TrainConfig(Location):
+class TrainConfig(TrackedLocation):
     PRESETS: ClassVar[dict] = {"dolly": DOLLY_PRESET}
 
     gold_version: int | None = field(default=None, metadata={"help": "pinned Delta version of gold (default: latest)"})
     base_model: str = field(
         default="EleutherAI/pythia-12b",
-        metadata={"help": "hub id, local model dir, or a config.json (random init)", "aliases": ("--model",)},
+        metadata={
+            "help": f"hub id, local model dir, a config.json (random init), or {TINY_MODEL!r}: a random-init "
+            "few-MB GPT-NeoX (local runs, CI)",
+            "aliases": ("--model",),
+        },
     )
-    tiny: bool = field(default=False, metadata={"help": "random-init few-MB GPT-NeoX config (local runs, CI)"})
     tokenizer: str = field(
         default_factory=default_tokenizer, metadata={"help": "hub id or local dir with tokenizer.json"}
     )
+    method: str = field(
+        default="full",
+        metadata={
+            "help": "full: every weight (Dolly's); lora: adapters on a frozen base; qlora: on a 4-bit base",
+            "choices": METHODS,
+        },
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"flag_prefix": "lora_"})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "allow custom model code from the hub (off unless asked)"}
     )
@@ -107,14 +149,14 @@ class TrainConfig(Location):
     gradient_checkpointing: bool = field(
         default=True, metadata={"help": "recompute activations in backward (Dolly's default; use_cache off)"}
     )
-    plan: bool = field(default=False, metadata={"help": "print the resolved plan as JSON and exit (no launch)"})
-    gpu_memory_gb: float | None = field(
-        default=None, metadata={"help": "memory per GPU to plan for (default: the detected or the family's card)"}
+    callbacks: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "extra TrainerCallback classes as module:Class, built with no arguments on every rank "
+            "(importable on the driver and the ranks)"
+        },
     )
-    host_memory_gb: float | None = field(default=None, metadata={"help": "host memory per node to plan for"})
-    check_fit: bool = field(default=True, metadata={"help": "refuse to launch a setup the plan says won't fit"})
     master_port: int | None = field(default=None, metadata={"help": "rendezvous port (default: a free one)"})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default: dolly_spark)"})
 
     def __post_init__(self):
         if self.gpu_family not in GPU_FAMILIES:
@@ -125,6 +167,20 @@ class TrainConfig(Location):
             raise ValueError("save_total_limit must be >= 1")
         if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ValueError(f"max_seq_len must be at least 8, got {self.max_seq_len}")
+        self.callbacks = tuple(self.callbacks)  # a list when read back from the job file
+        for spec in self.callbacks:
+            if not isinstance(spec, str) or not CALLBACK_SPEC.match(spec):
+                raise ValueError(f"callbacks: {spec!r} is not module:Class")
+
+    @property
+    def tiny(self) -> bool:
+        """Whether ``base_model`` is the random-init tiny model."""
+        return self.base_model == TINY_MODEL
+
+    def rank_config(self) -> dict[str, Any]:
+        """The settings every rank reads: ``TrainConfig``'s own fields, none a driver-side subclass adds."""
+        own = {f.name for f in dataclasses.fields(TrainConfig)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in own}
 
     def resolved_max_seq_len(self) -> int:
         """--max-seq-len, else the model's context (Dolly reads it from the model config)."""
@@ -162,7 +218,7 @@ class TrainConfig(Location):
 class WorkerJob:
     """What the driver resolved for the ranks; written as JSON next to the shards."""
 
-    config: dict[str, Any]
+    config: dict[str, Any]  # TrainConfig.rank_config()
     train_files: list[str]
     eval_files: list[str]
     family: str
@@ -173,7 +229,9 @@ class WorkerJob:
     attempt: str = ""  # tags metric rows, so a resumed run's rows can be told apart
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**self.config)
+        from dolly_spark.ops.config import from_dict
+
+        return from_dict(TrainConfig, self.config)
 
     def write(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

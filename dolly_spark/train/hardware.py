@@ -71,9 +71,44 @@ def ds_config_path(family: str) -> Path:
     return Path(str(resources.files("dolly_spark") / "configs" / DS_CONFIG_FILES[family]))
 
 
-def load_ds_config(family: str, override: str | None = None) -> dict[str, Any]:
-    path = Path(override) if override else ds_config_path(family)
-    return json.loads(path.read_text())
+QLORA_ZERO3 = (
+    "qlora cannot run under ZeRO-3 (DeepSpeed cannot partition bitsandbytes' 4-bit weights): "
+    "use a ZeRO-2 or ZeRO-0 DeepSpeed config, or --method lora"
+)
+
+
+def zero_stage_for_method(method: str, family_stage: int) -> int:
+    """The ZeRO stage a family's config runs at for ``method``.
+
+    Full fine-tuning keeps the family's stage (ZeRO-3: Dolly's). LoRA and QLoRA train a few million
+    adapter weights, whose gradients and Adam states are small, so ZeRO-2 (no parameter
+    partitioning, no per-layer gathers) is the usual choice; QLoRA needs it, bitsandbytes' 4-bit
+    weights cannot be partitioned by ZeRO-3. An explicit ``--deepspeed-config`` is not adapted.
+    """
+    return family_stage if method == "full" else min(family_stage, 2)
+
+
+def for_method(ds_config: dict[str, Any], method: str) -> dict[str, Any]:
+    """A copy of a family's DeepSpeed config set up for ``method`` (see ``zero_stage_for_method``).
+
+    Below ZeRO-3, parameter offload and the ``stage3_*`` keys do not apply and are dropped. The
+    adapters' optimizer states are small, so offloading them would only add PCIe traffic: dropped too.
+    """
+    if method == "full":
+        return ds_config
+    out = json.loads(json.dumps(ds_config))
+    zero = out.setdefault("zero_optimization", {})
+    zero["stage"] = zero_stage_for_method(method, int(zero.get("stage", 0)))
+    for key in [k for k in zero if k.startswith("stage3_")] + ["offload_param", "offload_optimizer"]:
+        zero.pop(key, None)
+    return out
+
+
+def load_ds_config(family: str, override: str | None = None, method: str = "full") -> dict[str, Any]:
+    """The family's shipped config adapted for ``method``, or ``override`` exactly as written."""
+    if override:
+        return json.loads(Path(override).read_text())
+    return for_method(json.loads(ds_config_path(family).read_text()), method)
 
 
 def precision_flags(ds_config: dict[str, Any]) -> dict[str, bool]:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from dolly_spark.text.model_config import PYTHIA_CONTEXT, TINY_MODEL
 from dolly_spark.text.prompts import END_KEY
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# ``--base-model tiny`` (TINY_MODEL) builds the random-init few-MB GPT-NeoX below (a directory
+# named tiny is ./tiny), with Pythia's context, so it plans and trains like a Pythia.
+TINY_CONTEXT = PYTHIA_CONTEXT
 
 
 def tiny_config(vocab_size: int, max_positions: int = 2048):
@@ -71,16 +75,15 @@ def load_tokenizer(src: str):
     return load_hf_tokenizer(src)
 
 
-def build_model(
-    base_model: str, tokenizer, tiny: bool = False, trust_remote_code: bool = False, max_positions: int = 2048
-):
-    """Load or initialise a causal LM, then resize its embeddings to the tokenizer.
+def build_model(base_model: str, tokenizer, trust_remote_code: bool = False, max_positions: int = 2048):
+    """Load or initialise a causal LM (``TINY_MODEL``: the tiny config), then resize its embeddings
+    to the tokenizer.
 
     Under ZeRO-3 call this after TrainingArguments exist, so weights are partitioned at load.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if tiny:
+    if base_model == TINY_MODEL:
         model = AutoModelForCausalLM.from_config(tiny_config(len(tokenizer), max_positions))
         source = "tiny"
     else:
@@ -99,7 +102,7 @@ def build_model(
     if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     configure_generation(model, tokenizer)
-    log.info("model %s (%s), vocab %d", base_model if not tiny else "tiny", source, len(tokenizer))
+    log.info("model %s (%s), vocab %d", base_model, source, len(tokenizer))
     return model
 
 

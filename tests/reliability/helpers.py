@@ -173,7 +173,9 @@ def commits_per_run(root, table: str) -> int:
     return delta_version(existing_tables(root)[table]) + 1
 
 
-CONFIGURE_TRACKING = "import sys; from dolly_spark.ops import tracking; tracking.configure(output_root=sys.argv[1])"
+CONFIGURE_TRACKING = (
+    "import sys; from dolly_spark.tracking import experiments; experiments.configure(output_root=sys.argv[1])"
+)
 
 
 def start_configure_tracking(root) -> subprocess.Popen:

@@ -144,7 +144,7 @@ def test_prepare_sigkill_7_more_times_then_rerun(spark, targets, tmp_path):
 
 # --- score ----------------------------------------------------------------------------------
 
-SCORE_ARGS = ["--input-table", "gold", "--greedy", "--max-new-tokens", "2", "--batch-size", "8", "--split", ""]
+SCORE_ARGS = ["--input-table", "gold", "--greedy", "--max-new-tokens", "2", "--batch-size", "8", "--split", "all"]
 
 
 def _predictions(root) -> Counter:
@@ -164,15 +164,14 @@ def _write_gold_input(spark, root, rows) -> None:
 
 def _score_in_process(spark, root, model_dir):
     from dolly_spark.serve import score
+    from dolly_spark.serve.generate import GenerationConfig
 
     cfg = score.ScoreConfig(
         model_uri=str(model_dir),
         output_root=str(root),
         input_table="gold",
-        greedy=True,
-        max_new_tokens=2,
-        batch_size=8,
-        split="",
+        generation=GenerationConfig(greedy=True, max_new_tokens=2, batch_size=8),
+        split="all",
     )
     return score.run(cfg, spark)
 

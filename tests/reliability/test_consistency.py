@@ -1,4 +1,4 @@
-"""Cross-table consistency of ``prepare`` (issue 15, items 3 and 7).
+"""Cross-table consistency of ``prepare``.
 
 Readers pin the table versions of the last completed run (the ``manifest`` table, written
 last), partial reruns (``--until``) never break the accounting of what readers see, a second
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dolly_spark.prep import prepare
+from dolly_spark.prep import stages
 from dolly_spark.prep.prepare import PrepareConfig, run
 from tests.reliability import helpers
 from tests.shared_data import DOLLY_JSONL
@@ -79,7 +79,7 @@ def test_failed_run_leaves_readers_on_the_previous_consistent_set(spark, tmp_pat
     def boom(*a, **k):
         raise RuntimeError("simulated crash in the gold stage")
 
-    monkeypatch.setattr(prepare, "write_gold", boom)
+    monkeypatch.setattr(stages, "write_gold", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(PrepareConfig(input=str(other), output_root=str(root)), spark)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Usage errors (issue 15, items 2 and 8): the whole config and the inputs are checked before any
+"""Usage errors: the whole config and the inputs are checked before any
 table or MLflow store is written, and each error is one line naming the flag or file.
 
 The commands run in process through ``dolly_spark.commands.cli.main`` (what ``dolly-spark`` runs),
@@ -47,9 +47,10 @@ def assert_nothing_written(root):
         (["--dedup-threshold", "1.5"], "threshold"),
         (["--max-instruction-chars", "-1"], "max_instruction_chars"),
         (["--max-response-chars", "0"], "max_response_chars"),
-        (["--max-seq-len", "4"], "max_seq_len"),
+        (["--max-record-tokens", "4"], "max_record_tokens"),
         (["--until", "platinum"], "--until"),
         (["--ingest-chunk-mb", "0"], "ingest_chunk_mb"),
+        (["--max-line-bytes", "1023"], "max_line_bytes"),
     ],
 )
 def test_bad_flag_values_fail_before_anything_is_written(capsys, tmp_path, data, flags, names):
@@ -65,7 +66,7 @@ def test_bad_flag_values_fail_before_anything_is_written(capsys, tmp_path, data,
     "yaml_text, names",
     [
         ("until: platinum\n", "until"),
-        ("gold:\n  max_seq_len: '2048'\n", "max_seq_len"),
+        ("gold:\n  max_record_tokens: '2048'\n", "max_record_tokens"),
         ("clean:\n  strip_citations: 'false'\n", "strip_citations"),
         ("clean:\n  max_context_chars: -5\n", "max_context_chars"),
         ("dedup:\n  threshold: 1.5\n", "threshold"),
@@ -155,7 +156,7 @@ def test_a_runtime_accounting_failure_is_one_line_with_exit_1(capsys, monkeypatc
         raise AccountingError("gold: input 10 != gold 8 + quarantined 1")
 
     monkeypatch.setattr(prepare_cmd, "spark_session", lambda: None)
-    monkeypatch.setattr(prepare_cmd, "tracked", lose_rows)
+    monkeypatch.setattr(prepare_cmd, "run", lose_rows)
     code, err = run_cli(capsys, ["prepare", "--input", str(data), "--output-root", str(tmp_path / "o")])
     assert code == 1
     assert err.strip() == "dolly-spark prepare: error: gold: input 10 != gold 8 + quarantined 1"
@@ -169,3 +170,29 @@ def test_an_unreachable_hub_input_is_one_line_before_anything_is_written(capsys,
     assert last_line(err).startswith("dolly-spark prepare: error: could not download databricks/databricks-dolly-15k")
     assert "--input" in last_line(err)
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("stages", [["prepare"], ["train"]])
+def test_run_loads_the_tokenizer_before_anything_is_written(capsys, tmp_path, data, stages):
+    out, missing = tmp_path / "out", str(tmp_path / "no_tokenizer")
+    argv = ["run", "--input", str(data), "--output-root", str(out), "--tokenizer", missing, "--stages", *stages]
+    code, err = run_cli(capsys, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert last_line(err).startswith(f"dolly-spark run: error: Could not load tokenizer {missing!r}")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--no-such-flag"],
+        ["run", "--train-max-steps", "many"],
+        ["train", "--model-d", "/tmp/m"],  # an abbreviation is no flag
+        ["prepare", "--until", "platinum"],
+    ],
+)
+def test_a_usage_error_is_exactly_one_line_even_for_run(capsys, argv):
+    code, err = run_cli(capsys, argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"dolly-spark {argv[0]}: error: ") and err.rstrip().endswith("(see --help)")

@@ -1,4 +1,4 @@
-"""Ingest contract (issue 15, items 1, 4 and 8): exactly the named files are read, unsupported
+"""Ingest contract: exactly the named files are read, unsupported
 compressions get a clear reason, and record ids (hence the train/eval split) depend on a record's
 content, not on where it sits.
 """
@@ -161,3 +161,27 @@ def test_lineage_columns_stay(spark, tmp_path):
     p.write_bytes(jsonl(RECORDS[:2]))
     rows = sorted(bronze_rows(spark, p), key=lambda r: r["line_number"])
     assert [(r["source_file"], r["line_number"]) for r in rows] == [(str(p), 1), (str(p), 2)]
+
+
+# -- 4. an overlong line is one quarantined row, whatever the split ------------------------
+
+
+@pytest.mark.parametrize("chunk_mb", [None, "split"])
+def test_the_configured_line_cap_reaches_the_line_ingest_and_quarantine(spark, tmp_path, chunk_mb):
+    from dolly_spark.prep.prepare import PrepareConfig, run
+    from tests.reliability import helpers
+
+    long = json.dumps({**RECORDS[0], "context": "c" * 3000}).encode()  # 3 KB: over a 2 KiB cap
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl(RECORDS[:6], [long]) + jsonl(RECORDS[6:]))
+    rows = ingest.read_bronze(spark, str(path), chunk_bytes=700 if chunk_mb else 1 << 27, max_line_bytes=2048)
+    got = sorted((r["line_number"], r["ingest_error"], len(r["raw_line"])) for r in rows.collect() if r["ingest_error"])
+    assert got == [(7, "line_too_long", 2049)]  # the cap plus the one byte that showed it was over
+    assert rows.count() == len(RECORDS) + 1
+    out = tmp_path / "out"
+    run(PrepareConfig(input=str(path), output_root=str(out), max_line_bytes=2048, until="silver"), spark)
+    quarantine = helpers.read_rows(helpers.existing_tables(out)["quarantine"])
+    assert [(q["reason"], q["line_number"]) for q in quarantine] == [("line_too_long", 7)]
+    helpers.assert_accounted(out)
+    with pytest.raises(ValueError, match="max_line_bytes"):
+        PrepareConfig(input=str(path), output_root=str(out), max_line_bytes=1023)

@@ -1,4 +1,4 @@
-"""The data contract through ``prepare`` itself (issue 15, items 1, 4 and 5): a named '_' file is
+"""The data contract through ``prepare`` itself: a named '_' file is
 read, the train/eval split of existing records never moves when the input is renamed, reordered
 or extended, and tokenizer control strings never reach gold. Every input row stays accounted for.
 """

@@ -1,5 +1,5 @@
 """Text that must never reach gold: tokenizer control strings, invisible-only fields, C1 controls,
-and categories padded with tabs or no-break spaces (issue 15, items 5 and 6).
+and categories padded with tabs or no-break spaces.
 
 Each case runs the real rules (``clean.validate`` on bronze rows from ``ingest.split_file``, and
 ``gold.build_gold`` with the shared GPT-NeoX tokenizer), not a copy of their logic.

@@ -1,4 +1,4 @@
-"""Near duplicates in short records (issue 15, item 9): one substituted word in a 9-word
+"""Near duplicates in short records: one substituted word in a 9-word
 instruction and in its response is a copy (word-bigram Jaccard 0.6 per field, under 0.7), while
 short questions that differ in their subject and answer are different records."""
 

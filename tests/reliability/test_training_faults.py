@@ -2,7 +2,8 @@
 completes the run from the newest good checkpoint, skipping partial or corrupt ones.
 
 The end-to-end runs use ``dolly-spark train`` as a subprocess (the real CLI, launcher and 2 CPU
-ranks under DeepSpeed ZeRO-3) with the worker's fault hook ``DOLLY_TRAIN_FAULT=kill:RANK:STEP``.
+ranks under DeepSpeed ZeRO-3) with ``--callbacks`` adding ``fault_callback.FaultCallback`` and
+``DOLLY_TRAIN_FAULT=kill:RANK:STEP`` telling it where to strike.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import pytest
 
 from dolly_spark.train import checkpoints
 from tests.reliability import helpers
+from tests.reliability.fault_callback import FAULT_ENV, FAULT_SPEC, FaultCallback
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows, write_gold
 
 STEPS = 10
 TRAIN_ARGS = [
-    "--tiny",
+    "--base-model",
+    "tiny",
     "--gpu-family",
     "cpu",
     "--tokenizer",
@@ -58,9 +61,12 @@ def gold_root(spark, tmp_path_factory):
 
 def train(root: Path, log: Path, *extra: str, fault: str | None = None, timeout: float = 480):
     env = helpers.subprocess_env()
-    env.pop("DOLLY_TRAIN_FAULT", None)
+    env.pop(FAULT_ENV, None)
     if fault:
-        env["DOLLY_TRAIN_FAULT"] = fault
+        env[FAULT_ENV] = fault
+        extra = (*extra, "--callbacks", FAULT_SPEC)
+        # The driver imports the callback before launch (the ranks get the repo on their path anyway).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(helpers.REPO), env.get("PYTHONPATH")) if p)
     t0 = time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -101,6 +107,25 @@ def test_killed_rank_fails_fast_then_resume_skips_a_partial_checkpoint(gold_root
     assert result["resumed_from"].endswith("checkpoint-3")
     complete = [p.name for _, p in checkpoints.list_checkpoints(ckpt_dir) if checkpoints.is_complete(p)]
     assert "checkpoint-9" in complete
+
+
+class _State:
+    def __init__(self, step):
+        self.global_step = step
+
+
+def test_fault_callback_strikes_its_rank_at_its_step_only(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    fault = FaultCallback("raise:1:8")
+    fault.on_step_end(None, _State(7), None)  # not its step
+    FaultCallback("raise:0:8").on_step_end(None, _State(8), None)  # not its rank
+    with pytest.raises(RuntimeError, match="injected fault on rank 1 at step 8"):
+        fault.on_step_end(None, _State(8), None)
+    monkeypatch.setenv(FAULT_ENV, "raise:1:3")  # built with no arguments, as the hook does: the env's spec
+    with pytest.raises(RuntimeError, match="at step 3"):
+        FaultCallback().on_step_end(None, _State(3), None)
+    monkeypatch.delenv(FAULT_ENV)
+    FaultCallback().on_step_end(None, _State(3), None)  # no spec: nothing happens
 
 
 def _fake_checkpoint(root: Path, step: int) -> Path:
@@ -163,7 +188,7 @@ def test_training_failed_names_the_killed_rank_first(tmp_path):
     """What the deepspeed launcher prints when rank 1 is SIGKILLed and rank 0 then loses its peer."""
     import sys
 
-    from dolly_spark.launch import launcher as launch
+    from dolly_spark.launch import failures, processes
 
     run_dir = tmp_path / "run"
     (run_dir / "errors").mkdir(parents=True)
@@ -176,8 +201,8 @@ def test_training_failed_names_the_killed_rank_first(tmp_path):
         "'--job', 'job.json'] exits with return code = -9\n"
     )
     cmd = [sys.executable, "-c", f"import sys; sys.stdout.write({launcher_output!r}); sys.exit(247)"]
-    with pytest.raises(launch.TrainingFailed) as err:
-        launch.run_subprocess(cmd, dict(os.environ), run_dir, echo=lambda line: None)
+    with pytest.raises(failures.TrainingFailed) as err:
+        processes.run_subprocess(cmd, dict(os.environ), run_dir, echo=lambda line: None)
     message = str(err.value)
     assert "rank 1" in message or "rank1" in message
     assert "SIGKILL" in message or "signal 9" in message

@@ -1,7 +1,7 @@
-"""The model registry: register a training run's model under an alias, resolve and load aliases.
+"""The model registry: register a training run's model under an alias, tag versions.
 
-The version is tagged with the run's data lineage (gold table@version, silver/raw versions)
-and its eval metrics. Scoring takes ``models:/NAME@ALIAS``.
+The version is tagged with the run's data lineage (gold table@version, silver/bronze versions)
+and its eval metrics. Scoring takes ``models:/NAME@ALIAS`` (resolved by ``serve.model_uri``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from dolly_spark.ops.config import Location
-from dolly_spark.ops.tracking import LINEAGE_TAGS, TAG_JOB, configure
+from dolly_spark.ops.config import TrackedLocation
+from dolly_spark.serve.model_uri import resolve_alias
+from dolly_spark.tracking.experiments import configure
+from dolly_spark.tracking.lineage import run_lineage
+from dolly_spark.tracking.runs import TAG_JOB
 
 log = logging.getLogger(__name__)
 
@@ -21,25 +24,19 @@ TAG_SOURCE_RUN = "dolly.source_run_id"
 METRIC_TAG_PREFIX = "dolly.metric."
 _LOCAL_NAME = re.compile(r"^[A-Za-z0-9_\-.]+$")
 _UC_PART = re.compile(r"^[A-Za-z0-9_]+$")
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>[A-Za-z0-9_\-]+)$")
 
 
 class NoLoggedModelError(LookupError):
     """The run has no logged model to register."""
 
 
-class AliasNotFoundError(LookupError):
-    """``models:/NAME@ALIAS`` names an alias (or model) that does not exist."""
-
-
 @dataclass
-class RegisterConfig(Location):
+class RegisterConfig(TrackedLocation):
     run_id: str | None = field(default=None, metadata={"help": "run to promote; default: latest finished train run"})
     model_name: str | None = field(
         default=None, metadata={"help": "registered name (catalog.schema.model on Databricks)"}
     )
     alias: str = field(default="champion", metadata={"help": "alias to point at the new version", "choices": ALIASES})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment of the training runs"})
     artifact_name: str = field(default="model", metadata={"help": "name the model was logged under in the run"})
     eval_run_id: str | None = field(default=None, metadata={"help": "evaluate run whose metrics tag the version"})
     eval_metrics: tuple[str, ...] = field(
@@ -77,13 +74,6 @@ def validate_model_name(name: str, unity_catalog: bool) -> str:
     elif not _LOCAL_NAME.match(name):
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-', '.'")
     return name
-
-
-def parse_alias_uri(uri: str) -> tuple[str, str]:
-    m = _ALIAS_URI.match(uri or "")
-    if not m:
-        raise ValueError(f"expected a model URI of the form models:/NAME@ALIAS, got {uri!r}")
-    return m["name"], m["alias"]
 
 
 def latest_train_run(experiment_id: str) -> str:
@@ -127,7 +117,7 @@ def logged_model_uri(run_id: str, artifact_name: str = "model") -> str:
     raise NoLoggedModelError(
         f"run {run_id} has no logged model named {artifact_name!r}"
         + (f" (it has: {found})" if found else " (it logged no model at all)")
-        + "; log one with dolly_spark.serve.pyfunc_model.log_dolly_model or pick another --run-id"
+        + "; log one with dolly_spark.tracking.models.log_dolly_model or pick another --run-id"
     )
 
 
@@ -155,9 +145,7 @@ def register(cfg: RegisterConfig) -> RegisterResult:
     run_id = cfg.run_id or latest_train_run(experiment_id)
     source_uri = logged_model_uri(run_id, cfg.artifact_name)
 
-    client = MlflowClient()
-    run_tags = client.get_run(run_id).data.tags
-    tags = {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
+    tags = run_lineage(run_id)
     if not tags:
         log.warning("run %s carries no data lineage tags; the version will not lead back to a table", run_id)
     tags[TAG_SOURCE_RUN] = run_id
@@ -167,30 +155,9 @@ def register(cfg: RegisterConfig) -> RegisterResult:
         tags["dolly.eval_run_id"] = cfg.eval_run_id
 
     mv = mlflow.register_model(source_uri, name, tags=tags)
-    client.set_registered_model_alias(name, cfg.alias, mv.version)
+    MlflowClient().set_registered_model_alias(name, cfg.alias, mv.version)
     log.info("registered %s version %s as @%s from run %s", name, mv.version, cfg.alias, run_id)
     return RegisterResult(name, int(mv.version), cfg.alias, f"models:/{name}@{cfg.alias}", run_id, tags)
-
-
-def resolve_alias(uri: str):
-    """The ModelVersion behind ``models:/NAME@ALIAS``, or AliasNotFoundError naming what exists."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    name, alias = parse_alias_uri(uri)
-    client = MlflowClient()
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as err:
-        try:
-            model = client.get_registered_model(name)
-        except MlflowException:
-            raise AliasNotFoundError(
-                f"{uri}: no registered model {name!r} in {mlflow.get_registry_uri()}; run dolly-spark register first"
-            ) from err
-        existing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
-        raise AliasNotFoundError(f"{uri}: model {name!r} has no alias {alias!r}; existing aliases: {existing}") from err
 
 
 def tag_version_metrics(uri: str, metrics: dict[str, float]) -> dict[str, str]:
@@ -204,11 +171,3 @@ def tag_version_metrics(uri: str, metrics: dict[str, float]) -> dict[str, str]:
     for k, v in tags.items():
         client.set_model_version_tag(mv.name, mv.version, k, v)
     return tags
-
-
-def load_model_by_alias(uri: str, **kwargs):
-    """``mlflow.pyfunc.load_model`` for ``models:/NAME@ALIAS`` with a clear error for a bad alias."""
-    import mlflow
-
-    resolve_alias(uri)
-    return mlflow.pyfunc.load_model(uri, **kwargs)

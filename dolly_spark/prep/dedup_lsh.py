@@ -1,0 +1,117 @@
+"""LSH blocking and verification on DataFrames: the bands of MinHash signatures, the records
+that share a bucket, and the exact check of each candidate pair (see ``prep/dedup.py``).
+
+Config-free: ``deduplicate`` passes the numbers in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+
+from dolly_spark.prep.dedup_short import budget_udf
+from dolly_spark.prep.minhash import band_hashes
+
+
+def _band_udf(bands: int, rows: int):
+    @pandas_udf("array<long>")
+    def band(signature: pd.Series) -> pd.Series:
+        if len(signature) == 0:
+            return pd.Series([], dtype=object)
+        sig = np.stack(signature.to_numpy()).view(np.uint32)
+        return pd.Series(list(band_hashes(sig, bands, rows)))
+
+    return band
+
+
+def band_buckets(df: DataFrame, bands: int, rows: int) -> DataFrame:
+    """One row per (record, band): ``record_id, band, bucket`` (the band's hash).
+
+    Band hashes come from one pandas UDF call: an SQL ``transform`` over the signature made Sail
+    re-evaluate the signature UDF once per band.
+    """
+    return df.select("record_id", F.posexplode(_band_udf(bands, rows)(F.col("signature"))).alias("band", "bucket"))
+
+
+def shared_buckets(buckets: DataFrame) -> DataFrame:
+    """Buckets with two or more members: ``band, bucket, bucket_size, members`` (sorted ids)."""
+    return (
+        buckets.groupBy("band", "bucket")
+        .agg(F.count(F.lit(1)).alias("bucket_size"), F.array_sort(F.collect_list("record_id")).alias("members"))
+        .where(F.col("bucket_size") > 1)
+    )
+
+
+def candidate_pairs(shared: DataFrame, max_bucket_size: int) -> DataFrame:
+    """Distinct ``id_a < id_b`` pairs sharing a bucket.
+
+    Only the ``max_bucket_size`` lowest record_ids of a bucket pair up: a degenerate bucket would
+    otherwise produce size^2 pairs (see ``capped_bucket_stats``).
+    """
+    cap = max_bucket_size
+    capped = shared.select(F.slice("members", 1, cap).alias("members"))
+    return (
+        capped.select("members", F.posexplode("members").alias("pos", "id_a"))
+        .select("id_a", F.explode(F.slice("members", F.col("pos") + 2, cap)).alias("id_b"))
+        .distinct()
+    )
+
+
+def capped_bucket_stats(shared: DataFrame, max_bucket_size: int) -> dict[str, int]:
+    row = (
+        shared.where(F.col("bucket_size") > max_bucket_size)
+        .agg(F.count(F.lit(1)).alias("buckets"), F.sum(F.col("bucket_size") - max_bucket_size).alias("members"))
+        .collect()[0]
+    )
+    return {"capped_buckets": int(row["buckets"] or 0), "capped_members": int(row["members"] or 0)}
+
+
+def jaccard(a: Column, b: Column) -> Column:
+    """Jaccard similarity of two arrays treated as sets."""
+    return (F.size(F.array_intersect(a, b)) / F.size(F.array_union(a, b))).cast("double")
+
+
+def verify_pairs(
+    pairs: DataFrame,
+    shingled: DataFrame,
+    threshold: float,
+    field_columns: list[str] | tuple[str, ...] = (),
+    text_columns: list[str] | tuple[str, ...] = (),
+    short_field_words: int = 32,
+    substitution_rate: float = 0.0,
+) -> DataFrame:
+    """Candidate pairs that are near duplicates: ``id_a, id_b, jaccard`` (whole-text Jaccard).
+
+    Without ``field_columns``: whole-text Jaccard >= threshold. With them (per-field shingle
+    arrays), every field must be close too. With ``text_columns`` (per-field normalised texts)
+    a short field is also close when it is within its word-substitution budget, the record then
+    passes when the whole text reaches the threshold or every field is within its budget, and a
+    slot change (the same word replaced in two fields) never passes.
+    """
+    cols = ["shingles", *field_columns, *text_columns]
+    sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
+    sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
+    whole = jaccard(F.col("a_shingles"), F.col("b_shingles"))
+    fields_close, all_within_budget = F.lit(True), F.lit(True)
+    if text_columns:
+        texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
+        budgets = budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
+    for i, c in enumerate(field_columns):
+        close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
+        if text_columns:
+            budget = F.element_at(budgets, i + 1)
+            close = close | budget
+            all_within_budget = all_within_budget & budget
+        fields_close = fields_close & close
+    record_close = (whole >= F.lit(threshold)) | (all_within_budget if text_columns else F.lit(False))
+    if text_columns:  # a slot change is a different question, however similar the texts
+        record_close = record_close & ~F.element_at(budgets, len(text_columns) + 1)
+    return (
+        pairs.join(sa, "id_a")
+        .join(sb, "id_b")
+        .where(fields_close & record_close)
+        .select("id_a", "id_b", whole.alias("jaccard"))
+    )

@@ -1,0 +1,13 @@
+"""Everything that writes to MLflow, and only the commands layer imports it.
+
+- ``experiments``: point MLflow at the project's store and create the experiment;
+- ``runs``: the run around every job (config as params, git commit, engine, nesting), reaping
+  runs of dead processes;
+- ``metrics``: metrics and artifacts a job logs into its run;
+- ``lineage``: gold@version as the run's dataset input, and the lineage tags;
+- ``models``: the Dolly pyfunc logged into the train run;
+- ``registry``: registering a run's model under an alias, tagging versions.
+
+Where the store is (read-only) is ``dolly_spark.ops.mlflow_store``; resolving an alias is
+``dolly_spark.serve.model_uri``.
+"""
