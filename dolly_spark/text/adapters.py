@@ -37,6 +37,16 @@ def write_base_ref(adapter_dir: str | Path, ref: dict) -> Path:
     return path
 
 
+def dtype_keyword() -> str:
+    """``dtype`` where the config declares it (transformers 4.56+), else ``torch_dtype`` (as
+    ``ops.runtime.dtype_keyword``; text/ imports no other layer)."""
+    import inspect
+
+    from transformers import PretrainedConfig
+
+    return "dtype" if "dtype" in inspect.signature(PretrainedConfig.__init__).parameters else "torch_dtype"
+
+
 def load_base(base_model: str, revision: str | None, vocab_size: int, torch_dtype=None, trust_remote_code=False):
     """The base an adapter was trained on, resized to the adapter's tokenizer as training resized it."""
     from transformers import AutoModelForCausalLM
@@ -45,7 +55,7 @@ def load_base(base_model: str, revision: str | None, vocab_size: int, torch_dtyp
     if revision:
         kwargs["revision"] = revision
     if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
+        kwargs[dtype_keyword()] = torch_dtype
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if model.get_input_embeddings().weight.shape[0] != vocab_size:
         model.resize_token_embeddings(vocab_size)
@@ -60,6 +70,7 @@ def load_merged(adapter_dir: str | Path, torch_dtype=None, trust_remote_code: bo
 
     ref = read_base_ref(adapter_dir)
     tokenizer = load_hf_tokenizer(str(adapter_dir))
-    base = load_base(ref["base_model"], ref.get("revision"), len(tokenizer), torch_dtype, trust_remote_code)
+    revision = None if Path(ref["base_model"]).exists() else ref.get("revision")
+    base = load_base(ref["base_model"], revision, len(tokenizer), torch_dtype, trust_remote_code)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     return model, tokenizer

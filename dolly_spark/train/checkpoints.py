@@ -68,10 +68,16 @@ def _checkpoint_files(path: Path) -> list[str]:
 def checkpoint_problem(path: str | Path) -> str | None:
     """Why ``path`` is not a usable checkpoint, or None when its marker's file list checks out."""
     p = Path(path)
+    if (p / MARKER).is_file() and not (p / "trainer_state.json").is_file():
+        return "no trainer_state.json"
+    return marker_problem(p)
+
+
+def marker_problem(path: str | Path) -> str | None:
+    """Why a published directory is not complete (no marker, or files that differ from it), or None."""
+    p = Path(path)
     if not (p / MARKER).is_file():
         return f"no {MARKER} marker"
-    if not (p / "trainer_state.json").is_file():
-        return "no trainer_state.json"
     try:
         marker = json.loads((p / MARKER).read_text())
     except (OSError, ValueError) as err:
@@ -103,6 +109,11 @@ def legacy_marker(path: str | Path) -> bool:
 
 def is_complete(path: str | Path) -> bool:
     return checkpoint_problem(path) is None
+
+
+def is_published(path: str | Path) -> bool:
+    """A directory published whole and marked (a saved base, a model): every listed file checks out."""
+    return marker_problem(path) is None
 
 
 def mark_complete(path: str | Path, step: int) -> Path:

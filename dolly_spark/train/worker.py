@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dolly_spark.ops.paths import local_scratch
+from dolly_spark.text.adapters import ADAPTER_SUBDIR
 from dolly_spark.text.tokenizer import save_portable_tokenizer
 from dolly_spark.train import distributed
 from dolly_spark.train.config import TrainConfig, WorkerJob
@@ -115,6 +116,7 @@ class PreparedTrainer:
     tokenizer: Any
     resume_from: Path | None
     init_fingerprint: dict[str, float]
+    base_ref: dict | None = None  # lora/qlora: dolly_base.json (the pinned base and the adapter)
 
 
 def build_datasets(job: WorkerJob, cfg: TrainConfig) -> TrainData:
@@ -150,7 +152,7 @@ def read_ds_config(job: WorkerJob, cfg: TrainConfig, override: str | None) -> di
     from dolly_spark.train.hardware import load_ds_config
 
     path = Path(override or Path(job.run_dir) / "ds_config.json")
-    return json.loads(path.read_text()) if path.exists() else load_ds_config(job.family, cfg.deepspeed_config)
+    return json.loads(path.read_text()) if path.exists() else load_ds_config(job.family, cfg.deepspeed_config, cfg.method)
 
 
 def has_train_sampling_strategy() -> bool:
@@ -218,24 +220,52 @@ def pick_resume_checkpoint(job: WorkerJob, cfg: TrainConfig) -> Path | None:
     return resume_from
 
 
-def build_trainer(job: WorkerJob, cfg: TrainConfig, data: TrainData, targs) -> PreparedTrainer:
-    """Model (after TrainingArguments, so ZeRO-3 partitions it at load), tokenizer, resume pick, Trainer."""
+def load_model(job: WorkerJob, cfg: TrainConfig, tokenizer, base: str, ds_config: dict):
+    """(model, init fingerprint, dolly_base.json or None): the full model, or a frozen base with adapters."""
+    from dolly_spark.train import adapters
+    from dolly_spark.train.model import build_model, weight_fingerprint
+
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "max_positions": cfg.resolved_max_seq_len()}
+    if cfg.method == "qlora":
+        model = adapters.load_qlora_base(base, tokenizer, cfg, ds_config, cpu=job.family == "cpu")
+    else:
+        model = build_model(base, tokenizer, **kwargs)
+    if cfg.method == "full":
+        return model, weight_fingerprint(model), None
+    model = adapters.attach_adapters(model, cfg)
+    return model, weight_fingerprint(model), adapters.base_reference(cfg, base, model)
+
+
+@dataclass
+class ModelSource:
+    """What the model is built from: the tokenizer, the base (``adapters.pinned_base``) and the DeepSpeed config."""
+
+    tokenizer: Any
+    base: str
+    ds_config: dict
+
+
+def model_source(job: WorkerJob, cfg: TrainConfig, ds_config: dict) -> ModelSource:
+    """Tokenizer and base; lora/qlora pin a random-init base to disk first (before any ZeRO-3 context)."""
+    from dolly_spark.train import adapters
+    from dolly_spark.train.model import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    base = cfg.base_model if cfg.method == "full" else adapters.pinned_base(job, cfg, tokenizer)
+    return ModelSource(tokenizer, base, ds_config)
+
+
+def build_trainer(job: WorkerJob, cfg: TrainConfig, data: TrainData, targs, source: ModelSource) -> PreparedTrainer:
+    """Model (after TrainingArguments, so ZeRO-3 partitions it at load), resume pick, Trainer."""
     from transformers import set_seed
 
     from dolly_spark.train.callbacks import StepLog, rank_callbacks
     from dolly_spark.train.data import PackedCollator
-    from dolly_spark.train.model import build_model, load_tokenizer, weight_fingerprint
     from dolly_spark.train.trainer import DollyTrainer
 
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = source.tokenizer
     set_seed(cfg.seed)  # random init (tiny / config) is reproducible
-    model = build_model(
-        cfg.base_model,
-        tokenizer,
-        trust_remote_code=cfg.trust_remote_code,
-        max_positions=cfg.resolved_max_seq_len(),
-    )
-    init_fingerprint = weight_fingerprint(model)
+    model, init_fingerprint, base_ref = load_model(job, cfg, tokenizer, source.base, source.ds_config)
     # A cache disables packed-sequence masking, is useless with checkpointing and wastes memory.
     model.config.use_cache = False
     resume_from = pick_resume_checkpoint(job, cfg)
@@ -251,24 +281,55 @@ def build_trainer(job: WorkerJob, cfg: TrainConfig, data: TrainData, targs) -> P
         step_log=step_log,
         sequential_train_order=cfg.group_by_length and not has_train_sampling_strategy(),
     )
-    return PreparedTrainer(trainer, model, tokenizer, resume_from, init_fingerprint)
+    return PreparedTrainer(trainer, model, tokenizer, resume_from, init_fingerprint, base_ref)
 
 
 def publish_model(job: WorkerJob, prepared: PreparedTrainer) -> None:
-    """Save the final model locally (all ranks), then rank 0 publishes it whole and marks it complete."""
-    from dolly_spark.train import checkpoints
+    """Save the final model locally (all ranks), then rank 0 publishes it whole and marks it complete.
+
+    lora/qlora: the Trainer saves the adapter into ``adapter/``; rank 0 merges it into the pinned
+    base beside it, so the published directory is a plain model with its adapter inside.
+    """
+    from dolly_spark.train import adapters, checkpoints
 
     trainer = prepared.trainer
     prepared.model.config.use_cache = True
     local_model = local_scratch("model", job.attempt)
-    trainer.save_model(str(local_model))  # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors
+    adapter_dir = local_model / ADAPTER_SUBDIR
+    # ZeRO-3: gathers 16-bit weights; rank 0 writes safetensors (the adapter's only, for lora/qlora)
+    trainer.save_model(str(local_model if prepared.base_ref is None else adapter_dir))
     if not trainer.is_world_process_zero():
         return
+    if prepared.base_ref is not None:
+        import torch
+
+        adapters.write_adapter_dir(adapter_dir, prepared.tokenizer, prepared.base_ref)
+        dtype = torch.bfloat16 if trainer.args.bf16 else torch.float32
+        adapters.merge_into_base(adapter_dir, prepared.base_ref, local_model, dtype)
     save_portable_tokenizer(prepared.tokenizer, local_model)  # readable by every supported transformers
     (local_model / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
     checkpoints.publish(local_model, job.model_dir)  # copied whole, then marked complete
     checkpoints.mark_complete(job.model_dir, trainer.state.global_step)
     shutil.rmtree(local_model, ignore_errors=True)
+
+
+def method_summary(job: WorkerJob, prepared: PreparedTrainer) -> dict:
+    """What ``final_eval.json`` says of the method: trainable and total parameters, the adapter."""
+    ref = prepared.base_ref
+    if ref is None:
+        from dolly_spark.train.model import count_parameters
+
+        n = count_parameters(prepared.model)
+        return {"method": "full", "trainable_parameters": n, "total_parameters": n, "lora": None, "adapter_dir": None}
+    lora = {k: ref[k] for k in ("r", "alpha", "dropout", "target_modules")}
+    return {
+        "method": ref["method"],
+        "trainable_parameters": ref["trainable_parameters"],
+        "total_parameters": ref["total_parameters"],
+        "lora": lora,
+        "base_model": ref["base_model"],
+        "adapter_dir": str(Path(job.model_dir) / ADAPTER_SUBDIR),
+    }
 
 
 def final_summary(job: WorkerJob, prepared: PreparedTrainer, data: TrainData, result, final_metrics, final_fp):
@@ -299,6 +360,7 @@ def final_summary(job: WorkerJob, prepared: PreparedTrainer, data: TrainData, re
         "resumed_from": str(prepared.resume_from) if prepared.resume_from else None,
         "weight_norms_init": prepared.init_fingerprint,
         "weight_norms_final": final_fp,
+        **method_summary(job, prepared),
     }
 
 
@@ -330,8 +392,9 @@ def train(job: WorkerJob, args: argparse.Namespace) -> dict:
     # ZeRO-3 partitions weights at load only if the process group exists before TrainingArguments.
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
     data = build_datasets(job, cfg)
-    targs = training_arguments(job, cfg, data, read_ds_config(job, cfg, args.deepspeed_config))
-    prepared = build_trainer(job, cfg, data, targs)
+    source = model_source(job, cfg, read_ds_config(job, cfg, args.deepspeed_config))
+    targs = training_arguments(job, cfg, data, source.ds_config)
+    prepared = build_trainer(job, cfg, data, targs, source)
     resume = str(prepared.resume_from) if prepared.resume_from else None
     result = prepared.trainer.train(resume_from_checkpoint=resume)
     return summarize(job, prepared, data, result)
