@@ -76,6 +76,13 @@ class TrainResult:
     pad_fraction: float | None = None
     packing: bool = False
     gradient_checkpointing: bool = False
+    # full | lora | qlora; lora/qlora: the adapter's settings, its directory and its pinned base
+    method: str = "full"
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+    lora: dict | None = None
+    adapter_dir: str | None = None
+    adapter_base: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -267,6 +274,12 @@ def collect_result(run_: ResolvedRun, staged: StagedGold, paths: RunPaths, wall_
         pad_fraction=schedule.get("pad_fraction"),
         packing=cfg.pack,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        method=final.get("method", cfg.method),
+        trainable_parameters=final.get("trainable_parameters"),
+        total_parameters=final.get("total_parameters"),
+        lora=final.get("lora"),
+        adapter_dir=final.get("adapter_dir"),
+        adapter_base=final.get("base_model"),
         extra={**{k: final.get(k) for k in extra_keys}, "plan": run_.plan},
     )
     Path(result.result_path).write_text(json.dumps(dataclasses.asdict(result), indent=2))

@@ -130,21 +130,30 @@ FINGERPRINT_PARAMS = (
 )
 
 
-def weight_fingerprint(model, names=FINGERPRINT_PARAMS) -> dict[str, float]:
-    """L2 norms of a few named weights, gathered one at a time under ZeRO-3 (all ranks call this)."""
+def canonical_name(name: str) -> str:
+    """A parameter's name in the plain model: peft's wrapper prefix and ``base_layer`` removed."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def _norm(p) -> float:
     import torch
 
-    params = dict(model.named_parameters())
-    out = {}
-    for name in names:
-        p = params.get(name)
-        if p is None:
-            continue
-        if hasattr(p, "ds_id"):
-            import deepspeed
+    if hasattr(p, "ds_id"):
+        import deepspeed
 
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                out[name] = float(torch.linalg.vector_norm(p.detach().float()))
-        else:
-            out[name] = float(torch.linalg.vector_norm(p.detach().float()))
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+            return float(torch.linalg.vector_norm(p.detach().float()))
+    return float(torch.linalg.vector_norm(p.detach().float()))
+
+
+def weight_fingerprint(model, names=FINGERPRINT_PARAMS) -> dict[str, float]:
+    """L2 norms of a few named weights, gathered one at a time under ZeRO-3 (all ranks call this).
+
+    With adapters (lora/qlora) ``adapters`` is the norm of all trainable weights together.
+    """
+    params = {canonical_name(n): p for n, p in model.named_parameters() if "lora_" not in n}
+    out = {name: _norm(params[name]) for name in names if name in params}
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    if adapters:
+        out["adapters"] = sum(_norm(p) ** 2 for p in adapters) ** 0.5
     return out
