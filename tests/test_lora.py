@@ -61,7 +61,7 @@ def gold(spark, tmp_path_factory):
     return root
 
 
-def train(gold: Path, root: Path, *extra: str, fault: str | None = None, timeout: float = 480) -> tuple[int, str]:
+def train(gold: Path, root: Path, *extra: str, fault: str | None = None, timeout: float = 300) -> tuple[int, str]:
     """``dolly-spark train`` on ``gold``'s table into ``root`` (a copy of the gold root per run)."""
     import shutil
 

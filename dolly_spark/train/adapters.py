@@ -178,7 +178,7 @@ def write_adapter_dir(adapter_dir: Path, tokenizer, ref: dict) -> None:
 
 
 def merge_into_base(adapter_dir: Path, ref: dict, dest: Path, torch_dtype=None) -> None:
-    """The plain merged model: the pinned base reloaded unquantised, the adapter merged in (rank 0)."""
+    """The plain merged model: the pinned base reloaded unquantised, the adapter merged in."""
     from peft import PeftModel
 
     from dolly_spark.text.tokenizer import load_hf_tokenizer
@@ -191,3 +191,44 @@ def merge_into_base(adapter_dir: Path, ref: dict, dest: Path, torch_dtype=None) 
     configure_generation(merged, tokenizer)
     merged.config.use_cache = True
     merged.save_pretrained(str(dest))
+
+
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def merge_in_subprocess(adapter_dir: Path, dest: Path, bf16: bool) -> None:
+    """``merge_into_base`` in a fresh interpreter on the CPU (rank 0): loading the base here would
+    enter the Trainer's ZeRO-3 context, whose collectives the other ranks never join, and would
+    hold a second copy of the model beside the training one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, "-m", "dolly_spark.train.adapters", str(adapter_dir), str(dest)]
+    out = subprocess.run(cmd + (["--bf16"] if bf16 else []), env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"merging the adapter into its base failed:\n{out.stderr[-4000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dolly_spark.train.adapters ADAPTER_DIR DEST [--bf16]``: merge (see merge_in_subprocess)."""
+    import argparse
+
+    import torch
+
+    from dolly_spark.text.adapters import read_base_ref
+
+    p = argparse.ArgumentParser(prog="dolly_spark.train.adapters")
+    p.add_argument("adapter_dir", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("--bf16", action="store_true")
+    args = p.parse_args(argv)
+    ref = read_base_ref(args.adapter_dir)
+    merge_into_base(args.adapter_dir, ref, args.dest, torch.bfloat16 if args.bf16 else torch.float32)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -301,11 +301,8 @@ def publish_model(job: WorkerJob, prepared: PreparedTrainer) -> None:
     if not trainer.is_world_process_zero():
         return
     if prepared.base_ref is not None:
-        import torch
-
         adapters.write_adapter_dir(adapter_dir, prepared.tokenizer, prepared.base_ref)
-        dtype = torch.bfloat16 if trainer.args.bf16 else torch.float32
-        adapters.merge_into_base(adapter_dir, prepared.base_ref, local_model, dtype)
+        adapters.merge_in_subprocess(adapter_dir, local_model, bf16=trainer.args.bf16)
     save_portable_tokenizer(prepared.tokenizer, local_model)  # readable by every supported transformers
     (local_model / "training_args.bin").unlink(missing_ok=True)  # a pickle: keep the dir safetensors-only
     checkpoints.publish(local_model, job.model_dir)  # copied whole, then marked complete
