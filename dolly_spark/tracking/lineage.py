@@ -20,18 +20,10 @@ TAG_BASE_REVISION = "dolly.base_revision"  # the base's pinned hub revision, whe
 TAG_MODEL_FORM = "dolly.model_form"  # what the logged model holds: one of MODEL_FORMS
 FORM_FULL, FORM_MERGED, FORM_ADAPTER = "full", "merged", "adapter"
 MODEL_FORMS = (FORM_FULL, FORM_MERGED, FORM_ADAPTER)
+GOLD_TAGS = (TAG_GOLD_TABLE, TAG_GOLD_TABLE_NAME, TAG_GOLD_VERSION, TAG_SILVER_VERSION, TAG_BRONZE_VERSION)
+METHOD_TAGS = (TAG_METHOD, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_MODEL_FORM)
 # The registered model version gets the same ones.
-LINEAGE_TAGS = (
-    TAG_GOLD_TABLE,
-    TAG_GOLD_TABLE_NAME,
-    TAG_GOLD_VERSION,
-    TAG_SILVER_VERSION,
-    TAG_BRONZE_VERSION,
-    TAG_METHOD,
-    TAG_BASE_MODEL,
-    TAG_BASE_REVISION,
-    TAG_MODEL_FORM,
-)
+LINEAGE_TAGS = GOLD_TAGS + METHOD_TAGS
 
 
 def _gold_location(gold_ref_or_path) -> tuple[str | None, str | None, str]:
