@@ -14,7 +14,7 @@ from dolly_spark.train.hardware import DS_CONFIG_FILES, family_from_device_name,
 from tests.shared_data import SHARED
 from tests.test_bundles import _pipeline_task
 from tools import bundle_check as bc
-from tools.bundle_coherence import coherence_problems, supported_spark_versions
+from tools.bundle_coherence import coherence_problems, setup_extra_pins, supported_spark_versions
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles"
@@ -123,6 +123,76 @@ def test_score_without_a_shared_download_dir_is_rejected(broken):
     root = broken("resources/dolly_pipeline.yml", drop)
     msgs = _problems(root, "downloads")
     assert len(msgs) == 1 and "dolly-score must pass --download-dir" in msgs[0]
+
+
+LORA = "resources/dolly_lora.yml"
+
+
+def _lora_task(data: dict, key: str) -> dict:
+    return next(t for t in data["resources"]["jobs"]["dolly_lora"]["tasks"] if t["task_key"] == key)
+
+
+def _set_flag(params: list, flag: str, value: str) -> None:
+    params[params.index(flag) + 1] = value
+
+
+def test_the_lora_job_trains_pythia_12b_on_one_gpu_with_peft_pinned_as_tested():
+    bundle = bc.load_bundle(BUNDLE)
+    job = next(j for j in bundle.jobs() if j.key == "dolly_lora")
+    tasks = {t["task_key"]: t for t in job.spec["tasks"]}
+    params = tasks["train"]["python_wheel_task"]["parameters"]
+    values = bundle.variable_sets()["prod"]
+    assert params[params.index("--method") + 1] == "lora" and params[params.index("--num-gpus") + 1] == "1"
+    assert bc.resolve(params[params.index("--base-model") + 1], values) == "EleutherAI/pythia-12b"
+    assert bc.resolve(params[params.index("--gpu-family") + 1], values) in ("a100", "h100")
+    cluster = {c["job_cluster_key"]: c["new_cluster"] for c in job.spec["job_clusters"]}["gpu_lora_cluster"]
+    assert cluster["num_workers"] == 0 and "--num-nodes" not in params  # one node: the driver's GPU
+    pypi = [lib["pypi"]["package"] for lib in tasks["train"]["libraries"] if "pypi" in lib]
+    assert pypi == [f"peft=={setup_extra_pins(REPO / 'setup.py')['peft']}"]
+    # Its own registered name: the LoRA job never moves dolly_pipeline's alias.
+    register = tasks["register"]["python_wheel_task"]["parameters"]
+    assert register[register.index("--model-name") + 1] == "${var.catalog}.${var.schema}.${var.lora_model_name}"
+    assert values["lora_model_name"] != values["model_name"]
+
+
+def test_a_lora_train_task_without_peft_is_rejected_and_a_wrong_pin_too(broken):
+    def drop_peft(d):
+        libs = _lora_task(d, "train")["libraries"]
+        libs[:] = [lib for lib in libs if "pypi" not in lib]
+
+    root = broken(LORA, drop_peft)
+    msgs = _problems(root, "methods")
+    assert msgs and all("--method lora needs peft" in m for m in msgs), msgs
+    broken(LORA, lambda d: _lora_task(d, "train")["libraries"].append({"pypi": {"package": "peft==0.1.0"}}))
+    msgs = _problems(root, "methods")
+    assert msgs and all("peft==0.1.0 differs from the tested pin" in m for m in msgs), msgs
+
+
+def test_qlora_also_needs_bitsandbytes(broken):
+    root = broken(
+        LORA, lambda d: _set_flag(_lora_task(d, "train")["python_wheel_task"]["parameters"], "--method", "qlora")
+    )
+    msgs = _problems(root, "methods")
+    assert msgs and all("--method qlora needs bitsandbytes" in m for m in msgs), msgs
+
+
+def test_adapter_only_models_need_peft_where_they_are_loaded(broken):
+    root = broken(
+        LORA, lambda d: _lora_task(d, "train")["python_wheel_task"]["parameters"].append("--log-adapter-only")
+    )
+    msgs = _problems(root, "methods")
+    assert {m.split(": ")[1] for m in msgs} == {
+        "resources.jobs.dolly_lora.tasks[3].libraries",  # evaluate
+        "resources.jobs.dolly_lora.tasks[4].libraries",  # score
+    }
+    assert all("an adapter-only model needs peft" in m for m in msgs)
+
+    def add_peft(d):
+        for key in ("evaluate", "score"):
+            _lora_task(d, key)["libraries"].append(_lora_task(d, "train")["libraries"][-1])
+
+    broken(LORA, add_peft)
+    assert _problems(root, "methods") == []
 
 
 @pytest.mark.parametrize("family", [f for f in GPU_FAMILIES if f != "auto"])

@@ -61,6 +61,7 @@ def test_every_bundle_file_validates_against_the_official_schema(bundle):
     names = sorted(bundle.rel(f.path) for f in bundle.files)
     assert names == [
         "bundles/databricks.yml",
+        "bundles/resources/dolly_lora.yml",
         "bundles/resources/dolly_pipeline.yml",
         "bundles/resources/dolly_score.yml",
         "bundles/resources/schema.yml",
@@ -345,7 +346,7 @@ def test_cli_exits_1_with_readable_problems_and_0_on_the_real_bundle(broken, cap
     err = capsys.readouterr().err
     assert "1 problem(s) in bundle" in err and "depends_on has a cycle: prepare -> score" in err
     assert bc.main([str(BUNDLE), "--schema", str(SCHEMA), "--skip-parameters"]) == 0
-    assert "OK (5 files, 2 jobs, 7 tasks, targets ['dev', 'prod'])" in capsys.readouterr().out
+    assert "OK (6 files, 3 jobs, 12 tasks, targets ['dev', 'prod'])" in capsys.readouterr().out
 
 
 # --- the parameter checker itself, with stand-in parsers ------------------------------------

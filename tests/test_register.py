@@ -87,7 +87,8 @@ def test_register_latest_train_run_tags_lineage_from_delta_history(trained):
     assert mv.tags[lineage.TAG_GOLD_TABLE] == gold.path
     assert int(mv.tags[lineage.TAG_GOLD_VERSION]) == max(h["version"] for h in history) == 1
     assert mv.tags[lineage.TAG_SILVER_VERSION] == "5" and mv.tags[lineage.TAG_BRONZE_VERSION] == "2"
-    assert set(lineage.LINEAGE_TAGS) <= set(mv.tags)
+    assert set(lineage.GOLD_TAGS) <= set(mv.tags)
+    assert (mv.tags[lineage.TAG_METHOD], mv.tags[lineage.TAG_MODEL_FORM]) == ("full", "full")
     assert mv.tags[registry.TAG_SOURCE_RUN] == trained["run_id"]
     assert float(mv.tags["dolly.metric.eval_loss"]) == 9.5
     assert float(mv.tags["dolly.metric.eval_loss_open_qa"]) == 9.25

@@ -246,7 +246,7 @@ def test_gold_lineage_matches_delta_history(spark, root, tmp_path, with_spark):
     assert r.data.tags[lineage.TAG_GOLD_TABLE] == names.gold.path
     assert r.data.tags[lineage.TAG_GOLD_VERSION] == str(history_latest)
     assert (r.data.tags[lineage.TAG_SILVER_VERSION], r.data.tags[lineage.TAG_BRONZE_VERSION]) == ("3", "2")
-    assert set(tags) == set(lineage.LINEAGE_TAGS)  # one tag per fact: the bronze version is not logged twice
+    assert set(tags) == set(lineage.GOLD_TAGS)  # one tag per fact: the bronze version is not logged twice
     assert lineage.run_lineage(run.info.run_id) == tags
     (inp,) = r.inputs.dataset_inputs
     assert inp.dataset.name == "gold@v1" and inp.dataset.source_type == "delta_table"

@@ -10,19 +10,29 @@
   upstream train task (the run this job run produced, set as a task value by ``dolly-train``);
 - resources: the bundle declares its schema and its volume, so a deploy needs no manual step;
 - downloads: evaluate and score tasks pass ``--download-dir`` on a Volume (executors on worker
-  nodes cannot read the driver's temp dirs).
+  nodes cannot read the driver's temp dirs);
+- methods: a train task with ``--method lora|qlora`` lists the packages the method is built on
+  (peft; qlora also bitsandbytes) as pypi libraries, pinned to the cluster's runtime row when the
+  row pins them, else to setup.py's ``train`` extra; with ``--log-adapter-only`` the evaluate and
+  score tasks of the job list peft too (they load the adapter onto its base).
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
-from tools.bundle_model import Bundle, Job, Problem, _clusters, _tasks, resolve
+from tools.bundle_model import Bundle, Job, Problem, _clusters, _setup_call, _tasks, resolve
 
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
+SETUP_PY = Path(__file__).resolve().parents[1] / "setup.py"  # the code the bundle deploys
 _KEY_LINE = re.compile(r"^#\s*(spark_version|cpu_spark_version):\s*(\S+)\s*$", re.M)
 _RUN_ID_VALUE = re.compile(r"^\{\{\s*tasks\.([A-Za-z0-9_-]+)\.values\.run_id\s*\}\}$")
+_PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)")
+# What each --method needs on the cluster beyond the wheel (the train extra is not installed there).
+METHOD_PACKAGES = {"lora": ("peft",), "qlora": ("peft", "bitsandbytes")}
+ADAPTER_LOADERS = ("dolly-evaluate", "dolly-score")
 
 
 def supported_spark_versions(runtimes_dir: Path = RUNTIMES_DIR) -> dict[str, str]:
@@ -220,6 +230,83 @@ def download_problems(bundle: Bundle) -> list[Problem]:
     return problems
 
 
+def _pins(lines) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        m = _PIN.match(line)
+        if m:
+            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+def setup_extra_pins(setup_py: Path, extra: str = "train") -> dict[str, str]:
+    """``{package: version}`` pinned in setup.py's ``extras_require[extra]`` (read with ast)."""
+    for kw in _setup_call(setup_py).keywords:
+        if kw.arg == "extras_require":
+            return _pins(ast.literal_eval(kw.value).get(extra, []))
+    return {}
+
+
+def runtime_pins(spark_version: str, runtimes_dir: Path = RUNTIMES_DIR) -> dict[str, str]:
+    row = supported_spark_versions(runtimes_dir).get(spark_version)
+    return _pins((runtimes_dir / row).read_text().splitlines()) if row else {}
+
+
+def _pypi_pins(task: dict) -> dict[str, str | None]:
+    """``{package: version or None}`` of the task's pypi libraries."""
+    out: dict[str, str | None] = {}
+    for lib in task.get("libraries") or []:
+        spec = str(((lib or {}).get("pypi") or {}).get("package", "")) if isinstance(lib, dict) else ""
+        if spec:
+            m = _PIN.match(spec)
+            name = (m.group(1) if m else re.split(r"[<>=!~\[; ]", spec, 1)[0]).lower().replace("_", "-")
+            out[name] = m.group(2) if m else None
+    return out
+
+
+def _package_problems(task: dict, needed, wanted: dict[str, str], why: str) -> list[str]:
+    listed = _pypi_pins(task)
+    msgs = []
+    for pkg in needed:
+        pin = wanted.get(pkg)
+        if pkg not in listed:
+            msgs.append(f"{why} needs {pkg} on the cluster: add a pypi library {pkg}=={pin or '<version>'}")
+        elif pin and listed[pkg] != pin:
+            msgs.append(f"{why}: pypi {pkg}=={listed[pkg]} differs from the tested pin {pkg}=={pin}")
+    return msgs
+
+
+def method_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> list[Problem]:
+    train_pins = setup_extra_pins(SETUP_PY)
+    problems = []
+    for job in bundle.jobs():
+        tasks = list(_tasks(job))
+        for target, values in bundle.variable_sets().items():
+            adapter_only = False
+            for i, task in tasks:
+                params = _params(task)
+                if _entry(task) != "dolly-train":
+                    continue
+                method = resolve(_flag(params, "--method") or "full", values)
+                adapter_only = adapter_only or "--log-adapter-only" in params
+                cluster = _cluster_of(job, task) or {}
+                wanted = {
+                    **train_pins,
+                    **runtime_pins(resolve(str(cluster.get("spark_version", "")), values), runtimes_dir),
+                }
+                for msg in _package_problems(task, METHOD_PACKAGES.get(method, ()), wanted, f"--method {method}"):
+                    problems.append(_task_problem(bundle, job, i, f"target {target}: {msg}", "methods"))
+            for i, task in tasks:
+                if adapter_only and _entry(task) in ADAPTER_LOADERS:
+                    for msg in _package_problems(task, ("peft",), train_pins, "an adapter-only model"):
+                        problems.append(_task_problem(bundle, job, i, f"target {target}: {msg}", "methods"))
+    return sorted(set(problems), key=str)
+
+
+def _task_problem(bundle: Bundle, job: Job, i: int, message: str, check: str) -> Problem:
+    return Problem(bundle.rel(job.file.path), f"{job.where}.tasks[{i}].libraries", message, check)
+
+
 def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> list[Problem]:
     return (
         runtime_problems(bundle, runtimes_dir)
@@ -228,4 +315,5 @@ def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> lis
         + register_problems(bundle)
         + resource_problems(bundle)
         + download_problems(bundle)
+        + method_problems(bundle, runtimes_dir)
     )

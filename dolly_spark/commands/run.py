@@ -87,10 +87,16 @@ class RunConfig(TrackedLocation):
         default="full",
         metadata={"help": "how train fine-tunes the base: full, lora or qlora", "choices": METHODS},
     )
+    log_adapter_only: bool = field(
+        default=False,
+        metadata={"help": "lora/qlora: register, evaluate and score the adapter alone, pinned to its base"},
+    )
     prepare: PrepareConfig = _section(PrepareConfig, "", "gold.tokenizer", "gold.base_model")
     report: ReportConfig = _section(ReportConfig, "report_")
     # ``plan`` is train's print-and-exit mode: a pipeline always trains.
-    train: TrainJobConfig = _section(TrainJobConfig, "train_", "tokenizer", "base_model", "method", "plan")
+    train: TrainJobConfig = _section(
+        TrainJobConfig, "train_", "tokenizer", "base_model", "method", "log_adapter_only", "plan"
+    )
     register: RegisterConfig = _section(RegisterConfig, "register_", "run_id")
     evaluate: EvaluateConfig = _section(EvaluateConfig, "evaluate_", "model_uri")
     score: ScoreConfig = _section(ScoreConfig, "score_", "model_uri")
@@ -109,7 +115,9 @@ class RunConfig(TrackedLocation):
         gold = dataclasses.replace(self.prepare.gold, **model)
         self.prepare = dataclasses.replace(self.prepare, gold=gold, **where)
         self.report = dataclasses.replace(self.report, **where)
-        self.train = dataclasses.replace(self.train, **where, **model, method=self.method)
+        self.train = dataclasses.replace(
+            self.train, **where, **model, method=self.method, log_adapter_only=self.log_adapter_only
+        )
         self.register = dataclasses.replace(self.register, **where)
         self.evaluate = dataclasses.replace(self.evaluate, **where)
         self.score = dataclasses.replace(self.score, **where)

@@ -64,7 +64,8 @@ def run(cfg: TrainJobConfig, spark) -> tuple[TrainResult, str | None]:
     from dolly_spark.tracking.runs import job_run
 
     check_method_support(cfg)  # qlora without 4-bit kernels: one line before any run, stage or launch
-    with job_run("train", cfg) as active:
+    # lora settings: logged as what the adapter became (lora_* params, tracking.methods), never for full.
+    with job_run("train", cfg, omit_params=("lora",)) as active:
         result = launcher.run(cfg, spark)
         if active is not None:
             for k, v in upstream_versions(spark, cfg.table_names(), result.gold_version).items():

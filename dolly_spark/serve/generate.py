@@ -57,21 +57,36 @@ def pick_device(device: str | None = None) -> str:
 
 
 def load_for_generation(model_dir: str | Path, device: str | None = None, trust_remote_code: bool = False):
-    """Model (bf16 on GPU, fp32 on CPU; safetensors only) and its Dolly tokenizer, left-padded."""
+    """Model (bf16 on GPU, fp32 on CPU; safetensors only) and its Dolly tokenizer, left-padded.
+
+    ``model_dir`` is a saved model, or a LoRA adapter directory (``text.adapters``): its pinned
+    base is loaded and the adapter merged in, so both forms generate the same way.
+    """
     import torch
+
+    from dolly_spark.text.adapters import is_adapter_dir, load_merged
+
+    device = pick_device(device)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if is_adapter_dir(model_dir):
+        model, tokenizer = load_merged(model_dir, torch_dtype=dtype, trust_remote_code=trust_remote_code)
+    else:
+        model, tokenizer = _load_plain(model_dir, dtype, trust_remote_code)
+    tokenizer.padding_side = "left"
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def _load_plain(model_dir: str | Path, dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     from dolly_spark.ops.runtime import dtype_keyword
     from dolly_spark.text.tokenizer import load_hf_tokenizer
 
-    device = pick_device(device)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tokenizer = load_hf_tokenizer(str(model_dir))
-    tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code, **{dtype_keyword(): dtype}
     )
-    model.to(device).eval()
     return model, tokenizer
 
 

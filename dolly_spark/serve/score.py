@@ -127,19 +127,29 @@ class ScoreResult:
 @dataclass(frozen=True)
 class ResolvedModel:
     uri: str  # as given
-    local_dir: str  # HF model directory (config.json + safetensors + tokenizer)
+    local_dir: str  # HF model directory (config.json + safetensors + tokenizer), or a LoRA adapter directory
     version: str  # what rows are keyed on: "NAME/3", "run:<id>/<path>" or "dir:<fingerprint>"
     pyfunc_uri: str | None = None  # MLflow model URI, when there is one (spark_udf mode)
 
 
 def _find_hf_dir(root: Path) -> Path:
-    """The directory holding config.json inside a downloaded MLflow model (artifacts/hf_model/...)."""
-    if (root / "config.json").is_file():
+    """The model directory inside a downloaded MLflow model (artifacts/hf_model/...): a saved model
+    (config.json + *.safetensors) or an adapter-only one (``text.adapters``, loaded onto its base)."""
+    from dolly_spark.text.adapters import ADAPTER_CONFIG, is_adapter_dir
+
+    if (root / "config.json").is_file() or is_adapter_dir(root):
         return root
-    found = sorted(p.parent for p in root.rglob("config.json") if any(p.parent.glob("*.safetensors")))
+    found = sorted(
+        p.parent
+        for name in ("config.json", ADAPTER_CONFIG)
+        for p in root.rglob(name)
+        if any(p.parent.glob("*.safetensors"))
+    )
     if not found:
-        raise FileNotFoundError(f"no HF model directory (config.json + *.safetensors) under {root}")
-    return found[0]
+        raise FileNotFoundError(
+            f"no HF model or adapter directory (config.json or {ADAPTER_CONFIG}, + *.safetensors) under {root}"
+        )
+    return min(found, key=lambda p: len(p.parts))
 
 
 def fingerprint_dir(model_dir: str | Path, chunk: int = 1 << 20) -> str:

@@ -4,8 +4,9 @@
 - ``runs``: the run around every job (config as params, git commit, engine, nesting), reaping
   runs of dead processes;
 - ``metrics``: metrics and artifacts a job logs into its run;
-- ``lineage``: gold@version as the run's dataset input, and the lineage tags;
-- ``models``: the Dolly pyfunc logged into the train run;
+- ``lineage``: gold@version as the run's dataset input, and the lineage tags (data, method, base);
+- ``methods``: how a train run fine-tuned (full, lora, qlora): its params, counts and model form;
+- ``models``: the Dolly pyfunc logged into the train run (a saved model, or a LoRA adapter);
 - ``registry``: registering a run's model under an alias, tagging versions.
 
 Where the store is (read-only) is ``dolly_spark.ops.mlflow_store``; resolving an alias is

@@ -1,5 +1,7 @@
 """Dataset lineage: gold@version as a run's training dataset input, and the tags that lead a run
-(and the model version registered from it) back to the exact Delta versions it came from."""
+(and the model version registered from it) back to the exact Delta versions it came from, and to
+how it was trained: the method (full, lora, qlora), the base it started from, and the form its
+model was logged in (full weights, an adapter merged into its base, or the adapter alone)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,16 @@ TAG_GOLD_TABLE_NAME = "dolly.gold_table_name"
 TAG_GOLD_VERSION = "dolly.gold_version"
 TAG_SILVER_VERSION = "dolly.silver_version"
 TAG_BRONZE_VERSION = "dolly.bronze_version"
+TAG_METHOD = "dolly.method"  # full | lora | qlora
+TAG_BASE_MODEL = "dolly.base_model"  # hub id or path the run fine-tuned
+TAG_BASE_REVISION = "dolly.base_revision"  # the base's pinned hub revision, when there is one
+TAG_MODEL_FORM = "dolly.model_form"  # what the logged model holds: one of MODEL_FORMS
+FORM_FULL, FORM_MERGED, FORM_ADAPTER = "full", "merged", "adapter"
+MODEL_FORMS = (FORM_FULL, FORM_MERGED, FORM_ADAPTER)
+GOLD_TAGS = (TAG_GOLD_TABLE, TAG_GOLD_TABLE_NAME, TAG_GOLD_VERSION, TAG_SILVER_VERSION, TAG_BRONZE_VERSION)
+METHOD_TAGS = (TAG_METHOD, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_MODEL_FORM)
 # The registered model version gets the same ones.
-LINEAGE_TAGS = (TAG_GOLD_TABLE, TAG_GOLD_TABLE_NAME, TAG_GOLD_VERSION, TAG_SILVER_VERSION, TAG_BRONZE_VERSION)
+LINEAGE_TAGS = GOLD_TAGS + METHOD_TAGS
 
 
 def _gold_location(gold_ref_or_path) -> tuple[str | None, str | None, str]:
@@ -36,6 +46,14 @@ def lineage_tags(gold_ref_or_path, gold_version: int, silver_version=None, bronz
         if v is not None:
             tags[key] = str(int(v))
     return tags
+
+
+def method_tags(method: str, base_model: str | None, base_revision: str | None, form: str) -> dict[str, str]:
+    """How the run trained and what its logged model holds; a tag without a value is left out."""
+    if form not in MODEL_FORMS:
+        raise ValueError(f"model form {form!r}: expected one of {list(MODEL_FORMS)}")
+    tags = {TAG_METHOD: method, TAG_BASE_MODEL: base_model, TAG_BASE_REVISION: base_revision, TAG_MODEL_FORM: form}
+    return {k: str(v) for k, v in tags.items() if v not in (None, "")}
 
 
 def gold_dataset(spark, gold_ref_or_path, gold_version: int):

@@ -99,11 +99,14 @@ def job_run(
     catalog: str | None = None,
     experiment: str | None = None,
     engine: str | None = None,
+    omit_params: tuple[str, ...] = (),
 ) -> Iterator[Any]:
     """Open an MLflow run for ``job`` and record its config, git commit and engine.
 
     Yields the ``mlflow.ActiveRun``, or None on ranks other than 0 (they log nothing).
     ``output_root``/``catalog``/``experiment`` default to the config's fields of those names.
+    ``omit_params``: top-level config sections left out of the params (the job logs what they
+    came to itself); ``config.yaml`` keeps the whole config.
     """
     if not is_rank_zero():
         yield None
@@ -126,7 +129,7 @@ def job_run(
         tags=_run_tags(job, engine),
     ) as run:
         resolved = json.loads(json.dumps(config_dict(cfg), default=str))  # Paths etc. as strings
-        log_params_batched(flatten_params(resolved))
+        log_params_batched(flatten_params({k: v for k, v in resolved.items() if k not in omit_params}))
         mlflow.log_dict(resolved, "config.yaml")
         yield run
 
