@@ -8,10 +8,11 @@
 #                 here), hjson, pydantic + pydantic-core (cp312) + annotated-types + typing-inspection,
 #                 typing_extensions
 #   shared-data/  tokenizer/gpt-neox-20b, databricks-dolly-15k.jsonl,
-#                 models/{pythia-410m,pythia-1b}/config.json (a copy of ../shared/data's files)
+#                 models/{pythia-410m,pythia-1b,pythia-12b}/config.json (a copy of ../shared/data's files),
+#                 and peft (pure Python) in .whl/ for the lora steps
 #
 # Steps (each under `timeout`, a failing step does not stop the others; the whole run stays under
-# ~7 minutes): install the wheels into /tmp/site; nvidia-smi and versions; launch/plan.py's three target
+# ~12 minutes): install the wheels into /tmp/site; nvidia-smi and versions; launch/plan.py's three target
 # plans, plus pythia-12b's full/lora/qlora plans on one A100 80 GB and one A10 24 GB; (a) train_mfu.py
 # on random-init pythia-1b, bf16, ZeRO-3, one GPU, without and with gradient checkpointing, 60 s each,
 # printing measured peak memory next to launch/plan.py's estimate; (b) generate_throughput.py on
@@ -24,7 +25,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 
 START=$(date +%s)
-BUDGET_S="${GPU_CHECK_BUDGET_S:-410}"  # hard stop for the last step: ~6.8 min after start
+BUDGET_S="${GPU_CHECK_BUDGET_S:-720}"  # hard stop for the last step: 12 min after start
 DEADLINE=$((START + BUDGET_S))
 STATUS=()
 
@@ -137,6 +138,13 @@ step plan 30 plan_targets
 # (a) ~30 s start-up (imports, tokenising dolly-15k) + 2 x (~20 s init/warm-up + 60 s timed)
 step train_mfu 250 python3 benchmarks/train_mfu.py --device cuda --models pythia-1b --zero-stage 3 \
     --checkpointing both --seconds 60 --batch-size 4 --seq-len 2048
+# (c) --method lora (issue 24): pythia-1b lora beside (a)'s full run (tokens/s ratio), then lora on
+# random-init pythia-12b on the one GPU (peak memory vs the plan, within 25%; tokens/s). Needs
+# shared-data/models/pythia-12b/config.json; not run yet on a GPU (benchmarks/README.md).
+step train_lora_1b 120 python3 benchmarks/train_mfu.py --device cuda --models pythia-1b --method lora \
+    --checkpointing on --seconds 45 --batch-size 4 --seq-len 2048
+step train_lora_12b 180 python3 benchmarks/train_mfu.py --device cuda --models pythia-12b --method lora \
+    --checkpointing on --seconds 45 --batch-size 4 --seq-len 2048
 # (b) per_row dominates: 48 prompts x 64 new tokens, one decode step at a time
 step generate 120 python3 benchmarks/generate_throughput.py --device cuda --modes hf_batched,per_row \
     --model-config shared-data/models/pythia-410m/config.json --num-prompts 48 --batch-size 16 --max-new-tokens 64

@@ -150,6 +150,7 @@ def plan_estimate(args, cfg, checkpointing: bool, device_type: str) -> dict:
         packing=True,
         train_records=1,
         epochs=1,
+        method=args.method,
     )
     b = p["est_breakdown_gb"]
     return {
@@ -159,6 +160,7 @@ def plan_estimate(args, cfg, checkpointing: bool, device_type: str) -> dict:
         "plan_overhead_gib": b["overhead"],
         "plan_fits": p["fits"],
         "plan_params": p["params"],
+        "plan_trainable_params": p.get("trainable_params"),
         "plan_logits_bytes_per_token_vocab": import_first(*MEMORY_MODULES).LOGITS_BYTES_PER_TOKEN_VOCAB,
     }
 
@@ -199,6 +201,12 @@ def bench_one(args, name: str, examples, checkpointing: bool) -> dict:
         model.gradient_checkpointing_enable()
     n_total = sum(p.numel() for p in model.parameters())
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if "embed_in" not in n)
+    if args.method == "lora":  # the training path's own adapters (dolly_spark.train.adapters)
+        from types import SimpleNamespace
+
+        adapters = import_first("dolly_spark.train.adapters")
+        lora = import_first("dolly_spark.train.config").LoraSettings()
+        model = adapters.attach_adapters(model, SimpleNamespace(lora=lora, gradient_checkpointing=checkpointing))
     ds_config = {
         "train_micro_batch_size_per_gpu": args.batch_size,
         "gradient_accumulation_steps": 1,
@@ -207,7 +215,8 @@ def bench_one(args, name: str, examples, checkpointing: bool) -> dict:
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 10**9,
     }
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
     collate = PackedCollator(pad_token_id=0)
     step, tokens, t_start = 0, 0, None
@@ -249,10 +258,13 @@ def bench_one(args, name: str, examples, checkpointing: bool) -> dict:
         }
     tps = tokens / elapsed
     L, H = cfg.num_hidden_layers, cfg.hidden_size
-    flops_per_token = 6 * n_matmul + 12 * L * H * args.seq_len
+    # A frozen weight needs no weight gradient: LoRA's backward is ~2N (input gradients), not 4N.
+    flops_per_token = (4 if args.method == "lora" else 6) * n_matmul + 12 * L * H * args.seq_len
     peak = measure_peak_flops(device, dtype, 8192 if device.type == "cuda" else 512, 50 if device.type == "cuda" else 5)
     out = {
         "model": name,
+        "method": args.method,
+        "params_trainable": sum(p.numel() for p in trainable),
         "params_matmul": n_matmul,
         "params_total": n_total,
         "steps_timed": step - warmup,
@@ -378,6 +390,7 @@ def main(argv=None) -> int:
         default=None,
         help="gradient checkpointing; 'both' runs each model without, then with it (default off)",
     )
+    p.add_argument("--method", choices=["full", "lora"], default="full", help="lora: peft adapters on a frozen base")
     p.add_argument("--max-records", type=int, default=15011)
     p.add_argument("--tokenizer", default=str(SHARED / "tokenizer" / "gpt-neox-20b"))
     p.add_argument("--dry-run", action="store_true", help="same as --device cpu --models tiny --steps 3 --seq-len 256")
@@ -438,7 +451,8 @@ def main(argv=None) -> int:
                 break
             print(json.dumps(res))
             print(
-                f"{res['model']} (checkpointing {'on' if ckpt else 'off'}): {res['tokens_per_s']:.0f} tokens/s, "
+                f"{res['model']} {res['method']} (checkpointing {'on' if ckpt else 'off'}): "
+                f"{res['tokens_per_s']:.0f} tokens/s, "
                 f"{res['achieved_tflops']:.2f} TFLOP/s of {res['peak_tflops_measured']:.2f} measured peak -> "
                 f"MFU {res['mfu']:.1%} ({res['mfu_vs_anchor_46pct']:.2f}x the 46% anchor)"
             )

@@ -245,3 +245,31 @@ def test_qlora_trains_adapters_on_a_4bit_base(gold, tmp_path):
     res = result(root)
     assert res["method"] == "qlora" and checkpoints.is_published(res["model_dir"])
     assert read_base_ref(res["adapter_dir"])["method"] == "qlora"
+
+
+def test_run_with_lora_ends_with_predictions_from_the_adapter_model(tmp_path):
+    import itertools
+
+    import mlflow
+    from deltalake import DeltaTable
+
+    sample = tmp_path / "dolly_300.jsonl"
+    with open(DOLLY_JSONL) as src:
+        sample.write_text("".join(itertools.islice(src, 300)))
+    root = tmp_path / "out"
+    args = ["run", "--input", str(sample), "--output-root", str(root), "--tokenizer", str(TOKENIZER_DIR)]
+    args += ["--method", "lora", "--train-max-steps", "4", "--train-max-eval-records", "4"]
+    args += ["--evaluate-sample-size", "4", "--evaluate-max-new-tokens", "4"]
+    args += ["--score-limit", "8", "--score-max-new-tokens", "4"]
+    out = subprocess.run(
+        [str(helpers.CLI), *args], cwd=helpers.REPO, env=helpers.subprocess_env(), capture_output=True, text=True
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    predictions = DeltaTable(str(root / "tables" / "predictions")).to_pandas()
+    assert 0 < len(predictions) <= 8
+    res = result(root)
+    assert res["method"] == "lora" and Path(res["adapter_dir"], "adapter_model.safetensors").is_file()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    train_runs = [r for r in runs if r.data.params.get("method") == "lora"]
+    assert train_runs and train_runs[0].data.tags.get("dolly.method") == "lora"

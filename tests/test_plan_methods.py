@@ -319,3 +319,17 @@ def test_train_refuses_qlora_before_any_run_stage_or_launch(spark, tmp_path, mon
         "kernel for this device; pip install -U bitsandbytes (a build with them) or use --method lora"
     ]
     assert not (broken / "train").exists() and not (broken / "mlflow.db").exists()
+
+
+def test_run_refuses_qlora_before_prepare_writes_anything(tmp_path, monkeypatch, capsys):
+    import bitsandbytes.functional
+
+    from dolly_spark.commands import run as run_cmd
+    from tests.shared_data import DOLLY_JSONL
+
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", _broken_kernel)
+    out = tmp_path / "out"
+    assert run_cmd.main(["--input", str(DOLLY_JSONL), "--output-root", str(out), "--method", "qlora"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "qlora needs bitsandbytes with 4-bit kernels" in err[0], err
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.rglob("*"))

@@ -27,6 +27,7 @@ from dolly_spark.commands import score as score_cmd
 from dolly_spark.commands import train as train_cmd
 from dolly_spark.commands.common import check_tokenizer, cli_errors, parse_job, spark_session
 from dolly_spark.launch.config import TrainJobConfig
+from dolly_spark.launch.methods import check_method_support
 from dolly_spark.ops.config import LOCATION_FIELDS, TrackedLocation
 from dolly_spark.ops.mlflow_store import resolve_tracking
 from dolly_spark.prep.prepare import PrepareConfig
@@ -251,6 +252,8 @@ STAGE_RUNNERS = {
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(RunConfig, argv, "run", __doc__, level=logging.WARNING)
     todo = cfg.selected_stages()
+    if "train" in todo:
+        check_method_support(cfg.train)  # qlora without 4-bit kernels: refused before prepare writes
     if "prepare" in todo:
         prepare_cmd.preflight(cfg.prepare)  # before the pipeline's MLflow run (the tokenizer too)
     elif "train" in todo:

@@ -152,7 +152,9 @@ def read_ds_config(job: WorkerJob, cfg: TrainConfig, override: str | None) -> di
     from dolly_spark.train.hardware import load_ds_config
 
     path = Path(override or Path(job.run_dir) / "ds_config.json")
-    return json.loads(path.read_text()) if path.exists() else load_ds_config(job.family, cfg.deepspeed_config, cfg.method)
+    return (
+        json.loads(path.read_text()) if path.exists() else load_ds_config(job.family, cfg.deepspeed_config, cfg.method)
+    )
 
 
 def has_train_sampling_strategy() -> bool:
