@@ -138,7 +138,7 @@ step plan 30 plan_targets
 # (a) ~30 s start-up (imports, tokenising dolly-15k) + 2 x (~20 s init/warm-up + 60 s timed)
 step train_mfu 250 python3 benchmarks/train_mfu.py --device cuda --models pythia-1b --zero-stage 3 \
     --checkpointing both --seconds 60 --batch-size 4 --seq-len 2048
-# (c) --method lora (issue 24): pythia-1b lora beside (a)'s full run (tokens/s ratio), then lora on
+# (c) --method lora: pythia-1b lora beside (a)'s full run (tokens/s ratio), then lora on
 # random-init pythia-12b on the one GPU (peak memory vs the plan, within 25%; tokens/s). Needs
 # shared-data/models/pythia-12b/config.json; not run yet on a GPU (benchmarks/README.md).
 step train_lora_1b 120 python3 benchmarks/train_mfu.py --device cuda --models pythia-1b --method lora \
