@@ -25,32 +25,7 @@ pytestmark = pytest.mark.slow
 peft = pytest.importorskip("peft")
 
 STEPS = 8
-TRAIN_ARGS = [
-    "--base-model",
-    "tiny",
-    "--gpu-family",
-    "cpu",
-    "--tokenizer",
-    str(TOKENIZER_DIR),
-    "--lr",
-    "5e-3",
-    "--warmup-steps",
-    "1",
-    "--per-device-batch-size",
-    "1",
-    "--max-seq-len",
-    "256",
-    "--eval-steps",
-    "1000",
-    "--save-steps",
-    "3",
-    "--save-total-limit",
-    "3",
-    "--max-eval-records",
-    "2",
-    "--max-steps",
-    str(STEPS),
-]
+TRAIN_ARGS = helpers.tiny_train_args(STEPS, lr="5e-3", warmup=1)
 ZERO3_CONFIG = str(Path(__file__).resolve().parents[1] / "dolly_spark" / "configs" / "ds_cpu.json")
 
 
@@ -76,21 +51,9 @@ def train(gold: Path, root: Path, *extra: str, fault: str | None = None, timeout
         callbacks.append(FAULT_SPEC)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(helpers.REPO), env.get("PYTHONPATH")) if p)
     log = root / f"train{len(list(root.glob('train*.log')))}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(helpers.CLI), "train", "--output-root", str(root), *TRAIN_ARGS, "--callbacks", *callbacks, *extra],
-            cwd=helpers.REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            helpers.kill_group(proc)
-            pytest.fail(f"training did not finish within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-    return proc.returncode, log.read_text(errors="replace")
+    args = ["--output-root", str(root), *TRAIN_ARGS, "--callbacks", *callbacks, *extra]
+    rc, _, out, _ = helpers.run_train(args, env, log, timeout)
+    return rc, out
 
 
 def result(root: Path) -> dict:

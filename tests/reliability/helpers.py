@@ -194,3 +194,32 @@ def init_tracking_store(root) -> None:
     proc = start_configure_tracking(root)
     out = proc.communicate(timeout=180)[0].decode(errors="replace")
     assert proc.returncode == 0, out[-3000:]
+
+
+def tiny_train_args(steps: int, lr: str, warmup: int, save_steps: int = 3) -> list[str]:
+    """``dolly-spark train`` flags for a few CPU steps of the tiny model on 2 ranks (the training tests)."""
+    from tests.shared_data import TOKENIZER_DIR
+
+    return [
+        *("--base-model", "tiny", "--gpu-family", "cpu", "--tokenizer", str(TOKENIZER_DIR)),
+        *("--lr", lr, "--warmup-steps", str(warmup), "--per-device-batch-size", "1"),
+        *("--max-seq-len", "256", "--eval-steps", "1000", "--save-steps", str(save_steps)),
+        *("--save-total-limit", "3", "--max-eval-records", "2", "--max-steps", str(steps)),
+    ]
+
+
+def run_train(args: list[str], env: dict, log: Path, timeout: float) -> tuple[int, float, str, float]:
+    """``dolly-spark train ARGS`` in its own process group: (returncode, end time, output, wall seconds)."""
+    import pytest
+
+    t0 = time.time()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(CLI), "train", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            pytest.fail(f"training did not finish within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+    return proc.returncode, time.time(), log.read_text(errors="replace"), time.time() - t0

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,32 +21,7 @@ from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
 from tests.train_fixtures import gold_rows, write_gold
 
 STEPS = 10
-TRAIN_ARGS = [
-    "--base-model",
-    "tiny",
-    "--gpu-family",
-    "cpu",
-    "--tokenizer",
-    str(TOKENIZER_DIR),
-    "--lr",
-    "2e-3",
-    "--warmup-steps",
-    "2",
-    "--per-device-batch-size",
-    "1",
-    "--max-seq-len",
-    "256",
-    "--eval-steps",
-    "1000",
-    "--save-steps",
-    "3",
-    "--save-total-limit",
-    "3",
-    "--max-eval-records",
-    "2",
-    "--max-steps",
-    str(STEPS),
-]
+TRAIN_ARGS = helpers.tiny_train_args(STEPS, lr="2e-3", warmup=2)
 FAIL_FAST_S = 120  # a rank blocked in a gloo collective would wait 30 minutes
 
 
@@ -67,22 +40,7 @@ def train(root: Path, log: Path, *extra: str, fault: str | None = None, timeout:
         extra = (*extra, "--callbacks", FAULT_SPEC)
         # The driver imports the callback before launch (the ranks get the repo on their path anyway).
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(helpers.REPO), env.get("PYTHONPATH")) if p)
-    t0 = time.time()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(helpers.CLI), "train", "--output-root", str(root), *TRAIN_ARGS, *extra],
-            cwd=helpers.REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            helpers.kill_group(proc)
-            pytest.fail(f"training did not finish within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-    return proc.returncode, time.time(), log.read_text(errors="replace"), time.time() - t0
+    return helpers.run_train(["--output-root", str(root), *TRAIN_ARGS, *extra], env, log, timeout)
 
 
 @pytest.mark.slow
