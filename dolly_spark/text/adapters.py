@@ -51,26 +51,36 @@ def load_base(base_model: str, revision: str | None, vocab_size: int, torch_dtyp
     """The base an adapter was trained on, resized to the adapter's tokenizer as training resized it."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
-    if revision:
-        kwargs["revision"] = revision
+    kwargs = {"revision": revision} if revision else {}
     if torch_dtype is not None:
         kwargs[dtype_keyword()] = torch_dtype
-    model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+    )
     if model.get_input_embeddings().weight.shape[0] != vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
 
 
-def load_merged(adapter_dir: str | Path, torch_dtype=None, trust_remote_code: bool = False):
-    """(model, tokenizer): the pinned base with the adapter merged in, a plain transformers model."""
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def load_adapter(base, adapter_dir: str | Path):
+    """peft's model of ``base`` with the adapter loaded: safetensors only (a pickle could run code)."""
     from peft import PeftModel
 
+    if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}; only safetensors adapters are loaded")
+    return PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
+
+
+def load_merged(adapter_dir: str | Path, torch_dtype=None, trust_remote_code: bool = False):
+    """(model, tokenizer): the pinned base with the adapter merged in, a plain transformers model."""
     from dolly_spark.text.tokenizer import load_hf_tokenizer
 
     ref = read_base_ref(adapter_dir)
     tokenizer = load_hf_tokenizer(str(adapter_dir))
     revision = None if Path(ref["base_model"]).exists() else ref.get("revision")
     base = load_base(ref["base_model"], revision, len(tokenizer), torch_dtype, trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    model = load_adapter(base, adapter_dir).merge_and_unload()
     return model, tokenizer

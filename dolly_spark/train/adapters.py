@@ -179,15 +179,14 @@ def write_adapter_dir(adapter_dir: Path, tokenizer, ref: dict) -> None:
 
 def merge_into_base(adapter_dir: Path, ref: dict, dest: Path, torch_dtype=None) -> None:
     """The plain merged model: the pinned base reloaded unquantised, the adapter merged in."""
-    from peft import PeftModel
-
+    from dolly_spark.text.adapters import load_adapter
     from dolly_spark.text.tokenizer import load_hf_tokenizer
     from dolly_spark.train.model import configure_generation
 
     tokenizer = load_hf_tokenizer(str(adapter_dir))
     revision = None if Path(ref["base_model"]).exists() else ref["revision"]
     base = load_base(ref["base_model"], revision, len(tokenizer), torch_dtype)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = load_adapter(base, adapter_dir).merge_and_unload()
     configure_generation(merged, tokenizer)
     merged.config.use_cache = True
     merged.save_pretrained(str(dest))

@@ -465,3 +465,12 @@ def test_training_loader_refuses_pickle_only_weights(pickle_only_and_remote_code
     pickle_dir, _, _ = pickle_only_and_remote_code_models
     with pytest.raises(Exception, match="safetensors"):
         build_model(str(pickle_dir), load_hf_tokenizer(str(TOKENIZER_DIR)))
+
+
+def test_an_adapter_without_safetensors_is_refused_not_unpickled(tmp_path):
+    from dolly_spark.text.adapters import load_adapter
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"not loaded")  # peft would torch.load this
+    with pytest.raises(ValueError, match="no adapter_model.safetensors; only safetensors adapters are loaded"):
+        load_adapter(object(), tmp_path)
