@@ -41,6 +41,7 @@ setup(
             "dolly-sql=dolly_spark.commands.sql:main",
             "dolly-engine=dolly_spark.commands.engine:main",
             "dolly-serve=dolly_spark.commands.serve:main",
+            "dolly-endpoint=dolly_spark.commands.endpoint:main",
         ]
     },
 )

@@ -21,6 +21,7 @@ COMMANDS = {
     "sql": "dolly_spark.commands.sql",
     "engine": "dolly_spark.commands.engine",
     "serve": "dolly_spark.commands.serve",
+    "endpoint": "dolly_spark.commands.endpoint",
 }
 
 
