@@ -33,6 +33,17 @@ def _entity(version: str, name: str = "dolly", model: str = MODEL) -> dict:
     }
 
 
+def _route(name: str, pct: int) -> dict:
+    """A route as the API reports it: both names (served_model_name is the one older SDKs read)."""
+    return {"served_entity_name": name, "served_model_name": name, "traffic_percentage": pct}
+
+
+def _routed(body: dict) -> list[tuple[str, int]]:
+    """(entity, percentage) of an update's routes, under whichever name the installed SDK sends."""
+    routes = body["traffic_config"]["routes"]
+    return [(r.get("served_entity_name") or r["served_model_name"], r["traffic_percentage"]) for r in routes]
+
+
 class Workspace:
     """The workspace's state and the calls made to it."""
 
@@ -43,7 +54,7 @@ class Workspace:
             "state": {"ready": "READY", "config_update": "NOT_UPDATING"},
             "config": {
                 "served_entities": entities or [_entity(served)],
-                "traffic_config": {"routes": [{"served_entity_name": "dolly", "traffic_percentage": 100}]},
+                "traffic_config": {"routes": [_route("dolly", 100)]},
             },
         }
         self.calls: list[tuple[str, str, dict | None]] = []
@@ -77,7 +88,8 @@ class Workspace:
         self.endpoint["state"]["config_update"] = self.rollout
         if self.rollout == "NOT_UPDATING":
             served = [{**e, "state": {"deployment": "DEPLOYMENT_READY"}} for e in pending["served_entities"]]
-            self.endpoint["config"] = {**pending, "served_entities": served}
+            routes = [_route(n, p) for n, p in _routed(pending)]
+            self.endpoint["config"] = {**pending, "served_entities": served, "traffic_config": {"routes": routes}}
 
     def api_calls(self) -> list[tuple[str, str]]:
         return [(m, p) for m, p, _ in self.calls if p.startswith("/api/")]
@@ -149,7 +161,7 @@ def test_moves_the_served_entity_to_the_alias_version_keeping_its_settings(works
             "environment_vars": {"DOLLY_DEVICE": "cuda"},
         }
     ]
-    assert body["traffic_config"] == {"routes": [{"served_entity_name": "dolly", "traffic_percentage": 100}]}
+    assert _routed(body) == [("dolly", 100)]
 
 
 def test_a_rerun_is_a_no_op(workspace, client):
@@ -179,18 +191,16 @@ def test_wait_reports_a_failed_rollout_in_one_line(workspace, client):
 
 def test_other_served_entities_and_the_traffic_split_are_kept(client, workspace):
     workspace.endpoint["config"]["served_entities"] = [_entity("1"), _entity("7", "other", "main.dolly.other")]
-    workspace.endpoint["config"]["traffic_config"]["routes"] = [
-        {"served_entity_name": "dolly", "traffic_percentage": 90},
-        {"served_entity_name": "other", "traffic_percentage": 10},
-    ]
+    workspace.endpoint["config"]["traffic_config"]["routes"] = [_route("dolly", 90), _route("other", 10)]
     move_to_alias(_cfg(), client)
     (body,) = workspace.puts()
     assert [(e["name"], e["entity_version"]) for e in body["served_entities"]] == [("dolly", "2"), ("other", "7")]
-    assert [r["traffic_percentage"] for r in body["traffic_config"]["routes"]] == [90, 10]
+    assert _routed(body) == [("dolly", 90), ("other", 10)]
 
 
 def test_ambiguous_or_missing_entity_and_missing_alias_or_endpoint_fail_clearly(workspace, client):
     workspace.endpoint["config"]["served_entities"] = [_entity("1", "a"), _entity("1", "b")]
+    workspace.endpoint["config"]["traffic_config"]["routes"] = [_route("a", 50), _route("b", 50)]
     with pytest.raises(EndpointError, match="2 served entities serve main.dolly.dolly.*--served-entity"):
         move_to_alias(_cfg(), client)
     assert move_to_alias(_cfg(served_entity="b"), client).served_entity == "b"

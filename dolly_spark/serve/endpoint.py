@@ -113,6 +113,28 @@ def entity_input(entity, version: str | None = None):
     return ServedEntityInput.from_dict(spec)
 
 
+def _route_name(route) -> str | None:
+    # Routes name a served entity as served_entity_name; SDKs before it know served_model_name.
+    return getattr(route, "served_entity_name", None) or getattr(route, "served_model_name", None)
+
+
+def traffic_config(config, entities):
+    """The endpoint's traffic split, rebuilt for the installed SDK's Route (same entity names)."""
+    from databricks.sdk.service.serving import Route, TrafficConfig
+
+    routes = list((config.traffic_config.routes or []) if config is not None and config.traffic_config else [])
+    if not routes:
+        return None
+    named = [(_route_name(r), r.traffic_percentage) for r in routes]
+    if any(name is None for name, _ in named):
+        if len(entities) != 1:
+            raise EndpointError("this databricks-sdk cannot read the endpoint's traffic routes; upgrade it")
+        named = [(entities[0].name, 100)]
+    key = "served_entity_name" if "served_entity_name" in {f.name for f in dataclasses.fields(Route)} else None
+    key = key or "served_model_name"
+    return TrafficConfig(routes=[Route(**{key: name, "traffic_percentage": pct}) for name, pct in named])
+
+
 def _serves(config, entity_name: str, version: str) -> bool:
     entities = (config.served_entities or []) if config is not None else []
     return any(e.name == entity_name and str(e.entity_version) == version for e in entities)
@@ -151,7 +173,7 @@ def move_to_alias(cfg: EndpointConfig, client) -> EndpointResult:
             raise EndpointError(f"serving endpoint {cfg.name!r} is updating; rerun with --wait-minutes N")
         _wait(client, cfg.name, cfg.wait_minutes)
     served = [entity_input(e, version if e.name == entity.name else None) for e in entities]
-    traffic = endpoint.config.traffic_config if endpoint.config else None
+    traffic = traffic_config(endpoint.config, entities)
     log.info("moving %s/%s from %s v%s to v%s", cfg.name, entity.name, cfg.model_name, previous, version)
     client.serving_endpoints.update_config(name=cfg.name, served_entities=served, traffic_config=traffic)
     result.updated = True
