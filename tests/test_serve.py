@@ -118,6 +118,27 @@ def served(registered_root, tmp_path_factory):
         yield f"http://127.0.0.1:{port}", proc, log_path
     finally:
         if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+
+
+def test_a_killed_serve_takes_its_server_with_it(registered_root, tmp_path):
+    """SIGKILL leaves no handler to run: the server's parent-death signal stops it anyway."""
+    port = serving.free_port("127.0.0.1")
+    log_path = tmp_path / "serve.log"
+    proc = _start(registered_root, port, log_path)
+    try:
+        _wait_for(log_path, "serving until interrupted", proc)
+        pids = _server_pids(proc.pid)
+        assert pids
+        proc.kill()
+        proc.wait(timeout=30)
+        assert all(_group_gone(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
             _kill(proc)
 
 

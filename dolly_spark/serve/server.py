@@ -148,6 +148,17 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float, stop=None) -> f
     raise TimeoutError(f"{url}/ping did not answer within {timeout:.0f}s (raise --start-timeout?)")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when ``serve`` dies, even by SIGKILL, so the server
+    never outlives it (MLflow does the same for its uvicorn). A no-op where prctl is missing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -210,7 +221,8 @@ def start(cfg: ServeConfig, tracking_uri: str, registry_uri: str, stop=None) -> 
     tmp = tempfile.TemporaryDirectory(prefix="dolly-serve-")
     env = server_env(tracking_uri, registry_uri, access_log_config(Path(tmp.name) / "log_config.json"))
     log.info("starting MLflow's scoring server for %s on %s:%s", served, cfg.host, port)
-    proc = subprocess.Popen(server_command(cfg, served, port), env=env, start_new_session=True)
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(server_command(cfg, served, port), env=env, start_new_session=True, preexec_fn=preexec)
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     server = Server(proc, f"http://{host}:{port}", cfg.model_uri, served, version, _tmp=tmp)
     try:
