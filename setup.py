@@ -40,6 +40,8 @@ setup(
             "dolly-run=dolly_spark.commands.run:main",
             "dolly-sql=dolly_spark.commands.sql:main",
             "dolly-engine=dolly_spark.commands.engine:main",
+            "dolly-serve=dolly_spark.commands.serve:main",
+            "dolly-endpoint=dolly_spark.commands.endpoint:main",
         ]
     },
 )

@@ -216,3 +216,84 @@ def test_t4_trains_in_fp16_and_ada_cards_are_detected():
 def test_task_value_is_set_only_on_databricks(monkeypatch):
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     assert set_task_value("run_id", "abc") is False
+
+
+# --- Model Serving ----------------------------------------------------------------------------
+
+SERVING = "resources/dolly_serving.yml"
+
+
+def _endpoint(d: dict) -> dict:
+    return d["resources"]["model_serving_endpoints"]["dolly_endpoint"]
+
+
+def _entity(d: dict) -> dict:
+    return _endpoint(d)["config"]["served_entities"][0]
+
+
+def test_a_bundle_without_the_serving_endpoint_is_rejected(broken):
+    (broken.root / SERVING).unlink()
+    (broken.root / "resources" / "placeholder.yml").write_text("resources: {}\n")  # keep the include matching
+    assert any(
+        "no serving endpoint serves a model the register tasks register" in m for m in _problems(broken.root, "serving")
+    )
+
+
+def test_a_cpu_workload_in_one_target_is_rejected_naming_the_target(broken):
+    root = broken("databricks.yml", lambda d: d["targets"]["dev"]["variables"].update(serving_workload_type="CPU"))
+    msgs = _problems(root, "serving")
+    assert len(msgs) == 1 and "target dev: 'CPU' is not a GPU workload type" in msgs[0]
+
+
+def test_a_hard_coded_workload_and_no_scale_to_zero_are_rejected(broken):
+    root = broken(SERVING, lambda d: _entity(d).update(workload_size="Small", scale_to_zero_enabled=False))
+    msgs = _problems(root, "serving")
+    assert any("workload_size: take it from a variable" in m for m in msgs)
+    assert any("scale_to_zero_enabled: must be true" in m for m in msgs)
+
+
+def test_an_inference_table_outside_the_bundle_schema_or_disabled_is_rejected(broken):
+    table = lambda d: _endpoint(d)["ai_gateway"]["inference_table_config"]  # noqa: E731
+    root = broken(SERVING, lambda d: table(d).update(schema_name="elsewhere"))
+    assert any("put it in the bundle's schema" in m for m in _problems(root, "serving"))
+    broken(SERVING, lambda d: table(d).update(schema_name="${var.schema}", enabled=False))
+    assert any("enable the inference table" in m for m in _problems(root, "serving"))
+
+
+def test_traffic_to_an_unknown_entity_or_not_summing_to_100_is_rejected(broken):
+    def routes(d):
+        _endpoint(d)["config"]["traffic_config"]["routes"] = [{"served_entity_name": "gone", "traffic_percentage": 50}]
+
+    msgs = _problems(broken(SERVING, routes), "serving")
+    assert any("route to 'gone', not a served entity" in m for m in msgs)
+    assert any("traffic adds up to 50%" in m for m in msgs)
+
+
+def test_a_register_of_a_served_model_without_an_endpoint_task_is_rejected(broken):
+    def drop(d):
+        tasks = d["resources"]["jobs"]["dolly_pipeline"]["tasks"]
+        tasks[:] = [t for t in tasks if t["task_key"] != "endpoint"]
+
+    msgs = _problems(broken("resources/dolly_pipeline.yml", drop), "serving")
+    assert len(msgs) == 1 and "add a dolly-endpoint task after it" in msgs[0]
+
+
+def test_an_endpoint_task_not_after_register_or_with_other_flags_is_rejected(broken):
+    def ungated(d):
+        task = _task(d, "endpoint")
+        task["depends_on"] = [{"task_key": "train"}]
+        params = task["python_wheel_task"]["parameters"]
+        params[params.index("--alias") + 1] = "candidate"
+        params[params.index("--name") + 1] = "some-other-endpoint"
+
+    msgs = _problems(broken("resources/dolly_pipeline.yml", ungated), "serving")
+    assert any("no upstream register task: the endpoint would move ungated" in m for m in msgs)
+    assert any("run it after register task 'register'" in m for m in msgs)
+    assert any("--alias 'candidate' differs from the register task's '${var.model_alias}'" in m for m in msgs)
+    assert any("--name 'some-other-endpoint' is not the endpoint" in m for m in msgs)
+
+
+def test_the_endpoint_task_parameters_parse_with_the_real_endpoint_parser():
+    bundle = bc.load_bundle(BUNDLE)
+    problems = [p for p in bc.parameter_problems(bundle, REPO / "setup.py") if "dolly-endpoint" in p.message]
+    assert problems == []

@@ -64,6 +64,7 @@ def test_every_bundle_file_validates_against_the_official_schema(bundle):
         "bundles/resources/dolly_lora.yml",
         "bundles/resources/dolly_pipeline.yml",
         "bundles/resources/dolly_score.yml",
+        "bundles/resources/dolly_serving.yml",
         "bundles/resources/schema.yml",
         "bundles/resources/volume.yml",
     ]
@@ -92,7 +93,15 @@ def test_bundle_declares_the_issue_variables_and_uses_only_declared_ones(bundle)
 def test_every_wheel_task_entry_point_is_a_console_script_of_setup_py(bundle):
     scripts = bc.console_scripts(SETUP_PY)
     used = {t["python_wheel_task"]["entry_point"] for job in _jobs(bundle).values() for t in job["tasks"]}
-    assert used == {"dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-evaluate", "dolly-score"}
+    assert used == {
+        "dolly-prepare",
+        "dolly-report",
+        "dolly-train",
+        "dolly-register",
+        "dolly-endpoint",
+        "dolly-evaluate",
+        "dolly-score",
+    }
     assert used <= set(scripts)
     for job in _jobs(bundle).values():
         for task in job["tasks"]:
@@ -106,7 +115,16 @@ def real_parameter_problems(bundle) -> list[bc.Problem]:
 
 
 @pytest.mark.parametrize(
-    "entry_point", ["dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-evaluate", "dolly-score"]
+    "entry_point",
+    [
+        "dolly-prepare",
+        "dolly-report",
+        "dolly-train",
+        "dolly-register",
+        "dolly-endpoint",
+        "dolly-evaluate",
+        "dolly-score",
+    ],
 )
 def test_task_parameters_are_accepted_by_the_real_parser(real_parameter_problems, entry_point):
     # Modules not written yet fail here with "cannot build the argument parser ... ModuleNotFoundError".
@@ -133,6 +151,7 @@ def test_depends_on_forms_the_expected_dag(bundle):
         "report": ["prepare"],
         "train": ["prepare"],
         "register": ["train"],
+        "endpoint": ["register"],
         "evaluate": ["register"],
         "score": ["evaluate"],
     }
@@ -166,6 +185,9 @@ def test_tasks_pass_tables_alias_and_volume_paths_through_parameters(bundle):
     for job in jobs.values():
         for task in job["tasks"]:
             p = _params(task)
+            if task["python_wheel_task"]["entry_point"] == "dolly-endpoint":  # the UC model's full name
+                assert p["--model-name"] == "${var.catalog}.${var.schema}.${var.model_name}"
+                continue
             assert (p["--catalog"], p["--schema"]) == ("${var.catalog}", "${var.schema}"), task["task_key"]
     train = _params(tasks["train"])
     assert train["--staging-dir"] == VOLUME + "staging"
@@ -346,7 +368,7 @@ def test_cli_exits_1_with_readable_problems_and_0_on_the_real_bundle(broken, cap
     err = capsys.readouterr().err
     assert "1 problem(s) in bundle" in err and "depends_on has a cycle: prepare -> score" in err
     assert bc.main([str(BUNDLE), "--schema", str(SCHEMA), "--skip-parameters"]) == 0
-    assert "OK (6 files, 3 jobs, 12 tasks, targets ['dev', 'prod'])" in capsys.readouterr().out
+    assert "OK (7 files, 3 jobs, 13 tasks, targets ['dev', 'prod'])" in capsys.readouterr().out
 
 
 # --- the parameter checker itself, with stand-in parsers ------------------------------------
@@ -392,7 +414,7 @@ def test_stand_in_parsers_resolve_variables_and_job_parameters_per_target():
     others = {p.message.split(" (")[0] for p in problems if "dolly-score" not in p.message}
     assert others == {
         f"cannot build the argument parser of {ep}"
-        for ep in ("dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-evaluate")
+        for ep in ("dolly-prepare", "dolly-report", "dolly-train", "dolly-register", "dolly-endpoint", "dolly-evaluate")
     }
 
 
@@ -414,3 +436,39 @@ def test_stand_in_parser_missing_a_flag_or_choice_reports_the_target(broken):
         "(target prod): dolly_spark.commands.score: error: unrecognized arguments: --max-new-tokens 256" in m
         for m in problems
     )
+
+
+# --- Model Serving ----------------------------------------------------------------------------
+
+
+def test_the_serving_endpoint_serves_the_registered_model_on_a_gpu_and_scales_to_zero(bundle):
+    (spec,) = [s for _, res in bundle.section("resources") for s in (res.get("model_serving_endpoints") or {}).values()]
+    (entity,) = spec["config"]["served_entities"]
+    register = _params(_tasks(_jobs(bundle)["dolly_pipeline"])["register"])
+    assert entity["entity_name"] == register["--model-name"]
+    values = bundle.variable_sets()
+    assert {bc.resolve(entity["workload_type"], v) for v in values.values()} == {"GPU_MEDIUM"}
+    assert entity["workload_size"] == "${var.serving_workload_size}" and entity["scale_to_zero_enabled"] is True
+    table = spec["ai_gateway"]["inference_table_config"]
+    assert table["enabled"] is True and table["catalog_name"] == "${var.catalog}"
+    assert table["schema_name"] == "${resources.schemas.dolly_schema.name}"
+
+
+def test_the_endpoint_task_moves_the_endpoint_to_the_alias_register_set(bundle):
+    tasks = _tasks(_jobs(bundle)["dolly_pipeline"])
+    endpoint, register = _params(tasks["endpoint"]), _params(tasks["register"])
+    assert tasks["endpoint"]["python_wheel_task"]["entry_point"] == "dolly-endpoint"
+    assert endpoint["--name"] == "${resources.model_serving_endpoints.dolly_endpoint.name}"
+    assert (endpoint["--model-name"], endpoint["--alias"]) == (register["--model-name"], register["--alias"])
+    assert float(endpoint["--wait-minutes"]) > 0  # a failed rollout fails the task
+
+
+def test_a_literal_workload_type_outside_the_schema_enum_is_rejected(broken):
+    def cpu(d):
+        d["resources"]["model_serving_endpoints"]["dolly_endpoint"]["config"]["served_entities"][0]["workload_type"] = (
+            "GPU_HUGE"
+        )
+
+    root = broken("resources/dolly_serving.yml", cpu)
+    msgs = _only(_check(root), "schema")
+    assert any("served_entities[0].workload_type" in m and "GPU_HUGE" in m for m in msgs), msgs

@@ -13,7 +13,8 @@ file against the bundle JSON schema (``databricks bundle schema``), then checks:
 - clusters: GPU runtimes use dedicated access mode and set ``spark.task.resource.gpu.amount``;
 - libraries: local ``whl`` globs point at the ``dist/`` an artifact builds;
 - coherence with the code and the supported runtimes (tools/bundle_coherence.py): runtime keys,
-  train cluster shape, GPU families, variable descriptions, register's run id, declared resources.
+  train cluster shape, GPU families, variable descriptions, register's run id, declared resources,
+  the serving endpoint and the task that moves it (tools/bundle_serving.py).
 
 Every problem names its file, the YAML path and the check, so a broken bundle reads like a diff review.
 """

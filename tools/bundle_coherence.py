@@ -14,7 +14,10 @@
 - methods: a train task with ``--method lora|qlora`` lists the packages the method is built on
   (peft; qlora also bitsandbytes) as pypi libraries, pinned to the cluster's runtime row when the
   row pins them, else to setup.py's ``train`` extra; with ``--log-adapter-only`` the evaluate and
-  score tasks of the job list peft too (they load the adapter onto its base).
+  score tasks of the job list peft too (they load the adapter onto its base);
+- serving (tools/bundle_serving.py): the Model Serving endpoint serves the registered model on a
+  GPU workload from variables, scales to zero, logs to an inference table in the bundle's schema,
+  and a ``dolly-endpoint`` task after register moves it with the alias.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 from pathlib import Path
 
 from tools.bundle_model import Bundle, Job, Problem, _clusters, _setup_call, _tasks, resolve
+from tools.bundle_serving import serving_problems
 
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
 SETUP_PY = Path(__file__).resolve().parents[1] / "setup.py"  # the code the bundle deploys
@@ -316,4 +320,5 @@ def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> lis
         + resource_problems(bundle)
         + download_problems(bundle)
         + method_problems(bundle, runtimes_dir)
+        + serving_problems(bundle)
     )

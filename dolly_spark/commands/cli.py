@@ -20,6 +20,8 @@ COMMANDS = {
     "run": "dolly_spark.commands.run",
     "sql": "dolly_spark.commands.sql",
     "engine": "dolly_spark.commands.engine",
+    "serve": "dolly_spark.commands.serve",
+    "endpoint": "dolly_spark.commands.endpoint",
 }
 
 
