@@ -189,7 +189,7 @@ def run_train(cfg: RunConfig, spark, state: dict) -> dict:
 def run_register(cfg: RunConfig, spark, state: dict) -> dict:
     result = register_cmd.run(dataclasses.replace(cfg.register, run_id=state.get("train_run_id")), spark)
     state["model_uri"] = result.model_uri
-    return {"model_uri": result.model_uri, "version": result.version}
+    return {"model_uri": result.model_uri, "version": result.version, "gate": result.gate.status}
 
 
 def _model_uri(cfg: RunConfig, state: dict) -> str:
