@@ -279,3 +279,20 @@ def test_numbers_evaluate_logged_for_the_same_data_are_reused(trained, spark):
         cfg_for(trained, "weak", "g_reuse", "--gate-warn-only", "--gate-sample-seed", "7"), spark
     ).gate
     assert other.champion.loss_from == f"evaluate run {eval_run_id}" and other.champion.checks_from == "computed"
+
+
+def test_generation_checks_count_end_key_empty_and_median_length():
+    import pandas as pd
+
+    from dolly_spark.serve.evaluate import generation_checks
+
+    gens = pd.DataFrame(
+        {
+            "response": ["a b", "", "  ", "x", None],
+            "finish_reason": ["end_key", "end_key", "length", "length", None],
+            "completion_tokens": [2, 1, 8, 8, 0],
+            "error": [None, None, None, None, "empty_instruction"],
+        }
+    )
+    assert generation_checks(gens) == {"end_share": 0.4, "empty_share": 0.6, "median_tokens": 2.0}
+    assert generation_checks(gens.iloc[:0]) == {}
