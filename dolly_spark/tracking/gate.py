@@ -51,10 +51,10 @@ class GateFailedError(RuntimeError):
 @dataclass
 class GateConfig:
     tolerance: float = field(
-        default=0.02, metadata={"help": "most the overall eval loss may be worse than the alias holder's (0.02: 2%)"}
+        default=0.02, metadata={"help": "most the overall eval loss may be worse than the alias holder's (relative: 0.02 is 2 percent)"}
     )
     category_tolerance: float = field(
-        default=0.05, metadata={"help": "most any category's eval loss may be worse (0.05: 5%)"}
+        default=0.05, metadata={"help": "most any category's eval loss may be worse (relative: 0.05 is 5 percent)"}
     )
     warn_only: bool = field(default=False, metadata={"help": "a failed gate exits 0 (the alias still does not move)"})
     split: str = field(default="eval", metadata={"help": "gold split both models are measured on"})
