@@ -51,7 +51,8 @@ class GateFailedError(RuntimeError):
 @dataclass
 class GateConfig:
     tolerance: float = field(
-        default=0.02, metadata={"help": "most the overall eval loss may be worse than the alias holder's (relative: 0.02 is 2 percent)"}
+        default=0.02,
+        metadata={"help": "most the overall eval loss may be worse than the holder's (relative: 0.02 is 2 percent)"},
     )
     category_tolerance: float = field(
         default=0.05, metadata={"help": "most any category's eval loss may be worse (relative: 0.05 is 5 percent)"}
