@@ -296,3 +296,12 @@ def test_generation_checks_count_end_key_empty_and_median_length():
     )
     assert generation_checks(gens) == {"end_share": 0.4, "empty_share": 0.6, "median_tokens": 2.0}
     assert generation_checks(gens.iloc[:0]) == {}
+
+
+def test_register_help_lists_the_gate_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:  # a bare "%" in a help text breaks argparse here
+        register_cmd.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--no-gate", "--gate-tolerance", "--gate-category-tolerance", "--gate-warn-only"):
+        assert flag in out
