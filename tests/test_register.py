@@ -164,3 +164,18 @@ def test_model_names_local_and_unity_catalog():
         registry.RegisterConfig(model_name="dolly; drop").resolved_model_name()
     with pytest.raises(SystemExit):
         parse_config(registry.RegisterConfig, ["--alias", "prod"], prog="x")
+
+
+def test_registering_the_alias_holders_own_model_again_passes_the_gate_unmeasured(trained):
+    """This fixture's gold has no tokens to measure: a gate that measured would fail here."""
+    from mlflow import MlflowClient
+
+    from dolly_spark.tracking import gate
+
+    cfg = registry.RegisterConfig(output_root=str(trained["root"]), run_id=trained["run_id"], model_name="again")
+    first = registry.register(cfg)
+    again = registry.register(cfg)
+    assert first.gate.status == again.gate.status == gate.PASSED
+    assert "first model passes" in first.gate.reason and "is this model already" in again.gate.reason
+    assert MlflowClient().get_model_version_by_alias("again", "champion").version == again.version
+    assert MlflowClient().get_model_version("again", str(again.version)).tags[gate.TAG_GATE] == "passed"

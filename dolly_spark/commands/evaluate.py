@@ -37,6 +37,20 @@ def log_evaluation(losses: pd.DataFrame, generations: pd.DataFrame) -> None:
     mlflow.log_table(gens, artifact_file="eval/eval_generations.json")
 
 
+def log_measured_set(result: EvaluateResult, split: str) -> None:
+    """The generation checks as ``eval_gen_<check>`` metrics, and tags naming exactly what was
+    measured (model, gold table, version, split): register's gate reuses these numbers."""
+    import mlflow
+
+    from dolly_spark.tracking.gate import GEN_METRIC_PREFIX, evaluation_tags
+    from dolly_spark.tracking.metrics import log_metric_dict
+
+    log_metric_dict({f"{GEN_METRIC_PREFIX}{k}": v for k, v in result.generation_checks.items()})
+    tags = evaluation_tags(result.model_version, result.gold_table, result.gold_version, split)
+    if tags:
+        mlflow.set_tags(tags)
+
+
 def run(cfg: EvaluateConfig, spark) -> tuple[EvaluateResult, str | None]:
     from dolly_spark.tracking.registry import tag_version_metrics
     from dolly_spark.tracking.runs import job_run
@@ -45,6 +59,7 @@ def run(cfg: EvaluateConfig, spark) -> tuple[EvaluateResult, str | None]:
         result = evaluation.run(cfg, spark)
         if active is not None:
             log_evaluation(result.loss_table, result.generations_table)
+            log_measured_set(result, cfg.split)
             if len(result.loss_by_source) > 1:
                 from dolly_spark.tracking.metrics import log_metric_dict
 
@@ -71,6 +86,12 @@ def format_summary(r: EvaluateResult) -> str:
     lines.append(
         f"generations {r.generations} ({r.failed_generations} failed) -> eval_generations@{r.eval_generations_version}"
     )
+    if r.generation_checks:
+        c = r.generation_checks
+        lines.append(
+            f"ended at ### End {c['end_share']:.0%}, empty {c['empty_share']:.0%}, "
+            f"median {c['median_tokens']:.0f} tokens"
+        )
     return "\n".join(lines)
 
 

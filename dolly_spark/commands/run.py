@@ -62,6 +62,8 @@ LOCAL_PRESET = {
         "per_device_batch_size": 2,
     },
     # Greedy: the same generations on every local run, and no per-token sort of a 50k vocabulary.
+    # The gate measures a candidate against the champion on every rerun: a small generation sample.
+    "register": {"gate_options": {"sample_size": 8, "max_new_tokens": 16}},
     "evaluate": {"sample_size": 64, "generation": {"max_new_tokens": 32, "greedy": True}},
     "score": {"limit": 500, "generation": {"max_new_tokens": 32, "greedy": True}},
 }
@@ -189,7 +191,7 @@ def run_train(cfg: RunConfig, spark, state: dict) -> dict:
 def run_register(cfg: RunConfig, spark, state: dict) -> dict:
     result = register_cmd.run(dataclasses.replace(cfg.register, run_id=state.get("train_run_id")), spark)
     state["model_uri"] = result.model_uri
-    return {"model_uri": result.model_uri, "version": result.version}
+    return {"model_uri": result.model_uri, "version": result.version, "gate": result.gate.status}
 
 
 def _model_uri(cfg: RunConfig, state: dict) -> str:

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from dolly_spark.ops import manifest, tables
 from dolly_spark.ops.config import TrackedLocation
 from dolly_spark.ops.session import engine_name
-from dolly_spark.serve.generate import GenerationConfig
+from dolly_spark.serve.generate import FINISH_END_KEY, GenerationConfig
 from dolly_spark.serve.model_download import shared_download_dir
 from dolly_spark.serve.score import RESULT_COLUMNS, cached_model, resolve_model, with_generation
 
@@ -67,6 +67,9 @@ class EvaluateResult:
     loss_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
     generations_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
     loss_by_source: dict[str, float] = field(default_factory=dict)  # token-weighted, like per category
+    gold_table: str = ""  # the gold table evaluated (path, or catalog name) ...
+    gold_version: int | None = None  # ... at this Delta version
+    generation_checks: dict[str, float] = field(default_factory=dict)  # see generation_checks()
 
 
 def sequence_losses(
@@ -143,18 +146,29 @@ def fixed_sample(df, size: int, seed: int = 0):
 # The stages of ``run``: the eval frame, loss sums in Spark, their summary, the generations, the result.
 
 
-def eval_frame(spark, names: tables.TableNames, split: str):
-    """Gold's rows of ``split``, at the version the last completed prepare run committed."""
-    return manifest.read_committed(spark, names, "gold").filter(F.col("split") == F.lit(split))
+def pinned_eval_frame(spark, names: tables.TableNames, split: str):
+    """(gold's rows of ``split`` at the version the last completed prepare run committed, that version)."""
+    version = manifest.pinned_version(spark, names, "gold")
+    return split_frame(spark, names.gold, version, split), version
+
+
+def split_frame(spark, gold_ref: tables.TableRef, version: int, split: str):
+    """Gold's rows of ``split`` at ``version``: the pinned eval set two models are compared on."""
+    return tables.read_table(spark, gold_ref, int(version)).filter(F.col("split") == F.lit(split))
 
 
 def loss_sums(gold, model, cfg: EvaluateConfig) -> pd.DataFrame:
     """records, loss_sum and loss_tokens per (category, source), summed in Spark in one pass."""
+    return category_loss_sums(gold, model, cfg.loss_batch_size, cfg.split)
+
+
+def category_loss_sums(gold, model, batch_size: int = 8, split: str = "eval") -> pd.DataFrame:
+    """``loss_sums`` for any frame of gold rows (``split`` only names them in the error)."""
     source = F.col("source") if "source" in gold.columns else F.lit(None).cast("string")
     per_row = gold.select(
         "category",
         F.coalesce(source, F.lit("")).alias("source"),
-        loss_udf(model.local_dir, model.version, cfg.loss_batch_size)("input_ids", "prompt_len").alias("l"),
+        loss_udf(model.local_dir, model.version, batch_size)("input_ids", "prompt_len").alias("l"),
     ).select("category", "source", "l.*")
     agg = (
         per_row.groupBy("category", "source")
@@ -166,7 +180,7 @@ def loss_sums(gold, model, cfg: EvaluateConfig) -> pd.DataFrame:
         .toPandas()
     )
     if agg.empty:
-        raise ValueError(f"gold has no rows with split = {cfg.split!r}")
+        raise ValueError(f"gold has no rows with split = {split!r}")
     return agg
 
 
@@ -183,17 +197,38 @@ def summarise_losses(agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]
     return losses, loss_by_source
 
 
+def generated_sample(gold, model, size: int, seed: int, gen: GenerationConfig):
+    """The fixed sample of ``size`` records (``fixed_sample``) with the model's RESULT_COLUMNS."""
+    sample = fixed_sample(gold, size, seed).select(
+        "record_id", "category", "instruction", "context", F.col("response").alias("reference_response")
+    )
+    return with_generation(sample, model, gen, "pandas_iter"), sample.columns
+
+
+def generation_checks(generations: pd.DataFrame) -> dict[str, float]:
+    """What a sample's generations look like: the share of rows that stopped at ``### End``
+    (``end_share``), the share with an empty response (``empty_share``, failed rows included) and
+    the median completion length in tokens (``median_tokens``). Empty dict for no rows."""
+    if generations is None or not len(generations):
+        return {}
+    ended = generations["finish_reason"].eq(FINISH_END_KEY) & generations["error"].isna()
+    empty = generations["response"].fillna("").astype(str).str.strip().eq("")
+    return {
+        "end_share": float(ended.mean()),
+        "empty_share": float(empty.mean()),
+        "median_tokens": float(generations["completion_tokens"].fillna(0).median()),
+    }
+
+
 def write_generations(spark, names: tables.TableNames, gold, model, cfg: EvaluateConfig, eval_id: str):
     """Generate for the fixed sample and append it to ``eval_generations`` under ``eval_id``.
     Returns (the table's version, this run's rows as pandas, by record_id)."""
-    sample = fixed_sample(gold, cfg.sample_size, cfg.sample_seed).select(
-        "record_id", "category", "instruction", "context", F.col("response").alias("reference_response")
-    )
-    generated = with_generation(sample, model, cfg.generation_config(), "pandas_iter").select(
+    sampled, columns = generated_sample(gold, model, cfg.sample_size, cfg.sample_seed, cfg.generation_config())
+    generated = sampled.select(
         F.lit(eval_id).alias("eval_id"),
         F.lit(cfg.model_uri).alias("model_uri"),
         F.lit(model.version).alias("model_version"),
-        *sample.columns,
+        *columns,
         *RESULT_COLUMNS,
         F.current_timestamp().alias("evaluated_at"),
     )
@@ -219,7 +254,7 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
     names = cfg.table_names()
     model = resolve_model(cfg.model_uri, shared_download_dir(cfg.download_dir, cfg.output_root, engine_name()))
     eval_id = uuid.uuid4().hex
-    gold = eval_frame(spark, names, cfg.split)
+    gold, gold_version = pinned_eval_frame(spark, names, cfg.split)
 
     losses, loss_by_source = summarise_losses(loss_sums(gold, model, cfg))
     overall = losses[losses["category"] == ALL].iloc[0]
@@ -258,4 +293,7 @@ def run(cfg: EvaluateConfig, spark) -> EvaluateResult:
         loss_table=losses,
         generations_table=generations,
         loss_by_source=loss_by_source,
+        gold_table=names.gold.path or names.gold.name,
+        gold_version=int(gold_version),
+        generation_checks=generation_checks(generations),
     )

@@ -7,7 +7,8 @@
 - ``lineage``: gold@version as the run's dataset input, and the lineage tags (data, method, base);
 - ``methods``: how a train run fine-tuned (full, lora, qlora): its params, counts and model form;
 - ``models``: the Dolly pyfunc logged into the train run (a saved model, or a LoRA adapter);
-- ``registry``: registering a run's model under an alias, tagging versions.
+- ``registry``: registering a run's model under an alias, tagging versions;
+- ``gate``: the evaluation gate on the alias (candidate vs alias holder on a pinned eval set).
 
 Where the store is (read-only) is ``dolly_spark.ops.mlflow_store``; resolving an alias is
 ``dolly_spark.serve.model_uri``.

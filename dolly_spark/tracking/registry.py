@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dolly_spark.ops.config import TrackedLocation
 from dolly_spark.serve.model_uri import resolve_alias
+from dolly_spark.tracking import gate as gating
 from dolly_spark.tracking.experiments import configure
 from dolly_spark.tracking.lineage import run_lineage
 from dolly_spark.tracking.runs import TAG_JOB
@@ -43,6 +44,14 @@ class RegisterConfig(TrackedLocation):
         default=(),
         metadata={"help": "metrics to copy as tags (from the eval run if given, else the train run); default: eval*"},
     )
+    gate: bool = field(
+        default=True,
+        metadata={"help": "move the alias only if the new version is not worse than its holder (--no-gate: always)"},
+    )
+    gate_options: gating.GateConfig = field(default_factory=gating.GateConfig, metadata={"flag_prefix": "gate_"})
+    download_dir: str | None = field(
+        default=None, metadata={"help": "where the gate downloads the two models (multi-node: a Volume)"}
+    )
 
     def resolved_model_name(self) -> str:
         if self.model_name:
@@ -62,6 +71,14 @@ class RegisterResult:
     model_uri: str  # models:/NAME@ALIAS
     run_id: str
     tags: dict = field(default_factory=dict)
+    gate: gating.GateDecision | None = None
+
+    @property
+    def alias_holder(self) -> str:
+        """Which version holds the alias now: this one, or the one the gate kept."""
+        if self.gate is None or self.gate.moves_alias:
+            return str(self.version)
+        return str(self.gate.champion_version)
 
 
 def validate_model_name(name: str, unity_catalog: bool) -> str:
@@ -136,9 +153,25 @@ def metric_tags(run_id: str, wanted: tuple[str, ...] = ()) -> dict[str, str]:
     return {f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in sorted(picked.items())}
 
 
-def register(cfg: RegisterConfig) -> RegisterResult:
+def alias_holder(name: str, alias: str):
+    """The ModelVersion holding ``name@alias``, or None (no such model, or no such alias yet)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(cfg: RegisterConfig, spark=None) -> RegisterResult:
+    """Register the run's model; the alias moves to it unless the gate finds it worse than the
+    alias holder (the version is registered either way, tagged ``gate=passed|failed|skipped``)."""
     import mlflow
     from mlflow import MlflowClient
+
+    from dolly_spark.ops.session import engine_name
+    from dolly_spark.serve.model_download import shared_download_dir
 
     name = cfg.resolved_model_name()
     experiment_id = configure(cfg.output_root, cfg.catalog, cfg.experiment)
@@ -148,16 +181,30 @@ def register(cfg: RegisterConfig) -> RegisterResult:
     tags = run_lineage(run_id)
     if not tags:
         log.warning("run %s carries no data lineage tags; the version will not lead back to a table", run_id)
+    lineage = dict(tags)
     tags[TAG_SOURCE_RUN] = run_id
     tags.update(metric_tags(run_id, cfg.eval_metrics if not cfg.eval_run_id else ()))
     if cfg.eval_run_id:
         tags.update(metric_tags(cfg.eval_run_id, cfg.eval_metrics))
         tags["dolly.eval_run_id"] = cfg.eval_run_id
 
+    if cfg.gate:
+        download = shared_download_dir(cfg.download_dir, cfg.output_root, engine_name())
+        ctx = gating.GateContext(experiment_id, cfg.table_names(), download, spark)
+        decision = gating.run_gate(cfg.gate_options, ctx, source_uri, lineage, alias_holder(name, cfg.alias), cfg.alias)
+    else:
+        decision = gating.skipped()
+    tags.update(gating.version_tags(decision))
+
     mv = mlflow.register_model(source_uri, name, tags=tags)
-    MlflowClient().set_registered_model_alias(name, cfg.alias, mv.version)
-    log.info("registered %s version %s as @%s from run %s", name, mv.version, cfg.alias, run_id)
-    return RegisterResult(name, int(mv.version), cfg.alias, f"models:/{name}@{cfg.alias}", run_id, tags)
+    if decision.moves_alias:
+        MlflowClient().set_registered_model_alias(name, cfg.alias, mv.version)
+        log.info("registered %s version %s as @%s from run %s", name, mv.version, cfg.alias, run_id)
+    else:
+        log.warning(
+            "registered %s version %s; @%s stays on version %s", name, mv.version, cfg.alias, decision.champion_version
+        )
+    return RegisterResult(name, int(mv.version), cfg.alias, f"models:/{name}@{cfg.alias}", run_id, tags, decision)
 
 
 def tag_version_metrics(uri: str, metrics: dict[str, float]) -> dict[str, str]:
