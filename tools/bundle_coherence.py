@@ -26,7 +26,7 @@ import ast
 import re
 from pathlib import Path
 
-from tools.bundle_model import Bundle, Job, Problem, _clusters, _setup_call, _tasks, resolve
+from tools.bundle_model import Bundle, Job, Problem, _clusters, _entry, _flag, _params, _setup_call, _tasks, resolve
 from tools.bundle_serving import serving_problems
 
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
@@ -46,23 +46,6 @@ def supported_spark_versions(runtimes_dir: Path = RUNTIMES_DIR) -> dict[str, str
         for _, key in _KEY_LINE.findall(path.read_text()):
             out[key] = path.name
     return out
-
-
-def _params(task: dict) -> list[str]:
-    return [str(p) for p in ((task.get("python_wheel_task") or {}).get("parameters") or [])]
-
-
-def _flag(params: list[str], flag: str) -> str | None:
-    for i, p in enumerate(params):
-        if p == flag and i + 1 < len(params):
-            return params[i + 1]
-        if p.startswith(flag + "="):
-            return p.split("=", 1)[1]
-    return None
-
-
-def _entry(task: dict) -> str | None:
-    return (task.get("python_wheel_task") or {}).get("entry_point")
 
 
 def _cluster_of(job: Job, task: dict) -> dict | None:

@@ -257,3 +257,21 @@ def find_setup_py(bundle: Bundle) -> Path:
         if (d / "setup.py").exists():
             return d / "setup.py"
     raise FileNotFoundError(f"no setup.py for bundle {bundle.root}")
+
+
+# A task's wheel parameters, one flag's value, its entry point (the coherence and serving checks).
+def _params(task: dict) -> list[str]:
+    return [str(p) for p in ((task.get("python_wheel_task") or {}).get("parameters") or [])]
+
+
+def _flag(params: list[str], flag: str) -> str | None:
+    for i, p in enumerate(params):
+        if p == flag and i + 1 < len(params):
+            return params[i + 1]
+        if p.startswith(flag + "="):
+            return p.split("=", 1)[1]
+    return None
+
+
+def _entry(task: dict) -> str | None:
+    return (task.get("python_wheel_task") or {}).get("entry_point")

@@ -16,29 +16,12 @@ from __future__ import annotations
 
 import re
 
-from tools.bundle_model import _VAR_REF, Bundle, Job, Problem, _tasks, resolve
+from tools.bundle_model import _VAR_REF, Bundle, Job, Problem, _entry, _flag, _params, _tasks, resolve
 
 GPU_WORKLOAD = re.compile(r"^(MULTI)?GPU_[A-Z0-9_]+$")
 WORKLOAD_SIZES = ("Small", "Medium", "Large")
 ENDPOINT_ENTRY = "dolly-endpoint"
 _ENDPOINT_REF = re.compile(r"^\$\{resources\.model_serving_endpoints\.([A-Za-z0-9_-]+)\.name\}$")
-
-
-def _params(task: dict) -> list[str]:
-    return [str(p) for p in ((task.get("python_wheel_task") or {}).get("parameters") or [])]
-
-
-def _flag(params: list[str], flag: str) -> str | None:
-    for i, p in enumerate(params):
-        if p == flag and i + 1 < len(params):
-            return params[i + 1]
-        if p.startswith(flag + "="):
-            return p.split("=", 1)[1]
-    return None
-
-
-def _entry(task: dict) -> str | None:
-    return (task.get("python_wheel_task") or {}).get("entry_point")
 
 
 def endpoints(bundle: Bundle) -> list[tuple[object, str, dict]]:
