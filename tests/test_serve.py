@@ -20,6 +20,7 @@ from dolly_spark.ops.config import parse_config
 from dolly_spark.serve import server as serving
 from dolly_spark.serve.server import ServeConfig
 from dolly_spark.tracking import models, runs
+from tests.reliability import helpers
 from tests.test_pyfunc_model import save_scripted_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,14 +100,6 @@ def _group_gone(pgid: int, timeout: float = 30) -> bool:
     return False
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def served(registered_root, tmp_path_factory):
     """``dolly-spark serve`` on a free port; yields (url, process, log path)."""
@@ -122,7 +115,7 @@ def served(registered_root, tmp_path_factory):
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                _kill(proc)
+                helpers.kill_group(proc)
 
 
 def test_a_killed_serve_takes_its_server_with_it(registered_root, tmp_path):
@@ -139,7 +132,7 @@ def test_a_killed_serve_takes_its_server_with_it(registered_root, tmp_path):
         assert all(_group_gone(pid) for pid in pids)
     finally:
         if proc.poll() is None:
-            _kill(proc)
+            helpers.kill_group(proc)
 
 
 GREEDY = {"greedy": True, "max_new_tokens": 10}
@@ -211,7 +204,7 @@ def test_a_signal_stops_the_server_and_exits_0(registered_root, tmp_path, sig):
         assert "stopped" in log_path.read_text().splitlines()[-1]
     finally:
         if proc.poll() is None:
-            _kill(proc)
+            helpers.kill_group(proc)
 
 
 def _server_pids(parent: int) -> list[int]:

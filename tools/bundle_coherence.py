@@ -26,7 +26,19 @@ import ast
 import re
 from pathlib import Path
 
-from tools.bundle_model import Bundle, Job, Problem, _clusters, _entry, _flag, _params, _setup_call, _tasks, resolve
+from tools.bundle_model import (
+    Bundle,
+    Job,
+    Problem,
+    _ancestors,
+    _clusters,
+    _entry,
+    _flag,
+    _params,
+    _setup_call,
+    _tasks,
+    resolve,
+)
 from tools.bundle_serving import serving_problems
 
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
@@ -133,20 +145,6 @@ def variable_description_problems(bundle: Bundle) -> list[Problem]:
                     )
                 )
     return problems
-
-
-def _ancestors(job: Job, key: str) -> set[str]:
-    deps = {
-        t.get("task_key"): [d.get("task_key") for d in t.get("depends_on") or [] if isinstance(d, dict)]
-        for _, t in _tasks(job)
-    }
-    seen, stack = set(), list(deps.get(key, []))
-    while stack:
-        k = stack.pop()
-        if k not in seen:
-            seen.add(k)
-            stack.extend(deps.get(k, []))
-    return seen
 
 
 def register_problems(bundle: Bundle) -> list[Problem]:

@@ -275,3 +275,18 @@ def _flag(params: list[str], flag: str) -> str | None:
 
 def _entry(task: dict) -> str | None:
     return (task.get("python_wheel_task") or {}).get("entry_point")
+
+
+# Every task a task depends on, directly or through others.
+def _ancestors(job: Job, key: str) -> set[str]:
+    deps = {
+        t.get("task_key"): [d.get("task_key") for d in t.get("depends_on") or [] if isinstance(d, dict)]
+        for _, t in _tasks(job)
+    }
+    seen, stack = set(), list(deps.get(key, []))
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(deps.get(k, []))
+    return seen

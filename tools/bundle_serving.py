@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from tools.bundle_model import _VAR_REF, Bundle, Job, Problem, _entry, _flag, _params, _tasks, resolve
+from tools.bundle_model import _VAR_REF, Bundle, Job, Problem, _ancestors, _entry, _flag, _params, _tasks, resolve
 
 GPU_WORKLOAD = re.compile(r"^(MULTI)?GPU_[A-Z0-9_]+$")
 WORKLOAD_SIZES = ("Small", "Medium", "Large")
@@ -122,24 +122,10 @@ def endpoint_problems(bundle: Bundle) -> list[Problem]:
     return problems
 
 
-def _upstream(job: Job, key: str) -> set[str]:
-    deps = {
-        t.get("task_key"): [d.get("task_key") for d in t.get("depends_on") or [] if isinstance(d, dict)]
-        for _, t in _tasks(job)
-    }
-    seen, stack = set(), list(deps.get(key, []))
-    while stack:
-        k = stack.pop()
-        if k not in seen:
-            seen.add(k)
-            stack.extend(deps.get(k, []))
-    return seen
-
-
 def _task_msgs(job: Job, task: dict, register: dict, endpoint_key: str, endpoint_name: str) -> list[str]:
     params, reg = _params(task), _params(register)
     msgs = []
-    if register.get("task_key") not in _upstream(job, task.get("task_key")):
+    if register.get("task_key") not in _ancestors(job, task.get("task_key")):
         msgs.append(f"run it after register task {register.get('task_key')!r} (depends_on), so a failed gate stops it")
     name = _flag(params, "--name") or ""
     ref = _ENDPOINT_REF.match(name)
@@ -165,7 +151,7 @@ def endpoint_task_problems(bundle: Bundle) -> list[Problem]:
         registers = [t for _, t in tasks if _entry(t) == "dolly-register"]
         movers = [(i, t) for i, t in tasks if _entry(t) == ENDPOINT_ENTRY]
         for i, task in movers:
-            if not any(r.get("task_key") in _upstream(job, task.get("task_key")) for r in registers):
+            if not any(r.get("task_key") in _ancestors(job, task.get("task_key")) for r in registers):
                 problems.append(_problem(bundle, job, i, "no upstream register task: the endpoint would move ungated"))
         for register in registers:
             model = _flag(_params(register), "--model-name")
