@@ -26,6 +26,8 @@ setup(
             "peft==0.21.2",  # --method lora|qlora
             "bitsandbytes==0.50.2",  # --method qlora
         ],
+        # prepare's PII and secrets scan (prep/pii.py): pattern recognizers only, no spaCy model.
+        "governance": ["presidio-analyzer==2.2.366", "detect-secrets==1.5.0"],
         "dev": ["pytest==9.2.0", "ruff==0.17.6", "hypothesis==6.170.17", "jsonschema==4.26.0", "matplotlib==3.11.2"],
     },
     entry_points={
