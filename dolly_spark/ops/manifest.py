@@ -25,7 +25,17 @@ log = logging.getLogger(__name__)
 
 STARTED, COMMITTED, FAILED = "started", "committed", "failed"
 # The tables a prepare run commits together; other tables (predictions...) are read at their latest.
-PREPARE_TABLES = ("bronze", "silver", "quarantine", "duplicates", "candidates", "gold", "gold_stats", "metrics")
+PREPARE_TABLES = (
+    "bronze",
+    "silver",
+    "quarantine",
+    "pii_findings",
+    "duplicates",
+    "candidates",
+    "gold",
+    "gold_stats",
+    "metrics",
+)
 SCHEMA = "run_id string, status string, until string, versions string, pid long, host string, at string"
 
 

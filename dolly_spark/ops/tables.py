@@ -21,6 +21,7 @@ LOGICAL_TABLES = (
     "bronze",
     "silver",
     "quarantine",
+    "pii_findings",  # one row per PII or secret finding in silver text (never the value)
     "duplicates",
     "candidates",  # silver minus duplicates: the input to gold
     "gold",

@@ -23,6 +23,7 @@ from dolly_spark.prep.dedup import DedupConfig
 from dolly_spark.prep.gold import GoldConfig
 from dolly_spark.prep.ingest import HF_DATASET_ID
 from dolly_spark.prep.line_reader import DEFAULT_MAX_LINE_BYTES, check_max_line_bytes
+from dolly_spark.prep.pii import PiiConfig
 from dolly_spark.prep.pipeline import Stage, run_pipeline
 from dolly_spark.prep.sources import SourceConfig, parse_source_flag, weights
 from dolly_spark.prep.stages import STAGES, BronzeStage, DedupStage, GoldStage, SilverStage
@@ -71,6 +72,8 @@ class PrepareConfig(TrackedLocation):
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"flag_prefix": ""})
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"flag_prefix": "dedup_"})
     gold: GoldConfig = field(default_factory=GoldConfig, metadata={"flag_prefix": ""})
+    # YAML ``pii: {scan: false}`` or ``pii: {actions: [EMAIL=keep, secrets=redact]}``; --no-pii-scan, --pii-actions.
+    pii: PiiConfig = field(default_factory=PiiConfig, metadata={"flag_prefix": "pii_"})
 
     def __post_init__(self):
         if self.ingest_chunk_mb < 1:
@@ -157,10 +160,10 @@ def _check_lease(spark, names: tables.TableNames) -> None:
 
 
 def _clean_stale_work_dirs(cfg: PrepareConfig) -> None:
-    """Intermediates of killed runs (``_work/{dedup,gold}/<uuid>``): stale, since we hold the root."""
+    """Intermediates of killed runs (``_work/{dedup,gold,pii}/<uuid>``): stale, since we hold the root."""
     if cfg.dedup.work_dir or not cfg.output_root:
         return  # a user-chosen work dir may be shared with other roots: not ours to clean
-    for purpose in ("dedup", "gold"):
+    for purpose in ("dedup", "gold", "pii"):
         work = Path(cfg.work_dir(purpose))
         stale = [p for p in work.iterdir() if p.is_dir()] if work.is_dir() else []
         for p in stale:
@@ -172,9 +175,10 @@ def _clean_stale_work_dirs(cfg: PrepareConfig) -> None:
 def prepare_stages(cfg: PrepareConfig) -> list[Stage]:
     """The stages of a prepare run, in order, each with its part of the config."""
     sources = cfg.source_list()
+    cfg.pii.check()  # the detector libraries, before any write
     return [
         BronzeStage(tuple(sources), cfg.ingest_chunk_mb * 1024 * 1024, cfg.max_line_bytes),
-        SilverStage(cfg.clean_config()),
+        SilverStage(cfg.clean_config(), cfg.pii, cfg.work_dir("pii")),
         DedupStage(cfg.dedup_config()),
         GoldStage(cfg.gold, weights(sources), cfg.work_dir("gold")),
     ]

@@ -6,6 +6,7 @@ earlier stages left from the tables and the :class:`StageContext`, never from th
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
@@ -15,9 +16,12 @@ from pyspark.sql import functions as F
 from dolly_spark.ops import tables
 from dolly_spark.ops.joins import anti_join
 from dolly_spark.prep.accounting import StageCount
-from dolly_spark.prep.clean import CleanConfig, quarantine_rows, silver_rows, validate
+from dolly_spark.ops.schemas import SILVER_COLUMNS
+from dolly_spark.ops.workdir import WorkDir
+from dolly_spark.prep.clean import CleanConfig, silver_rows, to_quarantine, validate
 from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
 from dolly_spark.prep.gold import GoldConfig, write_gold
+from dolly_spark.prep.pii import PiiConfig, findings_rows, findings_summary, redact_raw_lines, scan_fields
 from dolly_spark.prep.pipeline import StageContext, StageResult
 from dolly_spark.prep.sources import SourceConfig, read_sources
 
@@ -66,45 +70,63 @@ class BronzeStage:
 
 @dataclass(frozen=True)
 class SilverStage:
-    """Validated, cleaned records; the rest to quarantine with the first failing rule as reason."""
+    """Validated, cleaned records with PII redacted; the rest to quarantine with the first failing
+    rule (or the secret found) as reason; one ``pii_findings`` row per finding."""
 
     name: ClassVar[str] = "silver"
     inputs: ClassVar[tuple[str, ...]] = ("bronze",)
-    outputs: ClassVar[tuple[str, ...]] = ("silver", "quarantine")
+    outputs: ClassVar[tuple[str, ...]] = ("silver", "quarantine", "pii_findings")
     result_table: ClassVar[str] = "silver"
     clean: CleanConfig
+    pii: PiiConfig = PiiConfig()
+    work_dir: str | None = None
 
     def run(self, ctx: StageContext) -> StageResult:
         spark, names = ctx.spark, ctx.names
         bronze = tables.read_table(spark, names.bronze)
-        versions = {
-            "silver": tables.write_table(
-                spark,
-                silver_rows(validate(bronze, self.clean)),
-                names.silver,
-                comment="cleaned, validated dolly-15k records",
-            )
-        }
-        # The engine does not cache: validate again only the rows silver left out (few), not all.
-        # A left-out row without a reason would be lost; the runner's invariant catches that.
-        left_out = anti_join(bronze, tables.read_table(spark, names.silver), "record_id")
-        rejects = quarantine_rows(validate(left_out, self.clean), "silver")
-        held = {}
+        work = WorkDir(self.work_dir, "pii") if self.pii.scan else None
+        try:
+            scanned = scan_fields(silver_rows(validate(bronze, self.clean)), self.pii)
+            # The scan is the costly step: silver, its rejects and the findings read one checkpoint.
+            scanned = work.materialize(scanned, "scanned") if work else scanned
+            comment = "cleaned, validated records, PII redacted as the scan policy says"
+            silver = scanned.where(F.col("pii_reason").isNull()).select(*SILVER_COLUMNS)
+            versions = {"silver": tables.write_table(spark, silver, names.silver, comment=comment)}
+            rejects, findings = self._rejects(bronze, scanned, spark, names)
+            comment = "one row per PII or secret finding: record, field, kind, offsets, action (never the value)"
+            versions["pii_findings"] = tables.write_table(spark, findings, names.pii_findings, comment=comment)
+            held, by_reason = self._quarantine(ctx, rejects, versions)  # reads the checkpoint: before cleanup
+        finally:
+            if work:
+                shutil.rmtree(work.path, ignore_errors=True)
+        pii = findings_summary(tables.read_table(spark, names.pii_findings))
+        silver_n = tables.read_table(spark, names.silver).count()
+        quarantined = sum(by_reason.values())
+        details = {"quarantined_by_reason": by_reason, "pii": pii}
+        count = StageCount("silver", ctx.input_rows, silver_n, quarantined, details=details)
+        summary = f"{silver_n} rows, {quarantined} quarantined, {pii['findings']} PII/secret findings"
+        return StageResult(count, versions, summary, details={"pii": pii}, held=held)
+
+    def _quarantine(self, ctx: StageContext, rejects, versions: dict) -> tuple[dict, dict[str, int]]:
         if ctx.written_later("quarantine"):
             # Held back: gold writes quarantine once, with its own rejects, so a killed run leaves
             # the table at the old version or the new one (rejects are few; they fit the driver).
-            held["quarantine"] = rejects.toArrow()
-            by_reason = dict(Counter(held["quarantine"]["reason"].to_pylist()))
-        else:
-            comment = "rejected rows, one per record, with the first failing rule as reason"
-            versions["quarantine"] = tables.write_table(spark, rejects, names.quarantine, comment=comment)
-            by_reason = _reason_counts(tables.read_table(spark, names.quarantine))
-        silver_n = tables.read_table(spark, names.silver).count()
-        quarantined = sum(by_reason.values())
-        count = StageCount(
-            "silver", ctx.input_rows, silver_n, quarantined, details={"quarantined_by_reason": by_reason}
-        )
-        return StageResult(count, versions, f"{silver_n} rows, {quarantined} quarantined", held=held)
+            held = {"quarantine": rejects.toArrow()}
+            return held, dict(Counter(held["quarantine"]["reason"].to_pylist()))
+        comment = "rejected rows, one per record, with the first failing rule as reason"
+        versions["quarantine"] = tables.write_table(ctx.spark, rejects, ctx.names.quarantine, comment=comment)
+        return {}, _reason_counts(tables.read_table(ctx.spark, ctx.names.quarantine))
+
+    def _rejects(self, bronze, scanned, spark, names):
+        """Quarantine rows (failed rules, input line redacted; then the scan's) and all findings."""
+        # The engine does not cache: validate again only the rows silver left out (few), not all.
+        # A left-out row without a reason would be lost; the runner's invariant catches that.
+        left_out = anti_join(bronze, tables.read_table(spark, names.silver), "record_id")
+        failed = redact_raw_lines(validate(left_out, self.clean).where(F.size("reasons") > 0), self.pii)
+        flagged = scanned.where(F.col("pii_reason").isNotNull())
+        flagged = flagged.withColumn("reason", F.col("pii_reason")).withColumn("reasons", F.array("pii_reason"))
+        rejects = to_quarantine(failed, "silver").unionByName(to_quarantine(flagged, "silver"))
+        return rejects, findings_rows(scanned).unionByName(findings_rows(failed))
 
 
 @dataclass(frozen=True)

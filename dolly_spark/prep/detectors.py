@@ -1,0 +1,235 @@
+"""PII and secret detectors on one string: Presidio's pattern recognizers, detect-secrets' plugins.
+
+Pure Python (no Spark): ``prep/pii.py`` runs :func:`find` inside a pandas UDF on the executors.
+Presidio runs without an NLP engine (no spaCy model can be installed here), so its recognizers
+are called directly and context words are checked in a window before the match, as Presidio's
+context enhancer does; a kind that needs context (US_SSN) is only reported with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+# In order of precedence when two matches overlap: checksummed and structured kinds before PHONE,
+# which phonenumbers reads into many digit runs.
+PII_KINDS = ("CREDIT_CARD", "IBAN", "US_SSN", "EMAIL", "IP_ADDRESS", "PHONE")
+SECRET_KINDS = (
+    "AWS_KEY",
+    "PRIVATE_KEY",
+    "GITHUB_TOKEN",
+    "SLACK_TOKEN",
+    "STRIPE_KEY",
+    "JWT",
+    "URL_CREDENTIALS",
+    "KEYWORD_SECRET",
+    "HIGH_ENTROPY",
+)
+# Kinds whose recognizer score alone is too weak: reported only with one of its context words
+# among the CONTEXT_WORDS words before the match.
+NEEDS_CONTEXT = frozenset({"US_SSN"})
+CONTEXT_WORDS = 5
+# A whole PEM block, not only its BEGIN line: the key material is what must not leak.
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN[A-Z ]*PRIVATE KEY[A-Z ]*-----(?:.*?-----END[A-Z ]*PRIVATE KEY[A-Z ]*-----|.*)", re.S
+)
+# ``API_TOKEN=3f9a...``: a key, then an unquoted value (quoted ones are detect-secrets' own regex).
+_UNQUOTED_ASSIGNMENT = re.compile(r"\b[A-Za-z_][\w.-]{0,40}\s*[:=]\s*([A-Za-z0-9+/_\-]{20,}={0,2})")
+_MIN_ENTROPY_CHARS = 16
+_WORD = re.compile(r"\w+")
+# Digits a match of each kind holds at least (an email needs an "@" instead): a text with fewer is
+# not given to that recognizer, which changes no finding and skips most of the work on prose.
+MIN_DIGITS = {"PHONE": 7, "CREDIT_CARD": 12, "IBAN": 2, "IP_ADDRESS": 2, "US_SSN": 9}
+# phonenumbers reads years and year ranges ("1642", "(1694-1766") as numbers of some region; a
+# real number written as four digits, a dash and four more is missed too.
+_YEAR_RANGE = re.compile(r"\(?\s*\d{4}(?:/\d)?\s*(?:[-\u2013/]\s*\d{2,4})?\s*\)?")
+
+INSTALL_HINT = (
+    "pip install 'dolly-spark[governance]' (presidio-analyzer, detect-secrets), or turn the scan off with --no-pii-scan"
+)
+
+
+class DetectorsUnavailableError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    start: int
+    end: int
+
+
+def check_available() -> None:
+    """One line naming the install when a detector library is missing (raised before any write)."""
+    missing = []
+    for module in ("presidio_analyzer", "detect_secrets"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module.replace("_", "-"))
+    if missing:
+        raise DetectorsUnavailableError(f"the PII/secrets scan needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def _offline_email_recognizer():
+    """Presidio's email recognizer checks the TLD with tldextract, which downloads the public
+    suffix list on first use; clusters often have no internet, so use its bundled snapshot."""
+    import tldextract
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str):
+            return bool(extract(pattern_text).suffix)
+
+    return OfflineEmailRecognizer()
+
+
+@lru_cache(maxsize=1)
+def _pii_recognizers():
+    from presidio_analyzer import predefined_recognizers as pr
+
+    return {
+        "EMAIL": _offline_email_recognizer(),
+        "PHONE": pr.PhoneRecognizer(),
+        "CREDIT_CARD": pr.CreditCardRecognizer(),
+        "IBAN": pr.IbanRecognizer(),
+        "IP_ADDRESS": pr.IpRecognizer(),
+        "US_SSN": pr.UsSsnRecognizer(),
+    }
+
+
+@lru_cache(maxsize=1)
+def _secret_plugins():
+    from detect_secrets.plugins.aws import AWSKeyDetector
+    from detect_secrets.plugins.basic_auth import BasicAuthDetector
+    from detect_secrets.plugins.github_token import GitHubTokenDetector
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
+    from detect_secrets.plugins.jwt import JwtTokenDetector
+    from detect_secrets.plugins.keyword import KeywordDetector
+    from detect_secrets.plugins.slack import SlackDetector
+    from detect_secrets.plugins.stripe import StripeDetector
+
+    regex_based = {
+        "AWS_KEY": AWSKeyDetector(),
+        "GITHUB_TOKEN": GitHubTokenDetector(),
+        "SLACK_TOKEN": SlackDetector(),
+        "STRIPE_KEY": StripeDetector(),
+        "URL_CREDENTIALS": BasicAuthDetector(),
+    }
+    return regex_based, JwtTokenDetector(), KeywordDetector(), (Base64HighEntropyString(), HexHighEntropyString())
+
+
+def _has_context(text: str, start: int, words: list[str]) -> bool:
+    before = [w.lower() for w in _WORD.findall(text[:start])][-CONTEXT_WORDS:]
+    return any(any(c.strip() in w for c in words) for w in before)
+
+
+def _digits(s: str) -> int:
+    return sum(ch.isdigit() for ch in s)
+
+
+def _plausible(kind: str, text: str, start: int, end: int) -> bool:
+    """Drop the recognizers' known misses on prose: years and decimals read as phone numbers,
+    ``::`` read as an IPv6 address."""
+    match = text[start:end]
+    if _digits(match) < MIN_DIGITS.get(kind, 0):
+        return False
+    if kind == "PHONE":
+        glued = (
+            (start > 0 and text[start - 1] in ".,")
+            or text[end : end + 2][:1] == "."
+            and text[end + 1 : end + 2].isdigit()
+        )
+        return not glued and not _YEAR_RANGE.fullmatch(match)
+    return True
+
+
+def pii_findings(text: str, kinds: frozenset[str]) -> list[Finding]:
+    out = []
+    digits, has_at = _digits(text), "@" in text
+    for kind, rec in _pii_recognizers().items():
+        if kind not in kinds or digits < MIN_DIGITS.get(kind, 0) or (kind == "EMAIL" and not has_at):
+            continue
+        for r in rec.analyze(text, rec.supported_entities, None):
+            if kind in NEEDS_CONTEXT and not _has_context(text, r.start, rec.context):
+                continue
+            if _plausible(kind, text, r.start, r.end):
+                out.append(Finding(kind, r.start, r.end))
+    return out
+
+
+def _spans_of(text: str, values) -> list[tuple[int, int]]:
+    spans = []
+    for v in set(values):
+        if not v:
+            continue
+        i = text.find(v)
+        while i >= 0:
+            spans.append((i, i + len(v)))
+            i = text.find(v, i + len(v))
+    return spans
+
+
+def _high_entropy(text: str, plugins) -> list[tuple[int, int]]:
+    values = [v for p in plugins for v in p.analyze_string(text)]
+    values += [m.group(1) for m in _UNQUOTED_ASSIGNMENT.finditer(text)]
+    keep = [
+        v
+        for v in values
+        if len(v) >= _MIN_ENTROPY_CHARS
+        and any(p.calculate_shannon_entropy(v) > p.entropy_limit for p in plugins if set(v) <= set(p.charset))
+    ]
+    return _spans_of(text, keep)
+
+
+def secret_findings(text: str, kinds: frozenset[str]) -> list[Finding]:
+    regex_based, jwt, keyword, entropy = _secret_plugins()
+    out = (
+        [Finding("PRIVATE_KEY", m.start(), m.end()) for m in _PEM_BLOCK.finditer(text)]
+        if "PRIVATE_KEY" in kinds
+        else []
+    )
+    for kind, plugin in regex_based.items():
+        if kind in kinds:
+            out += [Finding(kind, m.start(), m.end()) for rx in plugin.denylist for m in rx.finditer(text)]
+    if "JWT" in kinds:
+        out += [Finding("JWT", s, e) for s, e in _spans_of(text, jwt.analyze_string(text))]
+    if "KEYWORD_SECRET" in kinds:
+        values = [v for line in text.splitlines() for v in keyword.analyze_string(line)]
+        out += [Finding("KEYWORD_SECRET", s, e) for s, e in _spans_of(text, values)]
+    if "HIGH_ENTROPY" in kinds:
+        out += [Finding("HIGH_ENTROPY", s, e) for s, e in _high_entropy(text, entropy)]
+    return out
+
+
+def resolve_overlaps(found: list[Finding]) -> list[Finding]:
+    """One finding per stretch of text: secrets before PII, then by kind precedence
+    (``PII_KINDS``), then the longer span, then the earlier."""
+    rank = {k: i for i, k in enumerate(SECRET_KINDS + PII_KINDS)}
+    kept: list[Finding] = []
+    secret = frozenset(SECRET_KINDS)
+    key = lambda f: (f.kind not in secret, 0 if f.kind in secret else rank[f.kind], -(f.end - f.start), f.start)
+    for f in sorted(found, key=key):
+        if all(f.end <= k.start or f.start >= k.end for k in kept):
+            kept.append(f)
+    return sorted(kept, key=lambda f: f.start)
+
+
+def find(text: str | None, kinds: frozenset[str]) -> list[Finding]:
+    """Every PII and secret finding of ``kinds`` in ``text``, non-overlapping, in text order."""
+    if not text:
+        return []
+    return resolve_overlaps(pii_findings(text, kinds) + secret_findings(text, kinds))
+
+
+def redact(text: str, findings: list[Finding]) -> str:
+    """Each finding replaced by its typed placeholder (``<EMAIL>``); ``findings`` must not overlap."""
+    parts, pos = [], 0
+    for f in sorted(findings, key=lambda f: f.start):
+        parts += [text[pos : f.start], f"<{f.kind}>"]
+        pos = f.end
+    return "".join(parts) + text[pos:]

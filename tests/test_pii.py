@@ -1,0 +1,224 @@
+"""The PII and secrets scan: each detector kind, each policy, and planted values end to end."""
+
+import builtins
+import json
+
+import deltalake
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from dolly_spark.prep import detectors
+from dolly_spark.prep.pii import PiiConfig, findings_rows, scan_fields, scan_text
+from dolly_spark.prep.prepare import PrepareConfig, run
+
+AWS_ID, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+KEY_BODY = "MIIEpAIBAAKCAQEA7bqXk1Zr9vQ2mJ8nT5wLhYc3dFgR0pKs"
+PRIVATE_KEY = f"-----BEGIN RSA PRIVATE KEY-----\n{KEY_BODY}\n-----END RSA PRIVATE KEY-----"
+CARD, IBAN, EMAIL = "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32", "jane.doe@example.org"
+PHONE, SSN = "+1 415-555-0132", "536-22-8741"
+# Every planted value, and pieces of the multi-part ones, that must not pass silver.
+PLANTED = (AWS_ID, AWS_SECRET, KEY_BODY, CARD, IBAN, EMAIL, PHONE, SSN)
+
+EXAMPLES = {
+    "EMAIL": (f"write to {EMAIL} today", EMAIL),
+    "PHONE": (f"call me on {PHONE} please", PHONE),
+    "CREDIT_CARD": (f"my card {CARD} expires soon", CARD),
+    "IBAN": (f"pay to {IBAN} by Friday", IBAN),
+    "IP_ADDRESS": ("the server at 192.168.10.42 is down", "192.168.10.42"),
+    "US_SSN": (f"his social security number is {SSN}.", SSN),
+    "AWS_KEY": (f"aws_access_key_id = {AWS_ID}", AWS_ID),
+    "PRIVATE_KEY": (f"here it is:\n{PRIVATE_KEY}\nthanks", PRIVATE_KEY),
+    "GITHUB_TOKEN": ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 ok", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+    "SLACK_TOKEN": ("use xoxb-123456789012-1234567890123-abcdefghijklmnopqrstuvwx", None),
+    "STRIPE_KEY": ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc here", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    "URL_CREDENTIALS": ("connect to https://admin:hunter2pass@db.example.com/x", None),
+    "KEYWORD_SECRET": ("password = 'S3cr3tP@ssw0rd!'", "S3cr3tP@ssw0rd!"),
+    "HIGH_ENTROPY": ("API_TOKEN=3f9aK2mQ8zR7xL1vB6nC4wE0tY5uI9oP", "3f9aK2mQ8zR7xL1vB6nC4wE0tY5uI9oP"),
+    "JWT": (
+        "auth eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        None,
+    ),
+}
+ALL_KINDS = frozenset(detectors.PII_KINDS + detectors.SECRET_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_each_kind_is_found_with_its_span(kind):
+    text, value = EXAMPLES[kind]
+    found = detectors.find(text, ALL_KINDS)
+    assert [f.kind for f in found] == [kind], found
+    if value is not None:
+        assert text[found[0].start : found[0].end] == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The ship was launched in 1642 and sank (1694–1766).",  # years are not phone numbers
+        "It took 4.0210395 secs to finish.",  # nor are decimals
+        f"The number {SSN} was printed on the page.",  # an SSN pattern without its context words
+        "Split it on the :: delimiter.",  # not an IPv6 address
+        "My password is long and the secret is kept.",  # keywords without a value
+    ],
+)
+def test_prose_that_looks_like_pii_is_not_reported(text):
+    assert detectors.find(text, ALL_KINDS) == []
+
+
+def test_an_unfinished_private_key_block_is_hidden_to_the_end():
+    text = f"start\n-----BEGIN OPENSSH PRIVATE KEY-----\n{KEY_BODY}\n"
+    (f,) = detectors.find(text, ALL_KINDS)
+    assert (f.kind, text[f.start :].strip()) == ("PRIVATE_KEY", text[text.index("-----") :].strip())
+
+
+def test_overlapping_findings_keep_the_secret_then_the_specific_kind():
+    F = detectors.Finding
+    found = [
+        F("PHONE", 0, 10),
+        F("AWS_KEY", 5, 25),
+        F("PHONE", 30, 44),
+        F("IP_ADDRESS", 32, 40),
+        F("IP_ADDRESS", 41, 43),
+    ]
+    got = detectors.resolve_overlaps(found)
+    assert got == [F("AWS_KEY", 5, 25), F("IP_ADDRESS", 32, 40), F("IP_ADDRESS", 41, 43)]
+
+
+def test_actions_default_by_group_and_override_by_group_then_kind():
+    acts = PiiConfig().action_by_kind()
+    assert {acts[k] for k in detectors.PII_KINDS} == {"redact"}
+    assert {acts[k] for k in detectors.SECRET_KINDS} == {"quarantine"}
+    acts = PiiConfig(actions=("email=keep", "secrets=redact", "pii=quarantine")).action_by_kind()
+    assert acts["EMAIL"] == "keep" and acts["PHONE"] == "quarantine" and acts["AWS_KEY"] == "redact"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [("EMAIL", "expected KIND=ACTION"), ("EMAIL=drop", "expected KIND=ACTION"), ("NAME=keep", "unknown kind 'NAME'")],
+)
+def test_bad_action_entries_fail_in_one_line(entry, message):
+    with pytest.raises(ValueError, match=message) as e:
+        PiiConfig(actions=(entry,))
+    assert "\n" not in str(e.value)
+
+
+def test_each_policy_on_one_text():
+    text = f"mail {EMAIL} or key {AWS_ID}"
+    acts = PiiConfig().action_by_kind()
+    out = scan_text(text, "response", acts)
+    assert out["text"] == "mail <EMAIL> or key <AWS_KEY>" and out["reason"] == "secret:aws_key"
+    assert [(f["kind"], f["action"]) for f in out["findings"]] == [("EMAIL", "redact"), ("AWS_KEY", "quarantine")]
+    kept = scan_text(text, "response", {**acts, "EMAIL": "keep", "AWS_KEY": "keep"})
+    assert kept["text"] == text and kept["reason"] is None and len(kept["findings"]) == 2
+    assert scan_text(text, "response", {**acts, "EMAIL": "quarantine", "AWS_KEY": "redact"})["reason"] == "pii:email"
+
+
+def test_scan_fields_on_a_small_frame(spark):
+    df = spark.createDataFrame(
+        [
+            ("r1", "s", "who is it", "", f"mail {EMAIL}"),
+            ("r2", "s", f"key {AWS_ID}", "", "ok"),
+            ("r3", "s", "hi", "", "yo"),
+        ],
+        "record_id string, source string, instruction string, context string, response string",
+    )
+    scanned = scan_fields(df, PiiConfig())
+    expected = spark.createDataFrame(
+        [
+            ("r1", "who is it", "mail <EMAIL>", None),
+            ("r2", "key <AWS_KEY>", "ok", "secret:aws_key"),
+            ("r3", "hi", "yo", None),
+        ],
+        "record_id string, instruction string, response string, pii_reason string",
+    )
+    assertDataFrameEqual(scanned.select("record_id", "instruction", "response", "pii_reason"), expected)
+    found = spark.createDataFrame(
+        [
+            ("r1", "s", "response", "EMAIL", 5, 5 + len(EMAIL), "redact"),
+            ("r2", "s", "instruction", "AWS_KEY", 4, 24, "quarantine"),
+        ],
+        "record_id string, source string, field string, kind string, start int, end int, action string",
+    )
+    assertDataFrameEqual(findings_rows(scanned), found)
+
+
+# --- end to end: planted values never pass silver ---------------------------------------------------
+
+
+def _planted_input(tmp_path):
+    rec = lambda i, r, c="": {"instruction": f"Question {i}?", "context": c, "response": r, "category": "open_qa"}  # noqa: E731
+    records = [
+        rec(1, f"Write to {EMAIL} or call {PHONE} any time."),
+        rec(2, "Use these credentials.", f"aws_access_key_id = {AWS_ID}\naws_secret_access_key = {AWS_SECRET}"),
+        rec(3, f"The deploy key:\n{PRIVATE_KEY}"),
+        rec(4, f"Charge the card {CARD} for the order."),
+        rec(5, f"Send the refund to IBAN {IBAN} please."),
+        rec(6, f"For the form: my social security number is {SSN}, thanks."),
+        rec(7, "The capital of France is Paris."),
+    ]
+    lines = [json.dumps(r) + "\n" for r in records]
+    lines.append('{"instruction": "broken", "response": "mail ' + EMAIL + '"\n')  # malformed: quarantined whole
+    src = tmp_path / "planted.jsonl"
+    src.write_text("".join(lines))
+    return src
+
+
+def _leaks(root, skip=("bronze",)) -> list[str]:
+    """``table: value`` for each planted value found in any cell of any table but ``skip``."""
+    out = []
+    for table in sorted((root / "tables").iterdir()):
+        if table.name in skip:
+            continue
+        text = json.dumps(deltalake.DeltaTable(str(table)).to_pyarrow_table().to_pylist(), default=str)
+        text = text.encode().decode("unicode_escape")  # \n in the private key, as stored
+        out += [f"{table.name}: {v}" for v in PLANTED if v in text]
+    return out
+
+
+def test_planted_pii_and_secrets_never_pass_silver(spark, tmp_path):
+    root = tmp_path / "out"
+    result = run(PrepareConfig(input=str(_planted_input(tmp_path)), output_root=str(root)), spark)
+    assert _leaks(root) == []
+    assert len(_leaks(root, skip=())) == len(PLANTED), "bronze keeps the raw text"
+
+    q = deltalake.DeltaTable(str(root / "tables" / "quarantine")).to_pyarrow_table().to_pylist()
+    reasons = {r["reason"] for r in q}
+    assert {"secret:aws_key", "secret:private_key", "malformed_json"} <= reasons
+    malformed = next(r for r in q if r["reason"] == "malformed_json")
+    assert "<EMAIL>" in malformed["raw_line"]
+    silver = " ".join(deltalake.DeltaTable(str(root / "tables" / "silver")).to_pyarrow_table()["response"].to_pylist())
+    for tag in ("<EMAIL>", "<PHONE>", "<CREDIT_CARD>", "<IBAN>", "<US_SSN>"):
+        assert tag in silver, tag
+    findings = deltalake.DeltaTable(str(root / "tables" / "pii_findings")).to_pyarrow_table()
+    assert findings.column_names == ["record_id", "source", "field", "kind", "start", "end", "action"]
+    pii = result.details["pii"]
+    # The unquoted AWS secret key is not detect-secrets' AWS pattern (it wants quotes): high entropy.
+    kinds = {"EMAIL": 2, "PHONE": 1, "AWS_KEY": 1, "HIGH_ENTROPY": 1, "PRIVATE_KEY": 1, "CREDIT_CARD": 1, "IBAN": 1}
+    assert pii["by_kind"] == {**kinds, "US_SSN": 1}
+    assert pii["by_field"] == {"response": 6, "context": 2, "raw_line": 1}
+    assert pii["by_action"] == {"redact": 6, "quarantine": 3} and pii["records"] == 7
+    acct = result.details["accounting"]
+    assert acct["raw"] == 8 == acct["gold"] + acct["quarantine"] + acct["duplicates"]
+
+
+def test_the_leak_check_fails_when_the_scan_is_off(spark, tmp_path):
+    root = tmp_path / "out"
+    run(PrepareConfig(input=str(_planted_input(tmp_path)), output_root=str(root), pii=PiiConfig(scan=False)), spark)
+    leaked = {line.split(": ", 1)[1] for line in _leaks(root)}
+    assert leaked == set(PLANTED)
+
+
+def test_missing_detector_library_fails_in_one_line_before_any_write(spark, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_presidio(name, *a, **kw):
+        if name == "presidio_analyzer":
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_presidio)
+    root = tmp_path / "out"
+    with pytest.raises(detectors.DetectorsUnavailableError, match=r"needs presidio-analyzer: pip install") as e:
+        run(PrepareConfig(input=str(_planted_input(tmp_path)), output_root=str(root)), spark)
+    assert "\n" not in str(e.value) and "--no-pii-scan" in str(e.value)
+    assert not (root / "tables").exists()
