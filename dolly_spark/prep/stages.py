@@ -15,9 +15,9 @@ from pyspark.sql import functions as F
 
 from dolly_spark.ops import tables
 from dolly_spark.ops.joins import anti_join
-from dolly_spark.prep.accounting import StageCount
 from dolly_spark.ops.schemas import SILVER_COLUMNS
 from dolly_spark.ops.workdir import WorkDir
+from dolly_spark.prep.accounting import StageCount
 from dolly_spark.prep.clean import CleanConfig, silver_rows, to_quarantine, validate
 from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
 from dolly_spark.prep.gold import GoldConfig, write_gold
