@@ -297,3 +297,30 @@ def test_the_endpoint_task_parameters_parse_with_the_real_endpoint_parser():
     bundle = bc.load_bundle(BUNDLE)
     problems = [p for p in bc.parameter_problems(bundle, REPO / "setup.py") if "dolly-endpoint" in p.message]
     assert problems == []
+
+
+PIPELINE = "resources/dolly_pipeline.yml"
+
+
+def test_a_prepare_task_without_the_pii_detectors_is_rejected_unless_the_scan_is_off(broken):
+    def drop_detectors(d):
+        libs = _task(d, "prepare")["libraries"]
+        libs[:] = [lib for lib in libs if "pypi" not in lib]
+
+    root = broken(PIPELINE, drop_detectors)
+    msgs = _problems(root, "governance")
+    assert len(msgs) == 2 and all("the PII/secrets scan needs" in m for m in msgs), msgs
+    assert any("presidio-analyzer==2.2.366" in m for m in msgs) and any("detect-secrets==1.5.0" in m for m in msgs)
+    broken(PIPELINE, lambda d: _task(d, "prepare")["python_wheel_task"]["parameters"].append("--no-pii-scan"))
+    assert _problems(root, "governance") == []
+
+
+def test_a_prepare_task_with_another_detector_pin_is_rejected(broken):
+    def repin(d):
+        for lib in _task(d, "prepare")["libraries"]:
+            if "pypi" in lib and lib["pypi"]["package"].startswith("detect-secrets"):
+                lib["pypi"]["package"] = "detect-secrets==1.4.0"
+
+    msgs = _problems(broken(PIPELINE, repin), "governance")
+    assert msgs == [m for m in msgs if "detect-secrets==1.4.0 differs from the tested pin detect-secrets==1.5.0" in m]
+    assert len(msgs) == 1

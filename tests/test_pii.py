@@ -222,3 +222,24 @@ def test_missing_detector_library_fails_in_one_line_before_any_write(spark, tmp_
         run(PrepareConfig(input=str(_planted_input(tmp_path)), output_root=str(root)), spark)
     assert "\n" not in str(e.value) and "--no-pii-scan" in str(e.value)
     assert not (root / "tables").exists()
+
+
+class _RecordingSpark:
+    def __init__(self):
+        self.statements = []
+
+    def sql(self, statement):
+        self.statements.append(statement)
+
+
+def test_bronze_raw_text_columns_get_unity_catalog_tags_and_local_tables_none():
+    from dolly_spark.ops import tables
+    from dolly_spark.prep.stages import RAW_TEXT_TAGS
+
+    spark = _RecordingSpark()
+    tables.tag_columns(spark, tables.TableNames(catalog="main", schema="dolly").bronze, {"response": RAW_TEXT_TAGS})
+    assert spark.statements == [
+        "ALTER TABLE `main`.`dolly`.`bronze` ALTER COLUMN `response` SET TAGS ('pii' = 'unscanned', 'data_class' = 'raw_text')"
+    ]
+    tables.tag_columns(spark, tables.TableNames(root="/tmp/x").bronze, {"response": RAW_TEXT_TAGS})
+    assert len(spark.statements) == 1

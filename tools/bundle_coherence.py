@@ -48,6 +48,8 @@ _RUN_ID_VALUE = re.compile(r"^\{\{\s*tasks\.([A-Za-z0-9_-]+)\.values\.run_id\s*\
 _PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)")
 # What each --method needs on the cluster beyond the wheel (the train extra is not installed there).
 METHOD_PACKAGES = {"lora": ("peft",), "qlora": ("peft", "bitsandbytes")}
+# What prepare's PII/secrets scan imports (prep/detectors.py).
+GOVERNANCE_PACKAGES = ("presidio-analyzer", "detect-secrets")
 ADAPTER_LOADERS = ("dolly-evaluate", "dolly-score")
 
 
@@ -288,6 +290,20 @@ def method_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> list[P
     return sorted(set(problems), key=str)
 
 
+def governance_problems(bundle: Bundle) -> list[Problem]:
+    """Every prepare task that scans for PII (the default) installs the detectors at the pins
+    tested here (setup.py's ``governance`` extra): the ML runtimes ship neither."""
+    pins = setup_extra_pins(SETUP_PY, "governance")
+    problems = []
+    for job in bundle.jobs():
+        for i, task in _tasks(job):
+            if _entry(task) != "dolly-prepare" or "--no-pii-scan" in _params(task):
+                continue
+            for msg in _package_problems(task, GOVERNANCE_PACKAGES, pins, "the PII/secrets scan"):
+                problems.append(_task_problem(bundle, job, i, msg, "governance"))
+    return sorted(set(problems), key=str)
+
+
 def _task_problem(bundle: Bundle, job: Job, i: int, message: str, check: str) -> Problem:
     return Problem(bundle.rel(job.file.path), f"{job.where}.tasks[{i}].libraries", message, check)
 
@@ -301,5 +317,6 @@ def coherence_problems(bundle: Bundle, runtimes_dir: Path = RUNTIMES_DIR) -> lis
         + resource_problems(bundle)
         + download_problems(bundle)
         + method_problems(bundle, runtimes_dir)
+        + governance_problems(bundle)
         + serving_problems(bundle)
     )

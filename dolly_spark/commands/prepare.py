@@ -92,8 +92,23 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
         mlflow.set_tags(
             {f"dolly.source.{k}_version": str(v) for k, v in result.details.get("source_versions", {}).items()}
         )
+        mlflow.log_metrics(pii_metrics(result.details.get("pii") or {}))
         mlflow.log_dict(dataclasses.asdict(result), "prepare_result.json")
     return result
+
+
+def pii_metrics(pii: dict) -> dict[str, float]:
+    """``pii.kind.EMAIL``, ``pii.field.response``, ``pii.action.redact``, ``pii.records``."""
+    out = {
+        f"pii.{what}.{k}": float(n)
+        for what in ("kind", "field", "action")
+        for k, n in pii.get(f"by_{what}", {}).items()
+    }
+    return (
+        {**out, "pii.findings": float(pii.get("findings", 0)), "pii.records": float(pii.get("records", 0))}
+        if pii
+        else {}
+    )
 
 
 def format_summary(result: PrepareResult) -> str:
@@ -108,6 +123,10 @@ def format_summary(result: PrepareResult) -> str:
         lines.append(f"{'source':<24}" + "".join(f"{k:>12}" for k in keys))
         for src, t in by_source.items():
             lines.append(f"{src or '(none)':<24}" + "".join(f"{t[k]:>12}" for k in keys))
+    pii = result.details.get("pii")
+    if pii:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(pii["by_kind"].items())) or "none"
+        lines.append(f"PII/secrets: {pii['findings']} findings in {pii['records']} records ({kinds})")
     lines.append("versions: " + ", ".join(f"{k}@{v}" for k, v in result.versions.items()))
     return "\n".join(lines)
 

@@ -242,6 +242,16 @@ def _apply_comments(spark, ref: TableRef, comment: str | None, column_comments: 
         spark.sql(f"ALTER TABLE {ref.sql} ALTER COLUMN `{col}` COMMENT {sql_string(text)}")
 
 
+def tag_columns(spark, ref: TableRef, tags: dict[str, dict[str, str]]) -> None:
+    """Unity Catalog column tags (``ALTER COLUMN ... SET TAGS``); local path tables have none."""
+    if ref.path is not None:
+        return
+    for col, pairs in tags.items():
+        validate_identifier(col, "column")
+        assigned = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in pairs.items())
+        spark.sql(f"ALTER TABLE {ref.sql} ALTER COLUMN `{col}` SET TAGS ({assigned})")
+
+
 def table_version(spark, ref: TableRef) -> int:
     if ref.path is not None:
         from deltalake import DeltaTable

@@ -136,6 +136,24 @@ def source_counts(spark, names: tables.TableNames) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+def _pii_section(spark, names: tables.TableNames) -> list[str]:
+    """Findings of the PII and secrets scan by kind, field and action (never a value)."""
+    if not manifest.available(spark, names, "pii_findings"):
+        return []
+    rows = (
+        manifest.read_committed(spark, names, "pii_findings")
+        .groupBy("kind", "field", "action")
+        .agg(F.count("*").alias("findings"), F.countDistinct("record_id").alias("records"))
+        .orderBy("kind", "field", "action")
+        .collect()
+    )
+    head = ["", "## PII and secrets found in silver text", ""]
+    if not rows:
+        return head + ["(none)"]
+    table = [[r["kind"], r["field"], r["action"], r["findings"], r["records"]] for r in rows]
+    return head + _md_table(["kind", "field", "action", "findings", "records"], table)
+
+
 def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str, int]], views: list[str]) -> str:
     lines = ["# Dolly data-quality report", ""]
     m = manifest.latest(spark, names)
@@ -165,6 +183,7 @@ def summary_markdown(spark, names: tables.TableNames, counts: dict[str, dict[str
             if q
             else ["(empty)"]
         )
+    lines += _pii_section(spark, names)
     if manifest.available(spark, names, "gold_stats"):
         gs = manifest.read_committed(spark, names, "gold_stats")
         has_source = "source" in gs.columns

@@ -26,6 +26,14 @@ from dolly_spark.prep.pipeline import StageContext, StageResult
 from dolly_spark.prep.sources import SourceConfig, read_sources
 
 
+# Bronze keeps the input as it came, PII and secrets included (silver holds the scanned text).
+RAW_TEXT_COMMENTS = {
+    c: "raw input text, not scanned for PII or secrets: restrict access to this table"
+    for c in ("instruction", "context", "response", "raw_line")
+}
+RAW_TEXT_TAGS = {"pii": "unscanned", "data_class": "raw_text"}
+
+
 def _reason_counts(df) -> dict[str, int]:
     return {r["reason"]: int(r["count"]) for r in df.groupBy("reason").count().collect()}
 
@@ -46,8 +54,9 @@ class BronzeStage:
         spark, names = ctx.spark, ctx.names
         # Every source is checked here, before any write.
         bronze = read_sources(spark, list(self.sources), self.chunk_bytes, self.max_line_bytes)
-        comment = "input records as ingested, malformed ones included, with their source"
-        version = tables.write_table(spark, bronze, names.bronze, comment=comment)
+        comment = "input records as ingested, malformed ones included, with their source; raw text: restrict access"
+        version = tables.write_table(spark, bronze, names.bronze, comment=comment, column_comments=RAW_TEXT_COMMENTS)
+        tables.tag_columns(spark, names.bronze, {c: RAW_TEXT_TAGS for c in RAW_TEXT_COMMENTS})
         written = tables.read_table(spark, names.bronze)
         source_versions = {
             r["source"]: r["v"]

@@ -70,6 +70,14 @@ VIEW_SQL: dict[str, tuple[tuple[str, ...], str]] = {
         ) d ON s.category = d.category
         """,
     ),
+    "v_pii_findings_by_kind": (
+        ("pii_findings",),
+        """
+        SELECT kind, field, action, COUNT(*) AS findings, COUNT(DISTINCT record_id) AS records
+        FROM {pii_findings}
+        GROUP BY kind, field, action
+        """,
+    ),
 }
 VIEWS = tuple(VIEW_SQL)
 SQL_VIEWS_SCHEMA = "name string, sources array<string>, select_sql string"
