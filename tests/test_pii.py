@@ -55,7 +55,7 @@ def test_each_kind_is_found_with_its_span(kind):
     "text",
     [
         "The ship was launched in 1642 and sank (1694–1766).",  # years are not phone numbers
-        "It took 4.0210395 secs to finish.",  # nor are decimals
+        "It took 4.0210395 secs, then 0.4407322 secs (0.307–0.588 AU).",  # nor are decimals
         f"The number {SSN} was printed on the page.",  # an SSN pattern without its context words
         "Split it on the :: delimiter.",  # not an IPv6 address
         "My password is long and the secret is kept.",  # keywords without a value

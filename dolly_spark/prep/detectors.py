@@ -43,6 +43,7 @@ _WORD = re.compile(r"\w+")
 MIN_DIGITS = {"PHONE": 7, "CREDIT_CARD": 12, "IBAN": 2, "IP_ADDRESS": 2, "US_SSN": 9}
 # phonenumbers reads years and year ranges ("1642", "(1694-1766") as numbers of some region; a
 # real number written as four digits, a dash and four more is missed too.
+_DECIMAL = re.compile(r"\(?\d*\.\d+(?:\s*[-\u2013]\s*\d*\.\d+)?\)?")  # "0.4407322", "(0.307-0.588"
 _YEAR_RANGE = re.compile(r"\(?\s*\d{4}(?:/\d)?\s*(?:[-\u2013/]\s*\d{2,4})?\s*\)?")
 
 INSTALL_HINT = (
@@ -144,7 +145,7 @@ def _plausible(kind: str, text: str, start: int, end: int) -> bool:
             or text[end : end + 2][:1] == "."
             and text[end + 1 : end + 2].isdigit()
         )
-        return not glued and not _YEAR_RANGE.fullmatch(match)
+        return not glued and not _YEAR_RANGE.fullmatch(match) and not _DECIMAL.fullmatch(match)
     return True
 
 
