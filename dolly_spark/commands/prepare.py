@@ -22,7 +22,8 @@ def preflight(cfg: PrepareConfig) -> None:
     """Everything that can be resolved before a write, checked before the session, any table or
     the MLflow store (a failure must not leave an ``mlflow.db``): every source exists, is readable
     and in a supported compression; the output root is not inside an input folder; the tokenizer
-    loads (when the run reaches gold)."""
+    loads and every benchmark set is found (when the run reaches gold)."""
+    from dolly_spark.prep.decontam import locate
     from dolly_spark.prep.sources import SourceError, check_names
 
     sources = cfg.source_list()
@@ -31,6 +32,8 @@ def preflight(cfg: PrepareConfig) -> None:
         for i, src in enumerate(sources):
             check_source(src, named_input=cfg.input if i == 0 else None)
             check_root_outside(cfg.output_root, src.uri)
+        for bench in cfg.decontam.decontaminate if cfg.until == "gold" else ():
+            locate(bench)  # the engine checks the rest (readable, a string column) before bronze
     except (OSError, UnsupportedInputError, InputUnavailableError, SourceError) as err:
         raise ConfigError(str(err)) from err
     if cfg.until == "gold":
@@ -127,8 +130,30 @@ def format_summary(result: PrepareResult) -> str:
     if pii:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(pii["by_kind"].items())) or "none"
         lines.append(f"PII/secrets: {pii['findings']} findings in {pii['records']} records ({kinds})")
+    decontamination = result.details.get("decontamination")
+    if decontamination:
+        lines.append(decontamination_line(decontamination))
     lines.append("versions: " + ", ".join(f"{k}@{v}" for k, v in result.versions.items()))
     return "\n".join(lines)
+
+
+def decontamination_line(report: dict) -> str:
+    """One line: per benchmark set its rows, rows overlapping train and train records removed; our
+    own eval records sharing an n-gram with train."""
+    n = report["ngram"]
+    sets = "; ".join(
+        f"{name}: rows {c['rows']}, overlapping train {c['rows_overlapping_train']}, train removed "
+        f"{c['train_removed']}, eval overlapping (kept) {c['eval_records_overlapping']}"
+        for name, c in report["benchmarks"].items()
+    )
+    own = report.get("eval_train_overlap") or {}
+    split = (
+        f"; eval/train: {own['eval_records_overlapping']} of {own['eval_records']} eval records "
+        f"({100 * own['fraction']:.1f}%) share a {n}-gram with train"
+        if own
+        else ""
+    )
+    return f"decontamination ({n}-grams): {sets}{split}"
 
 
 @cli_errors("prepare")

@@ -19,6 +19,7 @@ from dolly_spark.ops.config import TrackedLocation
 from dolly_spark.ops.lock import ConcurrentRunError, exclusive
 from dolly_spark.prep.accounting import StageCount
 from dolly_spark.prep.clean import ANY_CATEGORY, KNOWN_CATEGORIES, CleanConfig
+from dolly_spark.prep.decontam import DecontamConfig, check_benchmarks
 from dolly_spark.prep.dedup import DedupConfig
 from dolly_spark.prep.gold import GoldConfig
 from dolly_spark.prep.ingest import HF_DATASET_ID
@@ -67,13 +68,15 @@ class PrepareConfig(TrackedLocation):
         metadata={"help": "a longer input line is quarantined as line_too_long, its first 4 KiB kept (>= 1024)"},
     )
     until: str = field(default=STAGES[-1], metadata={"help": "stop after this stage", "choices": STAGES})
-    # Nested parts: YAML ``clean: {...}``, ``dedup: {...}``, ``gold: {...}``; flags --max-instruction-chars,
-    # --dedup-threshold, --max-record-tokens (dedup's flags keep their prefix, the others have none).
+    # Nested parts: YAML ``clean: {...}``, ``dedup: {...}``, ``gold: {...}``, ``decontam: {...}``; flags
+    # --max-instruction-chars, --dedup-threshold, --max-record-tokens, --decontaminate (dedup's flags
+    # keep their prefix, the others have none: decontam's fields carry theirs in their names).
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"flag_prefix": ""})
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"flag_prefix": "dedup_"})
     gold: GoldConfig = field(default_factory=GoldConfig, metadata={"flag_prefix": ""})
     # YAML ``pii: {scan: false}`` or ``pii: {actions: [EMAIL=keep, secrets=redact]}``; --no-pii-scan, --pii-actions.
     pii: PiiConfig = field(default_factory=PiiConfig, metadata={"flag_prefix": "pii_"})
+    decontam: DecontamConfig = field(default_factory=DecontamConfig, metadata={"flag_prefix": ""})
 
     def __post_init__(self):
         if self.ingest_chunk_mb < 1:
@@ -180,13 +183,15 @@ def prepare_stages(cfg: PrepareConfig) -> list[Stage]:
         BronzeStage(tuple(sources), cfg.ingest_chunk_mb * 1024 * 1024, cfg.max_line_bytes),
         SilverStage(cfg.clean_config(), cfg.pii, cfg.work_dir("pii")),
         DedupStage(cfg.dedup_config()),
-        GoldStage(cfg.gold, weights(sources), cfg.work_dir("gold")),
+        GoldStage(cfg.gold, weights(sources), cfg.work_dir("gold"), cfg.decontam),
     ]
 
 
 def run(cfg: PrepareConfig, spark, run_id: str | None = None) -> PrepareResult:
     run_id = run_id or uuid.uuid4().hex
     stages = prepare_stages(cfg)  # config only: a bad one fails before the root is touched
+    if cfg.until == STAGES[-1]:
+        check_benchmarks(spark, cfg.decontam)  # before any write: found, readable, with text
     with root_lock(cfg, spark, run_id):
         try:
             outcome = run_pipeline(spark, cfg.table_names(), run_id, stages, cfg.until)

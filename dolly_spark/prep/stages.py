@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pyspark.sql import functions as F
@@ -17,14 +17,15 @@ from dolly_spark.ops import tables
 from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import SILVER_COLUMNS
 from dolly_spark.ops.workdir import WorkDir
+from dolly_spark.prep import decontam
 from dolly_spark.prep.accounting import StageCount
 from dolly_spark.prep.clean import CleanConfig, silver_rows, to_quarantine, validate
+from dolly_spark.prep.decontam import DecontamConfig
 from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
 from dolly_spark.prep.gold import GoldConfig, write_gold
 from dolly_spark.prep.pii import PiiConfig, findings_rows, findings_summary, redact_raw_lines, scan_fields
 from dolly_spark.prep.pipeline import StageContext, StageResult
 from dolly_spark.prep.sources import SourceConfig, read_sources
-
 
 # Bronze keeps the input as it came, PII and secrets included (silver holds the scanned text).
 RAW_TEXT_COMMENTS = {
@@ -174,7 +175,8 @@ class DedupStage:
 
 @dataclass(frozen=True)
 class GoldStage:
-    """Dolly prompts, tokens, split and packing plan; too-long rows to quarantine."""
+    """Dolly prompts, tokens, split and packing plan; too-long rows and train records overlapping
+    a benchmark set to quarantine."""
 
     name: ClassVar[str] = "gold"
     # silver: its version goes into gold's lineage columns.
@@ -184,30 +186,52 @@ class GoldStage:
     gold: GoldConfig
     weights: dict[str, int]
     work_dir: str | None
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+
+    def _decontaminate(self, ctx: StageContext, candidates):
+        work = WorkDir(self.work_dir, "gold")
+        try:
+            return decontam.decontaminate(ctx.spark, candidates, self.decontam, self.gold, work.materialize)
+        finally:
+            shutil.rmtree(work.path, ignore_errors=True)
 
     def run(self, ctx: StageContext) -> StageResult:
+        candidates = tables.read_table(ctx.spark, ctx.names.candidates)
+        held, dec = ctx.held.get("quarantine"), None
+        if self.decontam.enabled:
+            # The overlapping train records join silver's held rows: quarantine still gets one commit.
+            dec = self._decontaminate(ctx, candidates)
+            candidates, held = dec.kept, decontam.append_rows(held, dec.quarantine)
+        removed = dec.removed if dec else 0
         g = write_gold(
             ctx.spark,
             ctx.names,
-            tables.read_table(ctx.spark, ctx.names.candidates),
+            candidates,
             self.gold,
             ctx.versions.get("silver"),
-            other_quarantine=ctx.held.get("quarantine"),
-            input_rows=ctx.input_rows,
+            other_quarantine=held,
+            input_rows=ctx.input_rows - removed,
             weights=self.weights,
             work_dir=self.work_dir,
         )
-        gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"], g["by_split"]
+        gold_n, q_gold_n, splits = g["gold_rows"], g["quarantined_rows"] + removed, g["by_split"]
         details = {
             "quarantined_by_reason": g["quarantined_by_reason"],
             "split_counts": splits,
             "versions": {**ctx.versions, **g["versions"]},
         }
+        extra = {"splits": splits}
+        if dec is not None:
+            gold = tables.read_table(ctx.spark, ctx.names.gold)
+            dec.report["eval_train_overlap"] = decontam.split_overlap_counts(gold, self.decontam.decontam_ngram)
+            details["quarantined_by_reason"] = {**g["quarantined_by_reason"], **dec.reasons()}
+            details.update(decontam.metric_details(dec.report))
+            extra["decontamination"] = dec.report
         return StageResult(
-            StageCount("gold", g["input_rows"], gold_n, q_gold_n, details=details),
+            StageCount("gold", g["input_rows"] + removed, gold_n, q_gold_n, details=details),
             g["versions"],
             f"{gold_n} rows ({splits}), {q_gold_n} quarantined",
-            details={"splits": splits},
+            details=extra,
         )
 
 
