@@ -155,12 +155,12 @@ def test_the_lora_job_trains_pythia_12b_on_one_gpu_with_peft_pinned_as_tested():
     assert values["lora_model_name"] != values["model_name"]
 
 
-def test_a_lora_train_task_without_peft_is_rejected_and_a_wrong_pin_too(broken):
-    def drop_peft(d):
-        libs = _lora_task(d, "train")["libraries"]
-        libs[:] = [lib for lib in libs if "pypi" not in lib]
+def _drop_pypi(task: dict) -> None:
+    task["libraries"][:] = [lib for lib in task["libraries"] if "pypi" not in lib]
 
-    root = broken(LORA, drop_peft)
+
+def test_a_lora_train_task_without_peft_is_rejected_and_a_wrong_pin_too(broken):
+    root = broken(LORA, lambda d: _drop_pypi(_lora_task(d, "train")))
     msgs = _problems(root, "methods")
     assert msgs and all("--method lora needs peft" in m for m in msgs), msgs
     broken(LORA, lambda d: _lora_task(d, "train")["libraries"].append({"pypi": {"package": "peft==0.1.0"}}))
@@ -303,11 +303,7 @@ PIPELINE = "resources/dolly_pipeline.yml"
 
 
 def test_a_prepare_task_without_the_pii_detectors_is_rejected_unless_the_scan_is_off(broken):
-    def drop_detectors(d):
-        libs = _task(d, "prepare")["libraries"]
-        libs[:] = [lib for lib in libs if "pypi" not in lib]
-
-    root = broken(PIPELINE, drop_detectors)
+    root = broken(PIPELINE, lambda d: _drop_pypi(_task(d, "prepare")))
     msgs = _problems(root, "governance")
     assert len(msgs) == 2 and all("the PII/secrets scan needs" in m for m in msgs), msgs
     assert any("presidio-analyzer==2.2.366" in m for m in msgs) and any("detect-secrets==1.5.0" in m for m in msgs)
