@@ -19,7 +19,7 @@ from dolly_spark.prep.clean import CleanConfig, quarantine_rows, silver_rows, va
 from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
 from dolly_spark.prep.gold import GoldConfig, write_gold
 from dolly_spark.prep.pipeline import StageContext, StageResult
-from dolly_spark.prep.sources import SourceConfig, read_sources
+from dolly_spark.prep.sources import SourceConfig, license_summary, read_sources
 
 
 def _reason_counts(df) -> dict[str, int]:
@@ -58,8 +58,12 @@ class BronzeStage:
             {"bronze": version},
             f"{raw_rows} rows",
             details={
-                "sources": {s.source_name: {"uri": s.uri, "weight": s.weight} for s in self.sources},
+                "sources": {
+                    s.source_name: {"uri": s.uri, "weight": s.weight, "license": s.resolved_license}
+                    for s in self.sources
+                },
                 "source_versions": source_versions,
+                **license_summary(list(self.sources)),
             },
         )
 
