@@ -81,6 +81,7 @@ def _input_folder(uri: str) -> Path | None:
 def run(cfg: PrepareConfig, spark) -> PrepareResult:
     import mlflow
 
+    from dolly_spark.tracking.lineage import license_tags
     from dolly_spark.tracking.metrics import log_metrics_table
     from dolly_spark.tracking.runs import job_run, reap_dead_runs
 
@@ -96,6 +97,7 @@ def run(cfg: PrepareConfig, spark) -> PrepareResult:
             {f"dolly.source.{k}_version": str(v) for k, v in result.details.get("source_versions", {}).items()}
         )
         mlflow.log_metrics(pii_metrics(result.details.get("pii") or {}))
+        mlflow.set_tags(license_tags(result.details.get("licenses") or {}))
         mlflow.log_dict(dataclasses.asdict(result), "prepare_result.json")
     return result
 
@@ -134,6 +136,9 @@ def format_summary(result: PrepareResult) -> str:
     if decontamination:
         lines.append(decontamination_line(decontamination))
     lines.append("versions: " + ", ".join(f"{k}@{v}" for k, v in result.versions.items()))
+    if result.details.get("licenses"):
+        found = ", ".join(f"{k}={v}" for k, v in result.details["licenses"].items())
+        lines.append(f"licences: {found} -> commercial_use={result.details['commercial_use']}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """``dolly-spark register``: promote a training run's model to the registry under an alias.
 
-The version is tagged with the run's data lineage (gold table@version, silver/bronze versions)
-and its eval metrics. Scoring takes ``models:/NAME@ALIAS``.
+The version is tagged with the run's data lineage (gold table@version, silver/bronze versions),
+the licences of its sources (``licenses``, ``commercial_use``: true, false or unknown) and its eval
+metrics. Scoring takes ``models:/NAME@ALIAS``. ``--require-commercial-use`` refuses (exit 1,
+nothing registered) a run whose data is not cleared for commercial use, naming the sources.
 
 The evaluation gate: the alias moves only if the new version is not worse than the version
 holding it, measured on the same pinned eval set (gold's eval split at the version the run
@@ -14,9 +16,11 @@ is logged to the register run as a table (``gate/comparison.json``).
 
 from __future__ import annotations
 
+import sys
+
 from dolly_spark.commands.common import cli_errors, parse_job
 from dolly_spark.tracking.gate import FAILED, GateFailedError, log_gate
-from dolly_spark.tracking.registry import RegisterConfig, RegisterResult, register
+from dolly_spark.tracking.registry import CommercialUseRefused, RegisterConfig, RegisterResult, register
 from dolly_spark.tracking.runs import job_run
 
 CONFIG = RegisterConfig
@@ -44,7 +48,11 @@ def run(cfg: RegisterConfig, spark=None) -> RegisterResult:
 @cli_errors("register")
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job(RegisterConfig, argv, "register", __doc__)
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except CommercialUseRefused as err:
+        print(f"dolly-spark register: {err}", file=sys.stderr)
+        return 1
     if result.gate.status == FAILED:
         print(f"warning (--gate-warn-only): {failure_line(result)}")
     else:

@@ -5,6 +5,8 @@ them leaves new bronze/silver next to old gold. So a run appends a ``started`` r
 ``manifest`` table first and a ``committed`` row naming the version of every table it wrote
 LAST. Readers (train staging, report, evaluate, score, the SQL views) pin the versions of the
 latest ``committed`` row: they see the previous run's tables or the new run's, never a mix.
+The committed row also carries ``details`` about the data (JSON: its sources' licences and their
+``commercial_use``), which train reads for the gold version it trains on.
 
 A root prepared before the manifest existed has no manifest table: readers fall back to the
 latest version of each table (the old behaviour).
@@ -36,7 +38,8 @@ PREPARE_TABLES = (
     "gold_stats",
     "metrics",
 )
-SCHEMA = "run_id string, status string, until string, versions string, pid long, host string, at string"
+# ``details`` came later: appends merge it into an older manifest (its rows read as null).
+SCHEMA = "run_id string, status string, until string, versions string, pid long, host string, at string, details string"
 
 
 class NotCommittedError(RuntimeError):
@@ -51,20 +54,27 @@ class Manifest:
     at: str
     # Runs started after this commit that never committed (killed or failed).
     incomplete: list[dict] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # about the data: licences, commercial_use
 
     def version(self, logical: str) -> int | None:
         return self.versions.get(logical)
 
 
-def _row(run_id: str, status: str, until: str, versions: dict[str, int]) -> tuple:
+def _row(run_id: str, status: str, until: str, versions: dict[str, int], details: dict | None = None) -> tuple:
     now = datetime.now(UTC).isoformat(timespec="microseconds")
-    return (run_id, status, until, json.dumps(versions, sort_keys=True), os.getpid(), socket.gethostname(), now)
+    text = json.dumps(details) if details else None  # keys unsorted: sources stay in their order
+    return (run_id, status, until, json.dumps(versions, sort_keys=True), os.getpid(), socket.gethostname(), now, text)
 
 
 def _append(spark, names: tables.TableNames, row: tuple) -> int:
     df = spark.createDataFrame([row], schema=SCHEMA)
     return tables.write_table(
-        spark, df, names.manifest, mode="append", comment="prepare runs: started, then committed with table versions"
+        spark,
+        df,
+        names.manifest,
+        mode="append",
+        comment="prepare runs: started, then committed with table versions",
+        merge_schema=True,
     )
 
 
@@ -77,9 +87,15 @@ def mark_failed(spark, names: tables.TableNames, run_id: str, until: str) -> int
     return _append(spark, names, _row(run_id, FAILED, until, {}))
 
 
-def commit(spark, names: tables.TableNames, run_id: str, until: str, versions: dict[str, int]) -> int:
-    """The run's last write: from this commit on, readers see ``versions``."""
-    return _append(spark, names, _row(run_id, COMMITTED, until, versions))
+def commit(
+    spark, names: tables.TableNames, run_id: str, until: str, versions: dict[str, int], details: dict | None = None
+) -> int:
+    """The run's last write: from this commit on, readers see ``versions`` (and ``details``)."""
+    return _append(spark, names, _row(run_id, COMMITTED, until, versions, details))
+
+
+def _details(row: dict) -> dict:
+    return json.loads(row.get("details") or "{}")
 
 
 def _rows(spark, names: tables.TableNames) -> list[dict]:
@@ -101,7 +117,18 @@ def latest(spark, names: tables.TableNames) -> Manifest | None:
     last = committed[-1]
     done = {r["run_id"] for r in committed}
     later = [r for r in rows[rows.index(last) + 1 :] if r["status"] == STARTED and r["run_id"] not in done]
-    return Manifest(last["run_id"], last["until"], json.loads(last["versions"]), last["at"], later)
+    return Manifest(last["run_id"], last["until"], json.loads(last["versions"]), last["at"], later, _details(last))
+
+
+def details_for(spark, names: tables.TableNames, logical: str, version: int) -> dict | None:
+    """``details`` of the last committed run that committed ``logical`` at ``version`` ({} when it
+    recorded none); None when no committed run did (a root without a manifest, a table written
+    outside prepare)."""
+    rows = [r for r in _rows(spark, names) if r["status"] == COMMITTED]
+    for r in reversed(rows):
+        if json.loads(r["versions"]).get(logical) == int(version):
+            return _details(r)
+    return None
 
 
 def incomplete_runs(spark, names: tables.TableNames, include_failed: bool = True) -> list[dict]:

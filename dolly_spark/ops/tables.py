@@ -182,11 +182,15 @@ def write_table(
     comment: str | None = None,
     column_comments: dict[str, str] | None = None,
     partition_by: list[str] | None = None,
+    merge_schema: bool = False,
 ) -> int:
-    """Write ``df`` as Delta (one atomic commit) and return the new table version."""
+    """Write ``df`` as Delta (one atomic commit) and return the new table version. ``merge_schema``:
+    an append may add nullable columns to the table (its older rows read them as null)."""
     writer = bounded(df.write.format("delta").mode(mode), "delta")
     if mode == "overwrite":
         writer = writer.option("overwriteSchema", "true")
+    elif merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     if ref.path is not None:

@@ -21,6 +21,9 @@ from dolly_spark.prep.accounting import StageCount, check_invariant, metrics_fra
 
 log = logging.getLogger(__name__)
 
+# Run details the manifest's committed row keeps: what train records about the data it trains on.
+MANIFEST_DETAILS = ("licenses", "commercial_use")
+
 
 class StageContractError(RuntimeError):
     """A stage list or a stage's result breaks the runner's contract (a bug, not bad input)."""
@@ -185,7 +188,8 @@ def run_pipeline(spark, names: tables.TableNames, run_id: str, stages: Sequence[
     clear_downstream(spark, names, skipped, outcome, until)
     metrics = metrics_frame(spark, run_id, outcome.counts)
     outcome.versions["metrics"] = tables.write_table(spark, metrics, names.metrics, mode="append")
-    manifest.commit(spark, names, run_id, until, outcome.versions)  # the last write
+    data = {k: outcome.details[k] for k in MANIFEST_DETAILS if k in outcome.details}
+    manifest.commit(spark, names, run_id, until, outcome.versions, data)  # the last write
     if not skipped:
         from dolly_spark.prep.views import create_views
 

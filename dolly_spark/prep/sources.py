@@ -3,7 +3,7 @@
 A source is a ``uri`` (file, folder or glob of JSON lines / JSON / Parquet / CSV, gzip included;
 a Delta table path; a Unity Catalog ``catalog.schema.table``; or a hub dataset id), an optional
 ``format``, a ``preset`` or ``columns`` mapping (our field -> their column), an optional fixed
-``category``, a ``name`` and a train ``weight``.
+``category``, a ``name``, a train ``weight`` and a ``license`` (an SPDX id; see ``prep/licenses.py``).
 
 ``read_sources`` returns one bronze-shaped DataFrame for all sources, with a ``source`` column
 and ``source_version`` (the Delta version read, for Delta sources). Every check that can fail
@@ -13,6 +13,7 @@ the driver and raises :class:`SourceError` before any table is written. Reading 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import re
@@ -24,12 +25,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, AtomicType, StructType
 
 from dolly_spark.ops.schemas import BRONZE_COLUMNS
+from dolly_spark.prep import licenses
 
 FIELDS = ("instruction", "context", "response", "category")
 REQUIRED = ("instruction", "response")
 FORMATS = ("jsonl", "json", "parquet", "csv", "delta", "table", "hub")
 DOLLY_HUB_ID = "databricks/databricks-dolly-15k"
 DOLLY_NAME = "databricks-dolly-15k"
+DOLLY_LICENSE = "CC-BY-SA-3.0"  # dolly-15k's own licence, on its dataset card
+DOLLY_FILES = ("databricks-dolly-15k*.jsonl", "databricks-dolly-15k*.jsonl.gz")
 
 # A preset is a named columns mapping plus a reader kind ("lines": dolly's own line ingest,
 # which keeps malformed lines; "table": a spark reader + mapping; "conversation": first turn).
@@ -59,6 +63,7 @@ class SourceConfig:
     category: str | None = None  # fixed category for every record of this source
     name: str | None = None  # default: derived from the uri
     weight: int = 1  # copies of each train record in the training data
+    license: str | None = None  # SPDX id; default: dolly-15k's for dolly-15k, else unknown
 
     def __post_init__(self):
         if self.format is not None and self.format not in FORMATS:
@@ -70,6 +75,11 @@ class SourceConfig:
             raise ValueError(f"source {self.uri}: columns maps unknown fields {sorted(unknown)}; ours are {FIELDS}")
         if self.weight < 1:
             raise ValueError(f"source {self.uri}: weight must be a whole number >= 1, got {self.weight}")
+        if self.license is not None:
+            try:
+                licenses.canonical(self.license)
+            except ValueError as err:
+                raise ValueError(f"source {self.uri}: {err}") from None
 
     @property
     def source_name(self) -> str:
@@ -79,12 +89,29 @@ class SourceConfig:
     def preset_name(self) -> str:
         return self.preset or ("dolly" if not self.columns else "custom")
 
+    @property
+    def resolved_license(self) -> str:
+        """The licence given, else dolly-15k's when this is dolly-15k (hub id or file name), else unknown."""
+        if self.license is not None:
+            return licenses.canonical(self.license)
+        return DOLLY_LICENSE if is_dolly_15k(self.uri) else licenses.UNKNOWN
+
     def mapping(self) -> dict[str, str]:
         """The preset's columns overridden by the explicit ones."""
         return {**PRESETS.get(self.preset_name, {}), **self.columns}
 
     def is_dolly(self) -> bool:
         return self.preset_name == "dolly" and not self.columns and self.category is None
+
+
+def is_dolly_15k(uri: str) -> bool:
+    """dolly-15k by its hub id, or by the name of its file (``databricks-dolly-15k.jsonl``, a copy
+    ``databricks-dolly-15k-v2.jsonl``); any other uri is not known to be it."""
+    hub = re.sub(r"^hf://(?:datasets/)?", "", uri).rstrip("/")
+    if hub == DOLLY_HUB_ID:
+        return True
+    base = _strip_scheme(uri).rstrip("/").rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(base.lower(), pattern) for pattern in DOLLY_FILES)
 
 
 def name_from_uri(uri: str) -> str:
@@ -431,3 +458,9 @@ def read_sources(
 
 def weights(sources: list[SourceConfig]) -> dict[str, int]:
     return {s.source_name: s.weight for s in sources}
+
+
+def license_summary(sources: list[SourceConfig]) -> dict:
+    """``licenses`` ({source name: resolved licence}, in source order) and their ``commercial_use``."""
+    found = {s.source_name: s.resolved_license for s in sources}
+    return {"licenses": found, "commercial_use": licenses.combined_use(found)}

@@ -25,7 +25,7 @@ from dolly_spark.prep.dedup import DedupConfig, dedup_metrics, deduplicate
 from dolly_spark.prep.gold import GoldConfig, write_gold
 from dolly_spark.prep.pii import PiiConfig, findings_rows, findings_summary, redact_raw_lines, scan_fields
 from dolly_spark.prep.pipeline import StageContext, StageResult
-from dolly_spark.prep.sources import SourceConfig, read_sources
+from dolly_spark.prep.sources import SourceConfig, license_summary, read_sources
 
 # Bronze keeps the input as it came, PII and secrets included (silver holds the scanned text).
 RAW_TEXT_COMMENTS = {
@@ -72,8 +72,12 @@ class BronzeStage:
             {"bronze": version},
             f"{raw_rows} rows",
             details={
-                "sources": {s.source_name: {"uri": s.uri, "weight": s.weight} for s in self.sources},
+                "sources": {
+                    s.source_name: {"uri": s.uri, "weight": s.weight, "license": s.resolved_license}
+                    for s in self.sources
+                },
                 "source_versions": source_versions,
+                **license_summary(list(self.sources)),
             },
         )
 

@@ -1,13 +1,16 @@
 """Dataset lineage: gold@version as a run's training dataset input, and the tags that lead a run
 (and the model version registered from it) back to the exact Delta versions it came from, and to
 how it was trained: the method (full, lora, qlora), the base it started from, and the form its
-model was logged in (full weights, an adapter merged into its base, or the adapter alone)."""
+model was logged in (full weights, an adapter merged into its base, or the adapter alone); and
+the licences of the sources the data came from, with whether they allow commercial use."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+
+from dolly_spark.prep import licenses
 
 TAG_GOLD_TABLE = "dolly.gold_table"
 TAG_GOLD_TABLE_NAME = "dolly.gold_table_name"
@@ -24,6 +27,12 @@ GOLD_TAGS = (TAG_GOLD_TABLE, TAG_GOLD_TABLE_NAME, TAG_GOLD_VERSION, TAG_SILVER_V
 METHOD_TAGS = (TAG_METHOD, TAG_BASE_MODEL, TAG_BASE_REVISION, TAG_MODEL_FORM)
 # The registered model version gets the same ones.
 LINEAGE_TAGS = GOLD_TAGS + METHOD_TAGS
+# The train run's data licences (params and tags): ``source=SPDX;...`` and true | false | unknown.
+TAG_DATA_LICENSES = "data.licenses"
+TAG_DATA_COMMERCIAL_USE = "data.commercial_use"
+# What the registered version is tagged with, read from the run it came from.
+TAG_VERSION_LICENSES = "licenses"
+TAG_VERSION_COMMERCIAL_USE = "commercial_use"
 
 
 def _gold_location(gold_ref_or_path) -> tuple[str | None, str | None, str]:
@@ -136,3 +145,47 @@ def run_lineage(run_id: str) -> dict[str, str]:
 
     run_tags = MlflowClient().get_run(run_id).data.tags
     return {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
+
+
+def gold_licenses(spark, names, gold_version) -> dict[str, str]:
+    """{source: licence} of the prepare run that committed gold at ``gold_version`` under ``names``;
+    {} when no committed prepare run did (a root without a manifest, gold written by hand)."""
+    from dolly_spark.ops import manifest
+
+    if spark is None or names is None or gold_version is None:
+        return {}
+    if not manifest.has_manifest(spark, names):
+        return {}
+    details = manifest.details_for(spark, names, "gold", int(gold_version)) or {}
+    return dict(details.get("licenses") or {})
+
+
+def license_tags(found: dict[str, str]) -> dict[str, str]:
+    """The run's ``data.licenses`` and ``data.commercial_use`` (``unknown`` both, with nothing found)."""
+    return {
+        TAG_DATA_LICENSES: licenses.to_text(found) or licenses.UNKNOWN,
+        TAG_DATA_COMMERCIAL_USE: licenses.combined_use(found),
+    }
+
+
+def log_data_licenses(found: dict[str, str]) -> dict[str, str]:
+    """The data's licences as params and tags of the active run (tags: what register reads)."""
+    import mlflow
+
+    tags = license_tags(found)
+    mlflow.log_params(tags)
+    mlflow.set_tags(tags)
+    return tags
+
+
+def run_licenses(run_id: str) -> tuple[dict[str, str], str]:
+    """({source: licence}, commercial_use) a train run recorded; ({}, unknown) for a run that
+    recorded none (trained before licences were carried)."""
+    from mlflow import MlflowClient
+
+    run_tags = MlflowClient().get_run(run_id).data.tags
+    found = licenses.from_text(run_tags.get(TAG_DATA_LICENSES))
+    use = run_tags.get(TAG_DATA_COMMERCIAL_USE)
+    if use not in (licenses.TRUE, licenses.FALSE, licenses.UNKNOWN):
+        use = licenses.combined_use(found)
+    return found, use

@@ -26,7 +26,7 @@ from dolly_spark.serve.pyfunc_model import (
 )
 from dolly_spark.text.adapters import ADAPTER_CONFIG, is_adapter_dir, read_base_ref
 from dolly_spark.text.prompts import END_KEY, INTRO_BLURB
-from dolly_spark.tracking.lineage import FORM_ADAPTER, FORM_MERGED, log_gold_lineage
+from dolly_spark.tracking.lineage import FORM_ADAPTER, FORM_MERGED, gold_licenses, log_data_licenses, log_gold_lineage
 from dolly_spark.tracking.methods import ADAPTER_ARTIFACT, log_method, method_summary, model_form
 from dolly_spark.tracking.metrics import log_metric_dict, metric_key
 from dolly_spark.tracking.runs import field_value, is_rank_zero
@@ -178,8 +178,8 @@ def training_metrics(result) -> dict[str, float]:
 def log_training_run(
     train_cfg, result, *, spark=None, names=None, name: str = "model", registered_model_name: str | None = None
 ):
-    """Inside the train job's run: log gold lineage, how it trained (``methods``), final metrics,
-    the metrics file and the model: the model directory, or with ``log_adapter_only`` the adapter.
+    """Inside the train job's run: log gold lineage, the data's licences (``data.licenses``), how it
+    trained (``methods``), final metrics, the metrics file and the model: the model directory, or with ``log_adapter_only`` the adapter.
 
     ``result`` is launch.TrainResult (model_dir, gold_table, gold_version, silver_version, ...).
     ``names`` (TableNames) resolves a logical gold table name to its path. Returns ModelInfo.
@@ -191,6 +191,13 @@ def log_training_run(
     summary = method_summary(train_cfg, result)
     form = model_form(summary, bool(field_value(train_cfg, "log_adapter_only", False)))
     lineage = {**(_log_lineage(result, spark, names) or {}), **summary.tags(form)}
+    own_gold = names is not None and field_value(result, "gold_table") in (
+        None,
+        "gold",
+        names.gold.name,
+        names.gold.path,
+    )
+    log_data_licenses(gold_licenses(spark, names if own_gold else None, field_value(result, "gold_version")))
     log_method(summary, form)
     # Same keys as launch's per-step series, at the final step: the last point of each curve.
     log_metric_dict(training_metrics(result), step=int(field_value(result, "final_step") or 0))

@@ -1,7 +1,9 @@
 """The model registry: register a training run's model under an alias, tag versions.
 
-The version is tagged with the run's data lineage (gold table@version, silver/bronze versions)
-and its eval metrics. Scoring takes ``models:/NAME@ALIAS`` (resolved by ``serve.model_uri``).
+The version is tagged with the run's data lineage (gold table@version, silver/bronze versions),
+its data's ``licenses`` and ``commercial_use``, and its eval metrics. Scoring takes
+``models:/NAME@ALIAS`` (resolved by ``serve.model_uri``). ``require_commercial_use`` refuses,
+before anything is registered, a run whose data is not cleared for commercial use.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import re
 from dataclasses import dataclass, field
 
 from dolly_spark.ops.config import TrackedLocation
+from dolly_spark.prep import licenses
 from dolly_spark.serve.model_uri import resolve_alias
 from dolly_spark.tracking import gate as gating
 from dolly_spark.tracking.experiments import configure
-from dolly_spark.tracking.lineage import run_lineage
+from dolly_spark.tracking.lineage import TAG_VERSION_COMMERCIAL_USE, TAG_VERSION_LICENSES, run_licenses, run_lineage
 from dolly_spark.tracking.runs import TAG_JOB
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,11 @@ _UC_PART = re.compile(r"^[A-Za-z0-9_]+$")
 
 class NoLoggedModelError(LookupError):
     """The run has no logged model to register."""
+
+
+class CommercialUseRefused(RuntimeError):
+    """``require_commercial_use``: the run's data is not cleared for commercial use (one line: which
+    sources, under which licences)."""
 
 
 @dataclass
@@ -51,6 +59,10 @@ class RegisterConfig(TrackedLocation):
     gate_options: gating.GateConfig = field(default_factory=gating.GateConfig, metadata={"flag_prefix": "gate_"})
     download_dir: str | None = field(
         default=None, metadata={"help": "where the gate downloads the two models (multi-node: a Volume)"}
+    )
+    require_commercial_use: bool = field(
+        default=False,
+        metadata={"help": "refuse, registering nothing, unless every source's licence allows commercial use"},
     )
 
     def resolved_model_name(self) -> str:
@@ -178,10 +190,15 @@ def register(cfg: RegisterConfig, spark=None) -> RegisterResult:
     run_id = cfg.run_id or latest_train_run(experiment_id)
     source_uri = logged_model_uri(run_id, cfg.artifact_name)
 
+    found, use = run_licenses(run_id)
+    if cfg.require_commercial_use and use != licenses.TRUE:
+        raise CommercialUseRefused(refusal_line(run_id, found, use))
     tags = run_lineage(run_id)
     if not tags:
         log.warning("run %s carries no data lineage tags; the version will not lead back to a table", run_id)
     lineage = dict(tags)
+    tags[TAG_VERSION_LICENSES] = licenses.to_text(found) or licenses.UNKNOWN
+    tags[TAG_VERSION_COMMERCIAL_USE] = use
     tags[TAG_SOURCE_RUN] = run_id
     tags.update(metric_tags(run_id, cfg.eval_metrics if not cfg.eval_run_id else ()))
     if cfg.eval_run_id:
@@ -205,6 +222,13 @@ def register(cfg: RegisterConfig, spark=None) -> RegisterResult:
             "registered %s version %s; @%s stays on version %s", name, mv.version, cfg.alias, decision.champion_version
         )
     return RegisterResult(name, int(mv.version), cfg.alias, f"models:/{name}@{cfg.alias}", run_id, tags, decision)
+
+
+def refusal_line(run_id: str, found: dict[str, str], use: str) -> str:
+    """``refused: training data is not cleared for commercial use: alpaca (CC-BY-NC-4.0) -> commercial_use=false``."""
+    bad = licenses.offending(found)
+    which = ", ".join(f"{name} ({lic})" for name, lic in bad) if bad else f"run {run_id} records no data licences"
+    return f"refused: training data is not cleared for commercial use: {which} -> commercial_use={use}"
 
 
 def tag_version_metrics(uri: str, metrics: dict[str, float]) -> dict[str, str]:
