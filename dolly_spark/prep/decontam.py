@@ -29,7 +29,7 @@ from dolly_spark.ops import tables
 from dolly_spark.ops.joins import anti_join
 from dolly_spark.prep.clean import to_quarantine
 from dolly_spark.prep.gold import GoldConfig, assign_split
-from dolly_spark.prep.sources import FORMATS, SourceConfig, SourceError, _hub_files, _read_frame, name_from_uri, resolve
+from dolly_spark.prep.sources import FORMATS, SourceConfig, SourceError, hub_files, name_from_uri, read_frame, resolve
 
 DEFAULT_NGRAM = 13
 REASON_PREFIX = "benchmark_overlap:"
@@ -151,9 +151,9 @@ def read_benchmark(spark, b: BenchmarkSet) -> DataFrame:
     fmt, location, files = locate(b)
     try:
         if fmt == "hub":
-            fmt, files = _hub_files(_as_source(b))
+            fmt, files = hub_files(_as_source(b))
         if fmt not in ("table", "delta"):
-            return _read_frame(spark, _as_source(b), fmt, location, files)[0]
+            return read_frame(spark, _as_source(b), fmt, location, files)[0]
         df = tables.read_table(spark, tables.TableRef(b.name, location, location if fmt == "delta" else None))
         _ = df.schema  # lazy: a missing table fails here
         return df

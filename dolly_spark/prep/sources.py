@@ -205,7 +205,7 @@ def resolve(src: SourceConfig) -> tuple[str, str, list[str]]:
     return fmt, path, files
 
 
-def _hub_files(src: SourceConfig) -> tuple[str, list[str]]:
+def hub_files(src: SourceConfig) -> tuple[str, list[str]]:
     """A hub dataset downloaded through the hub client (needs network); dolly-15k via ingest."""
     repo = re.sub(r"^hf://(?:datasets/)?", "", src.uri).rstrip("/")
     try:
@@ -251,7 +251,7 @@ def _json_array_frame(spark, files: list[str], who: str) -> DataFrame:
     return raw.select(F.from_json("_json", ddl).alias("_r")).select("_r.*")
 
 
-def _read_frame(spark, src: SourceConfig, fmt: str, location: str, files: list[str]) -> tuple[DataFrame, int | None]:
+def read_frame(spark, src: SourceConfig, fmt: str, location: str, files: list[str]) -> tuple[DataFrame, int | None]:
     """(their rows as a DataFrame, Delta version read or None)."""
     who = src.source_name
     try:
@@ -414,8 +414,8 @@ def read_source(
         ingest = {"chunk_bytes": chunk_bytes, "max_line_bytes": max_line_bytes}
         return _dolly_lines(spark, src, fmt, location, files, **{k: v for k, v in ingest.items() if v})
     if fmt == "hub":
-        fmt, files = _hub_files(src)
-    df, version = _read_frame(spark, src, fmt, location, files)
+        fmt, files = hub_files(src)
+    df, version = read_frame(spark, src, fmt, location, files)
     return mapped_frame(df, src, version)
 
 
