@@ -243,3 +243,48 @@ def test_bronze_raw_text_columns_get_unity_catalog_tags_and_local_tables_none():
     ]
     tables.tag_columns(spark, tables.TableNames(root="/tmp/x").bronze, {"response": RAW_TEXT_TAGS})
     assert len(spark.statements) == 1
+
+
+# --- NER: only with a spaCy model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ruler_model(tmp_path_factory):
+    """A spaCy pipeline whose NER is a rule list: Presidio's NER path without a downloaded model."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns(
+        [{"label": "PERSON", "pattern": "Jane Doe"}, {"label": "GPE", "pattern": "Lisbon"}]
+    )
+    path = tmp_path_factory.mktemp("ner") / "ruler"
+    nlp.to_disk(path)
+    return str(path)
+
+
+def test_ner_auto_takes_an_installed_english_model_and_is_off_without_one(monkeypatch):
+    import spacy.util
+
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: False)
+    assert detectors.installed_ner_model("auto") is None and detectors.installed_ner_model("off") is None
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name == "en_core_web_md")
+    assert detectors.installed_ner_model("auto") == "en_core_web_md"
+
+
+def test_a_named_ner_model_that_is_not_installed_fails_in_one_line():
+    with pytest.raises(detectors.DetectorsUnavailableError, match="spaCy model 'en_core_web_xl' is not installed"):
+        PiiConfig(ner="en_core_web_xl").check()
+
+
+def test_names_and_places_are_found_with_a_ner_model_only(spark, ruler_model):
+    text = "Jane Doe moved to Lisbon; mail jane.doe@example.org"
+    assert [f.kind for f in detectors.find(text, ALL_KINDS)] == ["EMAIL"]
+    found = detectors.find(text, ALL_KINDS, ruler_model)
+    assert [(f.kind, text[f.start : f.end]) for f in found] == [
+        ("PERSON", "Jane Doe"),
+        ("LOCATION", "Lisbon"),
+        ("EMAIL", "jane.doe@example.org"),
+    ]
+    df = spark.createDataFrame([("r1", "s", text)], "record_id string, source string, response string")
+    out = scan_fields(df, PiiConfig(ner=ruler_model), ("response",)).first()
+    assert out["response"] == "<PERSON> moved to <LOCATION>; mail <EMAIL>"

@@ -1,9 +1,10 @@
 """PII and secret detectors on one string: Presidio's pattern recognizers, detect-secrets' plugins.
 
 Pure Python (no Spark): ``prep/pii.py`` runs :func:`find` inside a pandas UDF on the executors.
-Presidio runs without an NLP engine (no spaCy model can be installed here), so its recognizers
-are called directly and context words are checked in a window before the match, as Presidio's
-context enhancer does; a kind that needs context (US_SSN) is only reported with it.
+Presidio's pattern recognizers run without an NLP engine (no spaCy model can be installed here),
+so they are called directly and context words are checked in a window before the match, as
+Presidio's context enhancer does; a kind that needs context (US_SSN) is only reported with it.
+With a spaCy model installed, Presidio's NER recognizer adds PERSON and LOCATION.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 # In order of precedence when two matches overlap: checksummed and structured kinds before PHONE,
 # which phonenumbers reads into many digit runs.
-PII_KINDS = ("CREDIT_CARD", "IBAN", "US_SSN", "EMAIL", "IP_ADDRESS", "PHONE")
+PII_KINDS = ("CREDIT_CARD", "IBAN", "US_SSN", "EMAIL", "IP_ADDRESS", "PHONE", "PERSON", "LOCATION")
+# Found only with a spaCy NER model (``ner_model``): Presidio's SpacyRecognizer over its doc.ents.
+NER_KINDS = ("PERSON", "LOCATION")
+# spaCy's English pipelines, in the order ``ner: auto`` takes the first one installed.
+ENGLISH_MODELS = ("en_core_web_lg", "en_core_web_trf", "en_core_web_md", "en_core_web_sm")
 SECRET_KINDS = (
     "AWS_KEY",
     "PRIVATE_KEY",
@@ -72,6 +78,43 @@ def check_available() -> None:
             missing.append(module.replace("_", "-"))
     if missing:
         raise DetectorsUnavailableError(f"the PII/secrets scan needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def installed_ner_model(ner: str) -> str | None:
+    """The spaCy pipeline ``ner`` names: ``off`` -> None; ``auto`` -> the first installed of
+    ENGLISH_MODELS, else None; a package name or a pipeline folder -> itself, when it is there.
+    Never downloads: Presidio would, on an offline cluster."""
+    if ner == "off":
+        return None
+    try:
+        import spacy.util
+    except ImportError:
+        spacy = None
+    if ner == "auto":
+        return next((m for m in ENGLISH_MODELS if spacy and spacy.util.is_package(m)), None)
+    if spacy is None or not (spacy.util.is_package(ner) or Path(ner).is_dir()):
+        raise DetectorsUnavailableError(
+            f"pii ner: spaCy model {ner!r} is not installed (pip install its wheel), or use ner: auto | off"
+        )
+    return ner
+
+
+@lru_cache(maxsize=2)
+def _ner(model: str):
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}])
+    engine.load()
+    return engine, SpacyRecognizer(supported_entities=list(NER_KINDS))
+
+
+def ner_findings(text: str, kinds: frozenset[str], model: str) -> list[Finding]:
+    wanted = [k for k in NER_KINDS if k in kinds]
+    if not wanted:
+        return []
+    engine, rec = _ner(model)
+    return [Finding(r.entity_type, r.start, r.end) for r in rec.analyze(text, wanted, engine.process_text(text, "en"))]
 
 
 def _offline_email_recognizer():
@@ -220,11 +263,13 @@ def resolve_overlaps(found: list[Finding]) -> list[Finding]:
     return sorted(kept, key=lambda f: f.start)
 
 
-def find(text: str | None, kinds: frozenset[str]) -> list[Finding]:
-    """Every PII and secret finding of ``kinds`` in ``text``, non-overlapping, in text order."""
+def find(text: str | None, kinds: frozenset[str], ner_model: str | None = None) -> list[Finding]:
+    """Every PII and secret finding of ``kinds`` in ``text``, non-overlapping, in text order;
+    names and places too when ``ner_model`` (a spaCy pipeline) is given."""
     if not text:
         return []
-    return resolve_overlaps(pii_findings(text, kinds) + secret_findings(text, kinds))
+    ner = ner_findings(text, kinds, ner_model) if ner_model else []
+    return resolve_overlaps(pii_findings(text, kinds) + secret_findings(text, kinds) + ner)
 
 
 def redact(text: str, findings: list[Finding]) -> str:

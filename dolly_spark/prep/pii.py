@@ -38,6 +38,16 @@ class PiiConfig:
         },
     )
 
+    # Off by default: the same run must give the same silver whatever a cluster has installed, and
+    # NER redacts every name, public figures in encyclopedic text included.
+    ner: str = field(
+        default="off",
+        metadata={
+            "help": "spaCy NER for PERSON and LOCATION: off (patterns only) | auto (an installed en_core_web_* "
+            "model, else patterns only) | a model package or pipeline folder"
+        },
+    )
+
     def __post_init__(self):
         self.action_by_kind()  # a bad entry fails when the config is built, before any write
 
@@ -63,16 +73,20 @@ class PiiConfig:
     def check(self) -> None:
         if self.scan:
             detectors.check_available()
+            detectors.installed_ner_model(self.ner)
+
+    def ner_model(self) -> str | None:
+        return detectors.installed_ner_model(self.ner) if self.scan else None
 
 
 def reason_of(kind: str) -> str:
     return f"{'secret' if kind in detectors.SECRET_KINDS else 'pii'}:{kind.lower()}"
 
 
-def scan_text(text: str | None, field_name: str, actions: dict[str, str]) -> dict:
+def scan_text(text: str | None, field_name: str, actions: dict[str, str], ner_model: str | None = None) -> dict:
     """The text with its redact / quarantine findings replaced, every finding, and the record's
     quarantine reason (its first quarantine finding) or None."""
-    found = detectors.find(text, frozenset(actions))
+    found = detectors.find(text, frozenset(actions), ner_model)
     hidden = [f for f in found if actions[f.kind] != "keep"]
     findings = [
         {"field": field_name, "kind": f.kind, "start": f.start, "end": f.end, "action": actions[f.kind]} for f in found
@@ -85,10 +99,11 @@ def scan_text(text: str | None, field_name: str, actions: dict[str, str]) -> dic
     }
 
 
-def _scan_udf(field_name: str, actions: dict[str, str]):
+def _scan_udf(field_name: str, actions: dict[str, str], ner_model: str | None):
     @pandas_udf(f"struct<text:string,findings:array<{FINDING}>,reason:string>")
     def scan(texts: pd.Series) -> pd.DataFrame:
-        return pd.DataFrame([scan_text(t, field_name, actions) for t in texts], columns=["text", "findings", "reason"])
+        rows = [scan_text(t, field_name, actions, ner_model) for t in texts]
+        return pd.DataFrame(rows, columns=["text", "findings", "reason"])
 
     return scan
 
@@ -99,10 +114,10 @@ def scan_fields(df: DataFrame, cfg: PiiConfig, fields: tuple[str, ...] = TEXT_FI
     if not cfg.scan:
         empty = F.array().cast(f"array<{FINDING}>")
         return df.withColumn("pii_findings", empty).withColumn("pii_reason", F.lit(None).cast("string"))
-    actions = cfg.action_by_kind()
+    actions, ner_model = cfg.action_by_kind(), cfg.ner_model()  # resolved on the driver
     tmp = {c: f"_pii_{c}" for c in fields}
     for c in fields:
-        df = df.withColumn(tmp[c], _scan_udf(c, actions)(F.col(c)))
+        df = df.withColumn(tmp[c], _scan_udf(c, actions, ner_model)(F.col(c)))
     return (
         df.withColumns({c: F.col(tmp[c])["text"] for c in fields})
         .withColumn("pii_findings", F.concat(*[F.col(tmp[c])["findings"] for c in fields]))
