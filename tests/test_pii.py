@@ -58,11 +58,20 @@ def test_each_kind_is_found_with_its_span(kind):
         "It took 4.0210395 secs, then 0.4407322 secs (0.307–0.588 AU).",  # nor are decimals
         f"The number {SSN} was printed on the page.",  # an SSN pattern without its context words
         "Split it on the :: delimiter.",  # not an IPv6 address
+        "Bank 672.42 36.89 6,370\nChina 60 50–55 2011\nCroatia 65 62.75 2021",  # nor are table figures
         "My password is long and the secret is kept.",  # keywords without a value
     ],
 )
 def test_prose_that_looks_like_pii_is_not_reported(text):
     assert detectors.find(text, ALL_KINDS) == []
+
+
+def test_the_prefilter_changes_no_finding():
+    texts = [t for t, _ in EXAMPLES.values()] + ["call 415.555.0132 or 01.23.45.67.89", "ip fe80::1 and 10.0.0.1"]
+    for text in texts + [" ".join(texts)]:
+        with_prefilter = detectors.pii_findings(text, ALL_KINDS) + detectors.secret_findings(text, ALL_KINDS)
+        without = detectors.pii_findings(text, ALL_KINDS, False) + detectors.secret_findings(text, ALL_KINDS, False)
+        assert sorted(with_prefilter, key=str) == sorted(without, key=str), text
 
 
 def test_an_unfinished_private_key_block_is_hidden_to_the_end():
