@@ -37,9 +37,11 @@ LEASE_HOURS = 6.0
 
 # Exact Dolly: the published text, Dolly's 200 eval records with seed 42, and Dolly's length filter
 # (it keeps records *shorter* than max_length: one reserved token makes ours strict too).
+# The PII scan still runs and counts, but keeps the text: Dolly trained on it as published.
 DOLLY_PRESET = {
-    "_help": "Dolly's data: raw text, 200 eval records, seed 42, records shorter than the context",
+    "_help": "Dolly's data: raw text (PII found and counted, kept), 200 eval records, seed 42, records shorter than the context",
     "clean": {"raw_text": True},
+    "pii": {"actions": ["pii=keep", "secrets=keep"]},
     "gold": {"eval_size": 200, "split_seed": 42, "pack_separator_tokens": 1},
 }
 
