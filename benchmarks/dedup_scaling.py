@@ -41,12 +41,14 @@ from dolly_spark.prep.dedup import (  # noqa: E402
     FIELDS,
     DedupConfig,
     band_hashes,
+    bands_rows_for_recall,
     deduplicate,
     minhash_signatures,
-    optimal_bands_rows,
+    near_duplicate,
     permutations,
     shingle_hashes,
 )
+from dolly_spark.prep.dedup_short import record_keys  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("DOLLY_SHARED_DATA", ROOT.parent / "shared" / "data")) / "databricks-dolly-15k.jsonl"
 SILVER_SCHEMA = (
@@ -159,19 +161,23 @@ def python_minhash(real: pd.DataFrame, cfg: DedupConfig) -> tuple[float, int]:
     removed_exact = len(ids) - len(survivors)
     sh = shingle_hashes([t for _, t in survivors], cfg.shingle, cfg.ngram)
     a, b = permutations(cfg.num_perm, cfg.seed)
-    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    bands, rows = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
     bh = band_hashes(minhash_signatures(sh, a, b), bands, rows)
+    fields = [[_normalise(real[c].iloc[int(rid[1:])], cfg) for c in cols] for rid, _ in survivors]
     buckets = defaultdict(list)
     for i in range(len(survivors)):
         for band in range(bands):
             buckets[(band, int(bh[i, band]))].append(i)
+        if cfg.short_field_words:  # the short-record keys, as in the pipeline
+            args = (cfg.short_field_words, cfg.min_edits, cfg.max_edit_rate, cfg.exact_below_tokens)
+            for key in record_keys(fields[i], *args):
+                buckets[(-1, key)].append(i)
     cands = set()
     for members in buckets.values():
         members = members[: cfg.max_bucket_size]
         for x in range(len(members)):
             for y in range(x + 1, len(members)):
                 cands.add((members[x], members[y]))
-    sets = {}
     parent = list(range(len(survivors)))
 
     def find(x):
@@ -180,26 +186,8 @@ def python_minhash(real: pd.DataFrame, cfg: DedupConfig) -> tuple[float, int]:
             x = parent[x]
         return x
 
-    # per_field_threshold: each counted field, shingled on its own, must reach the threshold too.
-    per_field = (
-        [
-            shingle_hashes(
-                [_normalise(real[c].iloc[int(rid[1:])], cfg) for rid, _ in survivors], cfg.shingle, cfg.ngram
-            )
-            for c in cols
-        ]
-        if cfg.per_field_threshold
-        else []
-    )
-
-    def jac(x, y):
-        x, y = set(x.tolist()), set(y.tolist())
-        return len(x & y) / len(x | y)
-
     for i, j in cands:
-        si = sets.setdefault(i, set(sh[i].tolist()))
-        sj = sets.setdefault(j, set(sh[j].tolist()))
-        if len(si & sj) / len(si | sj) >= cfg.threshold and all(jac(f[i], f[j]) >= cfg.threshold for f in per_field):
+        if near_duplicate(fields[i], fields[j], cfg.min_edits, cfg.max_edit_rate, cfg.exact_below_tokens):
             ri, rj = find(i), find(j)
             if ri != rj:
                 parent[max(ri, rj)] = min(ri, rj)

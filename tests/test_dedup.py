@@ -15,6 +15,7 @@ from dolly_spark.prep.dedup import (
     add_signatures,
     band_buckets,
     band_hashes,
+    bands_rows_for_recall,
     candidate_pairs,
     capped_bucket_stats,
     dedup_metrics,
@@ -145,7 +146,7 @@ def test_shingle_hashes_word_and_char():
 def test_add_shingles_in_spark_matches_python(spark):
     df = spark.createDataFrame([("a", "the cat sat on the mat"), ("b", "hi")], "record_id string, dedup_text string")
     for shingle, k in (("word", 2), ("char", 4)):
-        cfg = DedupConfig(shingle=shingle, ngram=k, per_field_threshold=False)
+        cfg = DedupConfig(shingle=shingle, ngram=k)
         got = {r["record_id"]: r["shingles"] for r in df.transform(lambda d: add_shingles(d, cfg)).collect()}
         want = shingle_hashes(["the cat sat on the mat", "hi"], shingle, k)
         assert got == {"a": want[0].tolist(), "b": want[1].tolist()}
@@ -199,28 +200,28 @@ def test_candidate_pairs_from_shared_buckets_with_cap(spark):
     assert capped_bucket_stats(shared, 2) == {"capped_buckets": 1, "capped_members": 1}
 
 
-def test_verify_pairs_keeps_pairs_at_or_above_threshold(spark):
-    shingled = spark.createDataFrame(
-        [("a", [1, 2, 3, 4]), ("b", [1, 2, 3, 5]), ("c", [7, 8])], "record_id string, shingles array<long>"
-    )
-    pairs = spark.createDataFrame([("a", "b"), ("a", "c")], "id_a string, id_b string")
-    assertDataFrameEqual(verify_pairs(pairs, shingled, 0.6), [("a", "b", 0.6)])
-    assert verify_pairs(pairs, shingled, 0.61).count() == 0
-
-
-def test_verify_pairs_per_field_threshold(spark):
+def test_verify_pairs_decides_by_edit_distance_per_field(spark):
     shingled = spark.createDataFrame(
         [
-            ("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1], [2, 3, 4, 5, 6, 7, 8, 9, 10]),
-            ("b", [0, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0], [2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            ("a", [1, 2, 3, 4], "name three primary colours", "red yellow blue"),
+            ("b", [1, 2, 3, 5], "name three primary colors", "red yellow blue"),  # one substitution
+            ("c", [1, 2, 3, 6], "name three primary colors", "red green blue"),  # and one in the answer
+            ("d", [7, 8], "name three secondary colors", "orange green purple"),
         ],
-        "record_id string, shingles array<long>, shingles_instruction array<long>, shingles_context array<long>",
+        "record_id string, shingles array<long>, norm_instruction string, norm_response string",
     )
-    pairs = spark.createDataFrame([("a", "b")], "id_a string, id_b string")
-    # Whole text: 9/11 >= 0.7, but the instructions share nothing.
-    assert verify_pairs(pairs, shingled, 0.7).count() == 1
-    assert verify_pairs(pairs, shingled, 0.7, ["shingles_instruction", "shingles_context"]).count() == 0
-    assert verify_pairs(pairs, shingled, 0.7, ["shingles_context"]).count() == 1
+    pairs = spark.createDataFrame([("a", "b"), ("a", "c"), ("a", "d"), ("b", "d")], "id_a string, id_b string")
+    cols = ["norm_instruction", "norm_response"]
+    assertDataFrameEqual(verify_pairs(pairs, shingled, cols, exact_below=3), [("a", "b", 0.6), ("a", "c", 0.6)])
+    # The default: fields under 8 tokens must match exactly; min_edits 0 leaves floor(0.02 n) = 0.
+    assert verify_pairs(pairs, shingled, cols).count() == 0
+    assert verify_pairs(pairs, shingled, cols, min_edits=0, exact_below=3).count() == 0
+    # Only the instruction counted: b and d differ by one word there.
+    assert {(r["id_a"], r["id_b"]) for r in verify_pairs(pairs, shingled, cols[:1], exact_below=3).collect()} == {
+        ("a", "b"),
+        ("a", "c"),
+        ("b", "d"),
+    }
 
 
 PASSAGE = (
@@ -234,18 +235,60 @@ def test_different_questions_about_one_passage_are_kept_by_default(spark):
     df = silver(
         spark,
         [
-            ("q1", "Which ships did Violet Jessop survive?", PASSAGE, "a"),
+            ("q1", "Which ships did Violet Jessop survive in the early twentieth century?", PASSAGE, "a"),
             ("q2", "What was Violet Jessop's job?", PASSAGE, "b"),
         ],
     )
-    counts = {}
-    for per_field in (True, False):
-        result = deduplicate(df, DedupConfig(fields="instruction_context", per_field_threshold=per_field))
-        try:
-            counts[per_field] = result.duplicates.count()
-        finally:
-            result.cleanup()
-    assert counts == {True: 0, False: 1}
+    copy = silver(
+        spark, [("q3", "Which ships did Violet Jessop survive on in the early twentieth century?", PASSAGE, "c")]
+    )
+    result = deduplicate(df.unionByName(copy), DedupConfig(fields="instruction_context"))
+    try:  # the shared passage does not make two questions one; one inserted word does
+        assert [(r["record_id"], r["kept_record_id"]) for r in result.duplicates.collect()] == [("q3", "q1")]
+    finally:
+        result.cleanup()
+
+
+def _words(prefix, n):
+    return " ".join(f"{prefix}{j}" for j in range(n))
+
+
+def _edit(text, op, pos, word):
+    w = text.split(" ")
+    if op == "sub":
+        w[pos] = word
+    elif op == "ins":
+        w.insert(pos, word)
+    else:
+        del w[pos]
+    return " ".join(w)
+
+
+def test_planted_edits_are_found_and_tasks_over_a_shared_list_are_kept(spark):
+    """One edit per field (substitution, insertion or deletion) at several field lengths is a
+    copy (different words: the same word replaced in two fields would be a slot change); two different questions over one list whose answers differ for a tenth are not."""
+    rows, copies = [], {}
+    for n, (n_ins, n_resp) in enumerate(((9, 10), (12, 40), (30, 90), (30, 149), (60, 300))):
+        for op in ("sub", "ins", "del"):
+            rid = f"o{n}{op}"
+            ins, resp = _words(f"w{n}{op}i", n_ins), _words(f"w{n}{op}r", n_resp)
+            rows += [
+                (rid, ins, "", resp),
+                (rid + "c", _edit(ins, op, n_ins // 2, "new"), "", _edit(resp, "sub", 1, "other")),
+            ]
+            copies[rid + "c"] = rid
+    items = [f"item{j}" for j in range(40)]
+    answer = [f"{i} {'yes' if j % 3 else 'no'}" for j, i in enumerate(items)]
+    other = [a.replace("yes", "no") if j % 10 == 0 else a for j, a in enumerate(answer)]
+    rows += [
+        ("s1", "Which of these are fruits?", ", ".join(items), " ".join(answer)),
+        ("s2", "Which of these grow in Spain?", ", ".join(items), " ".join(other)),
+    ]
+    result = deduplicate(silver(spark, rows), DedupConfig())
+    try:
+        assert {r["record_id"]: r["kept_record_id"] for r in result.duplicates.collect()} == copies
+    finally:
+        result.cleanup()
 
 
 # --- connected components ---------------------------------------------------------------------
@@ -321,7 +364,7 @@ def test_deduplicate_partitions_rows_with_lineage(spark):
         assert dups["r2"]["method"] == "exact" and dups["r2"]["jaccard"] == 1.0
         assert dups["r6"]["kept_record_id"] == "r4" and dups["r6"]["method"] == "exact"
         assert dups["r3"]["method"] == "minhash" and dups["r3"]["kept_record_id"] == "r1"
-        assert 0.7 <= dups["r3"]["jaccard"] < 1.0
+        assert 0.7 <= dups["r3"]["jaccard"] < 1.0  # one inserted word: the jaccard column is lineage only
         assert dups["r3"]["category"] == "general_qa"
         m = dedup_metrics(result)
         json.dumps(m)
@@ -348,7 +391,7 @@ def test_the_stages_of_deduplicate_one_by_one(spark, tmp_path):
     }
     shingled = shingle_survivors(exact, df, cfg, work)
     assert sorted(r["record_id"] for r in shingled.collect()) == ["r1", "r3", "r4", "r5"]
-    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    bands, rows = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
     pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work, bands, rows)
     assert ("r1", "r3") in {(r["id_a"], r["id_b"]) for r in pairs.collect()}
     assert pair_stats["candidate_pairs"] == pairs.count() and pair_stats["capped_buckets"] == 0
@@ -419,13 +462,13 @@ TEXTS = st.lists(WORDS, min_size=1, max_size=12).map(" ".join)
 )
 def test_identical_texts_always_share_a_minhash_cluster(spark, texts, copies):
     """Through the MinHash stages alone (no exact stage): copies of a text share every bucket."""
-    cfg = DedupConfig(num_perm=32, per_field_threshold=False)
+    cfg = DedupConfig(num_perm=32)
     rows = [(f"t{i}c{c}", t) for i, t in enumerate(texts) for c in range(copies[i])]
     df = spark.createDataFrame(rows, "record_id string, dedup_text string")
-    b, r = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    b, r = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
     shingled = df.transform(lambda d: add_shingles(d, cfg))
     shared = shingled.transform(lambda d: add_signatures(d, cfg)).transform(lambda d: band_buckets(d, b, r))
-    edges = verify_pairs(candidate_pairs(shared_buckets(shared), cfg.max_bucket_size), shingled, cfg.threshold)
+    edges = verify_pairs(candidate_pairs(shared_buckets(shared), cfg.max_bucket_size), shingled, ["dedup_text"])
     label = {row["record_id"]: row["cluster"] for row in clusters_union_find(edges).collect()}
     for i, t in enumerate(texts):
         ids = [f"t{i}c{c}" for c in range(copies[i])]

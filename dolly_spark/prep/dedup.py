@@ -7,8 +7,8 @@ Building blocks, each a named ``DataFrame -> DataFrame`` (the LSH ones in ``prep
 3. ``add_shingles``       word or character n-grams, hashed to a sorted set of longs
 4. ``add_signatures``     ``num_perm`` MinHash values per row (numpy, in a pandas UDF)
 5. ``band_buckets``       one row per (record, band) with the band's hash as bucket
-6. ``candidate_pairs``    records sharing a bucket, capped at ``max_bucket_size`` per bucket
-7. ``verify_pairs``       Jaccard of the shingle sets; edges with jaccard >= threshold
+6. ``candidate_pairs``    records sharing a bucket (LSH or short-record keys), capped per bucket
+7. ``verify_pairs``       the decision: token edit distance per field (``prep/dedup_edit.py``)
 8. ``clusters``           connected components of the edges (union-find or label propagation)
 
 ``deduplicate`` chains them as stages sharing one :class:`DedupConfig` and work dir:
@@ -35,6 +35,7 @@ from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import DUPLICATES_COLUMNS
 from dolly_spark.ops.workdir import WorkDir
 from dolly_spark.prep.dedup_clusters import clusters
+from dolly_spark.prep.dedup_edit import edit_budget, near_duplicate  # noqa: F401 (re-export)
 from dolly_spark.prep.dedup_lsh import (
     band_buckets,
     candidate_pairs,
@@ -43,9 +44,10 @@ from dolly_spark.prep.dedup_lsh import (
     shared_buckets,
     verify_pairs,
 )
-from dolly_spark.prep.dedup_short import short_record_buckets, within_substitution_budget  # noqa: F401 (re-export)
-from dolly_spark.prep.minhash import (  # noqa: F401 (band_hashes: a re-export)
+from dolly_spark.prep.dedup_short import short_record_buckets
+from dolly_spark.prep.minhash import (  # noqa: F401 (band_hashes, optimal_bands_rows: re-exports)
     band_hashes,
+    bands_rows_for_recall,
     minhash_signatures,
     optimal_bands_rows,
     permutations,
@@ -80,24 +82,27 @@ class DedupConfig:
             "choices": ("lowest_record_id", "longest_response"),
         },
     )
+    # The decision (docs/dedup.md, "Definition"): every counted field within
+    # max(min_edits, floor(max_edit_rate * n)) token edits, n = tokens of the longer side.
+    max_edit_rate: float = field(default=0.02, metadata={"help": "edits allowed per token of the longer field"})
+    min_edits: int = field(default=1, metadata={"help": "edits allowed in any field of exact_below_tokens or more"})
+    exact_below_tokens: int = field(
+        default=8, metadata={"help": "fields shorter than this (longer side) must match exactly"}
+    )
+    # Candidates only: MinHash LSH on word n-grams of the whole text, bands x rows chosen so a pair
+    # at Jaccard ``threshold`` collides with probability >= lsh_recall.
     shingle: str = field(default="word", metadata={"help": "word or char n-grams", "choices": ("word", "char")})
     ngram: int = 2
     num_perm: int = 128
-    threshold: float = 0.7  # Jaccard of the shingle sets at or above which records are near-duplicates
-    # Verification removes false positives exactly, so a missed pair costs more than a candidate.
-    fp_weight: float = 0.2
-    fn_weight: float = 0.8
+    threshold: float = field(
+        default=0.8, metadata={"help": "lowest whole-text Jaccard LSH must propose (candidates, not the decision)"}
+    )
+    lsh_recall: float = field(default=0.99, metadata={"help": "collision probability at threshold"})
     seed: int = 42
     max_bucket_size: int = 200  # members kept per LSH bucket (lowest record_ids); the rest are counted
-    # Each counted field must also reach the threshold on its own: without it, different questions
-    # about one long shared passage (common in closed_qa / summarization) count as duplicates.
-    per_field_threshold: bool = True
-    # Short fields: bigram Jaccard punishes one changed word hard (a 9-word instruction with one
-    # substitution scores 0.6). With per_field_threshold, a field of at most ``short_field_words``
-    # words also counts as close when both sides have the same word count and at most
-    # floor(short_field_substitution_rate * words) words differ (0 turns this off); see docs/dedup.md.
-    short_field_words: int = 32
-    short_field_substitution_rate: float = 0.15
+    # Records whose counted fields all have at most this many tokens get exact blocking keys that
+    # every pair within one edit per field shares (LSH misses those); 0 turns it off.
+    short_field_words: int = 99
     union_find_max_edges: int = 2_000_000  # above this, connected components run as DataFrame joins
     max_iterations: int = 50  # label propagation gives up (raises) after this many rounds
     # Sources in order of preference: of records duplicated across sources, the earliest source's
@@ -118,14 +123,21 @@ class DedupConfig:
             raise ValueError(f"shingle must be one of {SHINGLE_KINDS}, got {self.shingle!r}")
         if self.ngram < 1 or self.num_perm < 2 or not 0.0 < self.threshold <= 1.0:
             raise ValueError("need ngram >= 1, num_perm >= 2 and 0 < threshold <= 1")
+        if not 0.0 < self.lsh_recall < 1.0:
+            raise ValueError(f"lsh_recall must be in (0, 1), got {self.lsh_recall}")
         if self.max_bucket_size < 2:
             raise ValueError("max_bucket_size must be at least 2")
-        if self.short_field_words < 1 or not 0.0 <= self.short_field_substitution_rate < 0.5:
-            raise ValueError("need short_field_words >= 1 and 0 <= short_field_substitution_rate < 0.5")
+        if not 0.0 <= self.max_edit_rate < 0.5 or self.min_edits < 0 or self.exact_below_tokens < 0:
+            raise ValueError("need 0 <= max_edit_rate < 0.5, min_edits >= 0 and exact_below_tokens >= 0")
+        if self.short_field_words < 0 or self.field_budget(self.short_field_words) > 1:
+            raise ValueError(
+                f"short_field_words={self.short_field_words} allows {self.field_budget(self.short_field_words)} "
+                "edits per field; the short-record keys cover one: lower it (0 turns them off)"
+            )
 
-    @property
-    def short_rule(self) -> bool:
-        return self.per_field_threshold and self.short_field_substitution_rate > 0
+    def field_budget(self, n: int) -> int:
+        """Edits allowed in a field whose longer side has ``n`` tokens."""
+        return edit_budget(n, self.min_edits, self.max_edit_rate, self.exact_below_tokens)
 
 
 # --- 1. normalisation and exact groups --------------------------------------------------------
@@ -148,14 +160,9 @@ def normalize_for_matching(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     return df.withColumn("dedup_text", F.trim(F.concat_ws(FIELD_SEPARATOR, *parts)))
 
 
-def field_shingle_columns(cfg: DedupConfig) -> list[str]:
-    """Per-field shingle columns that ``verify_pairs`` also checks (empty unless per_field_threshold)."""
-    return [f"shingles_{c}" for c in FIELDS[cfg.fields]] if cfg.per_field_threshold else []
-
-
 def field_text_columns(cfg: DedupConfig) -> list[str]:
-    """Per-field normalised texts for the short-field substitution rule (empty when it is off)."""
-    return [f"norm_{c}" for c in FIELDS[cfg.fields]] if cfg.short_rule else []
+    """Per-field normalised texts: what the decision compares and the short-record keys cut."""
+    return [f"norm_{c}" for c in FIELDS[cfg.fields]]
 
 
 def source_rank(df: DataFrame, cfg: DedupConfig) -> Column:
@@ -201,8 +208,8 @@ def _shingle_udf(kind: str, k: int):
 
 
 def add_shingles(df: DataFrame, cfg: DedupConfig) -> DataFrame:
-    """Adds ``shingles``: sorted distinct hashes of the word or character n-grams of ``dedup_text``
-    (with ``per_field_threshold``, also ``shingles_<field>`` per counted field).
+    """Adds ``shingles``: sorted distinct hashes of the word or character n-grams of ``dedup_text``,
+    and ``norm_<field>``, each counted field normalised (what the decision compares).
 
     Built in a pandas UDF: the same n-grams as SQL ``transform(sequence(...), ...)`` took 30 s
     for 15k rows on Sail.
@@ -212,8 +219,8 @@ def add_shingles(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     # span the field separator keep short texts apart ("... of india ␞" vs "... of japan ␞");
     # the union made 1-word-different short questions reach 0.7 on dolly-15k.
     df = df.withColumn("shingles", shingle(F.col("dedup_text")))
-    for c, name in zip(FIELDS[cfg.fields], field_shingle_columns(cfg)):
-        df = df.withColumn(name, shingle(_normalize_column(F.col(c), cfg)))
+    if not set(FIELDS[cfg.fields]) <= set(df.columns):
+        return df  # a bare dedup_text frame: the LSH stages alone
     for c, name in zip(FIELDS[cfg.fields], field_text_columns(cfg)):
         df = df.withColumn(name, _normalize_column(F.col(c), cfg))
     return df
@@ -280,16 +287,14 @@ def shingle_survivors(exact: DataFrame, silver: DataFrame, cfg: DedupConfig, wor
         lambda d: add_shingles(d, cfg)
     )
     columns = ["record_id", "response_chars", "source_rank", "shingles"]
-    return work.materialize(
-        shingled.select(*columns, *field_shingle_columns(cfg), *field_text_columns(cfg)), "shingles"
-    )
+    return work.materialize(shingled.select(*columns, *field_text_columns(cfg)), "shingles")
 
 
 def lsh_candidate_pairs(
     shingled: DataFrame, cfg: DedupConfig, work: WorkDir, bands: int, rows: int
 ) -> tuple[DataFrame, dict]:
-    """Pairs sharing an LSH bucket of their MinHash signatures, or (short rule) a short-record
-    bucket; with the capped-bucket stats and the pair count."""
+    """Pairs sharing an LSH bucket of their MinHash signatures, or a short-record bucket; with the
+    capped-bucket stats and the pair count."""
     shared = work.materialize(
         shingled.transform(lambda d: add_signatures(d, cfg))
         .transform(lambda d: band_buckets(d, bands, rows))
@@ -298,9 +303,14 @@ def lsh_candidate_pairs(
     )
     stats = capped_bucket_stats(shared, cfg.max_bucket_size)
     pairs = candidate_pairs(shared, cfg.max_bucket_size)
-    if cfg.short_rule:
+    if cfg.short_field_words > 0:
         blocks = short_record_buckets(
-            shingled, field_text_columns(cfg), cfg.short_field_words, cfg.short_field_substitution_rate
+            shingled,
+            field_text_columns(cfg),
+            cfg.short_field_words,
+            cfg.min_edits,
+            cfg.max_edit_rate,
+            cfg.exact_below_tokens,
         )
         short = work.materialize(shared_buckets(blocks), "short_buckets")
         stats.update({f"short_{k}": v for k, v in capped_bucket_stats(short, cfg.max_bucket_size).items()})
@@ -311,15 +321,9 @@ def lsh_candidate_pairs(
 
 
 def verified_edges(pairs: DataFrame, shingled: DataFrame, cfg: DedupConfig, work: WorkDir) -> tuple[DataFrame, dict]:
-    """The candidate pairs that really are near duplicates (exact Jaccard, per-field rules)."""
+    """The candidate pairs that are near duplicates by the edit-distance decision."""
     verified = verify_pairs(
-        pairs,
-        shingled,
-        cfg.threshold,
-        field_shingle_columns(cfg),
-        field_text_columns(cfg),
-        cfg.short_field_words,
-        cfg.short_field_substitution_rate,
+        pairs, shingled, field_text_columns(cfg), cfg.min_edits, cfg.max_edit_rate, cfg.exact_below_tokens
     )
     edges = work.materialize(verified, "verified_pairs")
     return edges, {"verified_pairs": edges.count()}
@@ -390,11 +394,19 @@ def group_counts(exact: DataFrame, near: DataFrame) -> dict[str, int]:
 
 
 def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupResult:
-    """Exact dedup, then MinHash LSH on the survivors. Every input row ends up in exactly one of
+    """Exact dedup, then near duplicates among the survivors (LSH and short-record candidates,
+    decided by edit distance). Every input row ends up in exactly one of
     ``kept`` and ``duplicates``; reruns on the same input give the same result."""
     work = WorkDir(cfg.work_dir)
-    bands, rows = optimal_bands_rows(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
-    stats: dict = {"bands": bands, "rows": rows, "threshold": cfg.threshold, "fields": cfg.fields}
+    bands, rows = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
+    stats: dict = {
+        "bands": bands,
+        "rows": rows,
+        "threshold": cfg.threshold,
+        "fields": cfg.fields,
+        "max_edit_rate": cfg.max_edit_rate,
+        "min_edits": cfg.min_edits,
+    }
     exact = exact_duplicates(silver, cfg, work)
     shingled = shingle_survivors(exact, silver, cfg, work)
     pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work, bands, rows)

@@ -1,5 +1,5 @@
 """LSH blocking and verification on DataFrames: the bands of MinHash signatures, the records
-that share a bucket, and the exact check of each candidate pair (see ``prep/dedup.py``).
+that share a bucket, and the decision on each candidate pair (see ``prep/dedup.py``).
 
 Config-free: ``deduplicate`` passes the numbers in.
 """
@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from dolly_spark.prep.dedup_short import budget_udf
+from dolly_spark.prep.dedup_edit import decision_udf
 from dolly_spark.prep.minhash import band_hashes
 
 
@@ -77,41 +77,27 @@ def jaccard(a: Column, b: Column) -> Column:
 def verify_pairs(
     pairs: DataFrame,
     shingled: DataFrame,
-    threshold: float,
-    field_columns: list[str] | tuple[str, ...] = (),
-    text_columns: list[str] | tuple[str, ...] = (),
-    short_field_words: int = 32,
-    substitution_rate: float = 0.0,
+    text_columns: list[str] | tuple[str, ...],
+    min_edits: int = 1,
+    rate: float = 0.02,
+    exact_below: int = 8,
 ) -> DataFrame:
-    """Candidate pairs that are near duplicates: ``id_a, id_b, jaccard`` (whole-text Jaccard).
+    """Candidate pairs that are near duplicates: ``id_a, id_b, jaccard`` (whole-text Jaccard, for
+    the lineage table only).
 
-    Without ``field_columns``: whole-text Jaccard >= threshold. With them (per-field shingle
-    arrays), every field must be close too. With ``text_columns`` (per-field normalised texts)
-    a short field is also close when it is within its word-substitution budget, the record then
-    passes when the whole text reaches the threshold or every field is within its budget, and a
-    slot change (the same word replaced in two fields) never passes.
+    The decision is ``dedup_edit.near_duplicate`` on the per-field normalised texts
+    (``text_columns``): every field within its token edit budget, and not a slot change.
     """
-    cols = ["shingles", *field_columns, *text_columns]
+    cols = ["shingles", *text_columns]
     sa = shingled.select(F.col("record_id").alias("id_a"), *[F.col(c).alias("a_" + c) for c in cols])
     sb = shingled.select(F.col("record_id").alias("id_b"), *[F.col(c).alias("b_" + c) for c in cols])
+    texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
+    decide = decision_udf(min_edits, rate, exact_below, len(text_columns))
     whole = jaccard(F.col("a_shingles"), F.col("b_shingles"))
-    fields_close, all_within_budget = F.lit(True), F.lit(True)
-    if text_columns:
-        texts = [F.col("a_" + t) for t in text_columns] + [F.col("b_" + t) for t in text_columns]
-        budgets = budget_udf(short_field_words, substitution_rate, len(text_columns))(*texts)
-    for i, c in enumerate(field_columns):
-        close = jaccard(F.col("a_" + c), F.col("b_" + c)) >= F.lit(threshold)
-        if text_columns:
-            budget = F.element_at(budgets, i + 1)
-            close = close | budget
-            all_within_budget = all_within_budget & budget
-        fields_close = fields_close & close
-    record_close = (whole >= F.lit(threshold)) | (all_within_budget if text_columns else F.lit(False))
-    if text_columns:  # a slot change is a different question, however similar the texts
-        record_close = record_close & ~F.element_at(budgets, len(text_columns) + 1)
     return (
         pairs.join(sa, "id_a")
         .join(sb, "id_b")
-        .where(fields_close & record_close)
+        .withColumn("near", decide(*texts))
+        .where(F.col("near"))
         .select("id_a", "id_b", whole.alias("jaccard"))
     )

@@ -1,9 +1,11 @@
-"""The short-field rule of near-duplicate detection (see docs/dedup.md, "Short fields").
+"""Candidate blocking for short records (see docs/dedup.md, "Finding the candidates").
 
-Word-bigram Jaccard punishes one changed word hard in a short field (a 9-word instruction with
-one substitution scores 0.6), so short fields may instead pass by a word-substitution budget,
-and records whose fields are all short get their own blocking, since LSH on the whole text
-misses them. A slot change (the same word replaced in two fields) is never a duplicate.
+Word-bigram MinHash misses one-edit copies of short records (a 9-word instruction with one word
+substituted keeps a bigram Jaccard of 0.6), so records whose counted fields all have at most
+``max_words`` tokens also get exact keys that every pair within one edit per field shares: one
+key per combination of a key of each field (the first field's deletion neighbourhood, the other
+fields' halves, at most 4 each). The
+decision itself is ``dedup_edit.near_duplicate``; this only proposes pairs.
 """
 
 from __future__ import annotations
@@ -16,85 +18,87 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-
-def _substitutions(a: str, b: str) -> list[tuple[str, str]] | None:
-    """The (old, new) word pairs that differ position by position, or None when the texts do not
-    have the same word count."""
-    wa, wb = (a or "").split(" "), (b or "").split(" ")
-    if len(wa) != len(wb):
-        return None
-    return [(x, y) for x, y in zip(wa, wb) if x != y]
+from dolly_spark.prep.dedup_edit import edit_budget, tokens
 
 
-def within_substitution_budget(a_fields: list[str], b_fields: list[str], max_words: int, rate: float) -> list[bool]:
-    """Per field: the same word count n <= ``max_words`` and at most floor(rate * n) words
-    substituted (none for n * rate < 1); then one more flag, True when the pair is a *slot change*:
-    the same word replaced in two fields ("chocolate" -> "avocado" in the question and in its
-    answer), which makes it a different question whatever its similarity."""
-    subs = [_substitutions(a, b) for a, b in zip(a_fields, b_fields)]
-    ok = [
-        s is not None and len((a or "").split(" ")) <= max_words and len(s) <= int(len((a or "").split(" ")) * rate)
-        for s, a in zip(subs, a_fields)
-    ]
-    # A word replaced in two fields (its old or its new form: "chocolate -> avacado" in the
-    # question, "chocolate -> avocado" in the answer, typos included).
-    seen: dict[str, int] = {}
-    slot = False
-    for i, s in enumerate(subs):
-        for word in {w for pair in s or [] for w in (f"old:{pair[0]}", f"new:{pair[1]}")}:
-            slot = slot or seen.get(word, i) != i
-            seen.setdefault(word, i)
-    return ok + [slot]
+def field_keys(words: list[str], min_edits: int, rate: float, exact_below: int) -> list[str]:
+    """Keys of one field such that two fields within one edit share at least one.
+
+    For a pair with shorter length m, one edit leaves the first m // 2 tokens or the last
+    m - m // 2 tokens of the shorter side intact in the longer one (a substitution, insertion or
+    deletion sits in one half). A field of n tokens may be the shorter side (m = n) or the longer
+    (m = n - 1, when n tokens allow an edit), so it emits both halves for both m.
+    """
+    n = len(words)
+    budget = edit_budget
+    if budget(n, min_edits, rate, exact_below) == 0 and budget(n + 1, min_edits, rate, exact_below) == 0:
+        return ["=" + " ".join(words)]  # no partner may differ: the field itself
+    ms = [n] + ([n - 1] if budget(n, min_edits, rate, exact_below) >= 1 else [])
+    out = []
+    for m in ms:
+        h = m // 2
+        out.append(f"P{m}|" + " ".join(words[:h]))
+        out.append(f"S{m}|" + " ".join(words[n - (m - h) :]))
+    return out
 
 
-def budget_udf(max_words: int, rate: float, n_fields: int):
-    # A pandas UDF: Sail has no zip_with. It runs on candidate pairs only (few rows).
-    @pandas_udf("array<boolean>")
-    def budget(*texts: pd.Series) -> pd.Series:
-        cols = [t.tolist() for t in texts]
-        rows = zip(zip(*cols[:n_fields]), zip(*cols[n_fields:]))
-        return pd.Series([within_substitution_budget(list(a), list(b), max_words, rate) for a, b in rows])
-
-    return budget
+NEIGHBOURHOOD_WORDS = 32  # first fields up to this long use the deletion-neighbourhood keys
 
 
-def _short_key_udf(max_words: int, rate: float):
-    def variants(text: str) -> list[str] | None:
-        words = text.split(" ") if text else []
-        n = len(words)
-        if n > max_words:
-            return None
-        k = int(n * rate)  # substitutions allowed; with k of them, one of k+1 segments is intact
-        if k == 0:
-            return [f"{n}|{text}"]
-        cuts = [round(j * n / (k + 1)) for j in range(k + 2)]
-        return [f"{n}|{j}|{' '.join(words[cuts[j] : cuts[j + 1]])}" for j in range(k + 1)]
+def neighbourhood_keys(words: list[str], min_edits: int, rate: float, exact_below: int) -> list[str]:
+    """Keys of one field: the field itself and, when its length allows an edit, each copy with one
+    token deleted. Two fields within one edit share one exactly (a substitution at position i:
+    both without token i; an insertion: the longer without it is the shorter), so these keys are
+    far more selective than the halves, at n + 1 keys per field."""
+    n = len(words)
+    if edit_budget(n, min_edits, rate, exact_below) == 0 and edit_budget(n + 1, min_edits, rate, exact_below) == 0:
+        return ["=" + " ".join(words)]
+    out = ["D" + " ".join(words)]
+    if edit_budget(n, min_edits, rate, exact_below) >= 1:
+        out += ["D" + " ".join(words[:i] + words[i + 1 :]) for i in range(n)]
+    return out
 
+
+def first_field_keys(words: list[str], min_edits: int, rate: float, exact_below: int) -> list[str]:
+    """The first counted field (the instruction): neighbourhood keys when the shorter side of a pair
+    has at most NEIGHBOURHOOD_WORDS tokens, halves above; a field one token over emits both, since
+    it may be the longer side of either kind of pair."""
+    n = len(words)
+    out = neighbourhood_keys(words, min_edits, rate, exact_below) if n <= NEIGHBOURHOOD_WORDS + 1 else []
+    return out + (field_keys(words, min_edits, rate, exact_below) if n > NEIGHBOURHOOD_WORDS else [])
+
+
+def record_keys(fields: list[str], max_words: int, min_edits: int, rate: float, exact_below: int) -> list[int]:
+    """64-bit keys of a record whose fields are all short: one per combination of field keys; none
+    for a record with a longer field (MinHash LSH finds those)."""
+    words = [tokens(f) for f in fields]
+    if any(len(w) > max_words for w in words):
+        return []
+    per_field = [first_field_keys(words[0], min_edits, rate, exact_below)]
+    per_field += [field_keys(w, min_edits, rate, exact_below) for w in words[1:]]
+    # distinct: a repeated token gives the same deletion twice, and a record twice in one bucket
+    # would pair with itself
+    return sorted(
+        {
+            int.from_bytes(hashlib.blake2b("\u241e".join(c).encode(), digest_size=8).digest(), "big", signed=True)
+            for c in itertools.product(*per_field)
+        }
+    )
+
+
+def _short_key_udf(max_words: int, min_edits: int, rate: float, exact_below: int):
     @pandas_udf("array<long>")
     def keys(*texts: pd.Series) -> pd.Series:
-        out = []
-        for row in zip(*(t.tolist() for t in texts)):
-            per_field = [variants(t or "") for t in row]
-            if any(v is None for v in per_field):
-                out.append([])  # a long field: whole-text LSH finds these
-                continue
-            out.append(
-                [
-                    int.from_bytes(
-                        hashlib.blake2b("\u241e".join(combo).encode(), digest_size=8).digest(), "big", signed=True
-                    )
-                    for combo in itertools.product(*per_field)
-                ]
-            )
-        return pd.Series(out)
+        rows = zip(*(t.tolist() for t in texts))
+        return pd.Series([record_keys(list(r), max_words, min_edits, rate, exact_below) for r in rows])
 
     return keys
 
 
-def short_record_buckets(shingled: DataFrame, text_columns: list[str], max_words: int, rate: float) -> DataFrame:
-    """Blocking for records whose fields are all short, where LSH on bigrams misses one-word
-    substitutions: ``record_id, band, bucket`` with band -1. Each field is cut into k+1
-    segments (k = its substitution budget), so a pair within budget shares an intact segment in
-    every field, hence one key of the product (at most (k+1) per field; fields are short)."""
-    keys = _short_key_udf(max_words, rate)(*[F.col(c) for c in text_columns])
+def short_record_buckets(
+    shingled: DataFrame, text_columns: list[str], max_words: int, min_edits: int, rate: float, exact_below: int
+) -> DataFrame:
+    """``record_id, band, bucket`` (band -1) for records whose fields all have at most
+    ``max_words`` tokens: a pair within one edit per field shares a bucket."""
+    keys = _short_key_udf(max_words, min_edits, rate, exact_below)(*[F.col(c) for c in text_columns])
     return shingled.select("record_id", F.lit(-1).alias("band"), F.explode(keys).alias("bucket"))

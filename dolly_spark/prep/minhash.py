@@ -58,6 +58,22 @@ def optimal_bands_rows(
     return best
 
 
+def collision_probability(s: float, bands: int, rows: int) -> float:
+    """P(a pair of Jaccard ``s`` shares at least one of ``bands`` buckets of ``rows`` values)."""
+    return 1.0 - (1.0 - s**rows) ** bands
+
+
+@functools.lru_cache(maxsize=64)
+def bands_rows_for_recall(threshold: float, num_perm: int, recall: float) -> tuple[int, int]:
+    """(bands, rows): the most rows per band (fewest chance candidates) with bands = num_perm // rows
+    such that a pair at Jaccard ``threshold`` collides with probability at least ``recall``."""
+    for r in range(num_perm, 0, -1):
+        b = num_perm // r
+        if collision_probability(threshold, b, r) >= recall:
+            return b, r
+    raise ValueError(f"no bands x rows within {num_perm} permutations reach recall {recall} at {threshold}")
+
+
 _GRAM_COEF = np.random.default_rng(0x5EED).integers(1, 1 << 63, size=64, dtype=np.uint64) | np.uint64(1)
 
 
