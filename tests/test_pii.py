@@ -45,8 +45,8 @@ EXAMPLES = {
     "KEYWORD_SECRET": ("password = 'S3cr3tP@ssw0rd!'", "S3cr3tP@ssw0rd!"),
     "HIGH_ENTROPY": ("API_TOKEN=3f9aK2mQ8zR7xL1vB6nC4wE0tY5uI9oP", "3f9aK2mQ8zR7xL1vB6nC4wE0tY5uI9oP"),
     "JWT": (
-        f"auth {JWT}",
-        None,
+        f"auth {JWT} ok",
+        JWT,
     ),
 }
 ALL_KINDS = frozenset(detectors.PII_KINDS + detectors.SECRET_KINDS)

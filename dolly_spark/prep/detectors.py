@@ -51,6 +51,7 @@ MIN_DIGITS = {"PHONE": 7, "CREDIT_CARD": 12, "IBAN": 2, "IP_ADDRESS": 2, "US_SSN
 # real number written as four digits, a dash and four more is missed too.
 # What every IPv4 (a dotted quad) or IPv6 address ("x:y:", "::") holds; the IP regex is costly.
 _IP_HINT = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+_JWT_TAIL = re.compile(r"[A-Za-z0-9_\-+/=]*")
 _DIGIT_RUN = re.compile(r"[+(]?\d[\d \t().\-\u2013/]*\d\)?")
 # A number with one decimal point ("62.75", "(0.307"): a phone's dots come in twos or more.
 _DECIMAL = re.compile(r"[(\[]?\d*\.\d+[)\],;]?")
@@ -283,7 +284,9 @@ def secret_findings(text: str, kinds: frozenset[str], prefilter: bool = True) ->
         if kind in kinds:
             out += [Finding(kind, m.start(), m.end()) for rx in plugin.denylist for m in rx.finditer(text)]
     if "JWT" in kinds:
-        out += [Finding("JWT", s, e) for s, e in _spans_of(text, jwt.analyze_string(text))]
+        # detect-secrets' JWT pattern ends lazily, before the signature: hide the whole token.
+        spans = _spans_of(text, jwt.analyze_string(text))
+        out += [Finding("JWT", s, _JWT_TAIL.match(text, e).end()) for s, e in spans]
     if "KEYWORD_SECRET" in kinds and (not prefilter or _secret_keywords().search(text)):
         values = [v for line in text.splitlines() for v in keyword.analyze_string(line)]
         out += [Finding("KEYWORD_SECRET", s, e) for s, e in _spans_of(text, values)]
