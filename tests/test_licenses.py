@@ -13,6 +13,7 @@ from dolly_spark.prep.prepare import PrepareConfig
 from dolly_spark.prep.sources import SourceConfig
 from dolly_spark.tracking import lineage, models, registry, runs
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
+from tests.train_fixtures import tiny_train_config
 
 ALPACA = [
     {"instruction": "Name a primary colour.", "input": "", "output": "Red."},
@@ -245,7 +246,6 @@ def test_licences_flow_from_prepare_to_the_version_and_gate_registration(spark, 
 
     from dolly_spark.commands import register as register_cmd
     from dolly_spark.commands import train as train_cmd
-    from dolly_spark.launch.config import TrainJobConfig
     from dolly_spark.prep.prepare import run as prepare
 
     cfg = _two_sources(tmp_path)
@@ -261,19 +261,7 @@ def test_licences_flow_from_prepare_to_the_version_and_gate_registration(spark, 
     committed = manifest.latest(spark, names)
     assert committed.details == {"licenses": expected, "commercial_use": "false"}
 
-    train = TrainJobConfig(
-        output_root=cfg.output_root,
-        base_model="tiny",
-        max_steps=2,
-        gpu_family="cpu",
-        num_processes=1,
-        launcher="torchrun",
-        eval_steps=2,
-        save_steps=100,
-        max_seq_len=256,
-        max_eval_records=4,
-        tokenizer=str(TOKENIZER_DIR),
-    )
+    train = tiny_train_config(cfg.output_root, str(TOKENIZER_DIR))
     trained, run_id = train_cmd.run(train, spark)
     assert trained.gold_version == committed.versions["gold"]
     run = MlflowClient().get_run(run_id)

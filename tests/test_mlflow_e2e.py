@@ -23,25 +23,12 @@ def test_train_log_register_load_by_alias_generate(spark, tmp_path):
     from mlflow import MlflowClient
 
     from dolly_spark.launch import launcher as launch
-    from dolly_spark.launch.config import TrainJobConfig
-    from tests.train_fixtures import gold_rows, write_gold
+    from tests.train_fixtures import gold_rows, tiny_train_config, write_gold
 
     rows = gold_rows(DOLLY_JSONL, TOKENIZER_DIR, n=24, max_tokens=128, max_seq_len=256)
     write_gold(spark, tmp_path, rows[:12])
     gold_version = write_gold(spark, tmp_path, rows)  # version 1: lineage must not say 0
-    cfg = TrainJobConfig(
-        output_root=str(tmp_path),
-        base_model="tiny",
-        max_steps=2,
-        gpu_family="cpu",
-        num_processes=1,
-        launcher="torchrun",
-        eval_steps=2,
-        save_steps=100,
-        max_seq_len=256,
-        max_eval_records=4,
-        tokenizer=str(TOKENIZER_DIR),
-    )
+    cfg = tiny_train_config(str(tmp_path), str(TOKENIZER_DIR))
 
     # What the train job does: its run holds per-step metrics, lineage and the model.
     with runs.job_run("train", cfg, engine="sail") as run:

@@ -72,3 +72,22 @@ def write_gold(spark, root: Path, rows: list[dict]) -> int:
     cols = [c.split()[0] for c in GOLD_DDL.split(", ")]
     df = spark.createDataFrame([tuple(r[c] for c in cols) for r in rows], GOLD_DDL)
     return tables.write_table(spark, df, tables.TableNames(root=str(root)).gold)
+
+
+def tiny_train_config(output_root: str, tokenizer: str):
+    """Two CPU steps of the tiny model on one process: the train job of the end-to-end tests."""
+    from dolly_spark.launch.config import TrainJobConfig
+
+    return TrainJobConfig(
+        output_root=output_root,
+        base_model="tiny",
+        max_steps=2,
+        gpu_family="cpu",
+        num_processes=1,
+        launcher="torchrun",
+        eval_steps=2,
+        save_steps=100,
+        max_seq_len=256,
+        max_eval_records=4,
+        tokenizer=tokenizer,
+    )
