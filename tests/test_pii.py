@@ -307,3 +307,13 @@ def test_names_and_places_are_found_with_a_ner_model_only(spark, ruler_model):
     df = spark.createDataFrame([("r1", "s", text)], "record_id string, source string, response string")
     out = scan_fields(df, PiiConfig(ner=ruler_model), ("response",)).first()
     assert out["response"] == "<PERSON> moved to <LOCATION>; mail <EMAIL>"
+
+
+def test_quarantined_input_lines_get_the_same_detectors_ner_included(spark, ruler_model):
+    from dolly_spark.prep.pii import redact_raw_lines
+
+    df = spark.createDataFrame(
+        [("r1", "s", f"Jane Doe wrote {EMAIL}")], "record_id string, source string, raw_line string"
+    )
+    out = redact_raw_lines(df, PiiConfig(ner=ruler_model, actions=("EMAIL=quarantine",))).first()
+    assert out["raw_line"] == "<PERSON> wrote <EMAIL>" and out["pii_reason"] is None

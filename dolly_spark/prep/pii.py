@@ -10,6 +10,7 @@ cleaned silver text before redaction; the findings never hold the matched value.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -131,9 +132,8 @@ def redact_raw_lines(rejects: DataFrame, cfg: PiiConfig) -> DataFrame:
     (the row is in quarantine already, so a quarantine policy redacts here too)."""
     if not cfg.scan:
         return scan_fields(rejects, cfg, ())
-    forced = PiiConfig(
-        actions=tuple(f"{k}={'keep' if a == 'keep' else 'redact'}" for k, a in cfg.action_by_kind().items())
-    )
+    actions = tuple(f"{k}={'keep' if a == 'keep' else 'redact'}" for k, a in cfg.action_by_kind().items())
+    forced = dataclasses.replace(cfg, actions=actions)  # the same detectors (NER too), redacting
     return scan_fields(rejects, forced, ("raw_line",)).withColumn("pii_reason", F.lit(None).cast("string"))
 
 
