@@ -1,10 +1,13 @@
 """The PII and secrets scan: each detector kind, each policy, and planted values end to end."""
 
-import builtins
+import importlib.util
 import json
+import subprocess
+import sys
 
 import deltalake
 import pytest
+import regex
 from pyspark.testing import assertDataFrameEqual
 
 from dolly_spark.prep import detectors
@@ -82,6 +85,46 @@ def test_the_prefilter_changes_no_finding():
         with_prefilter = detectors.pii_findings(text, ALL_KINDS) + detectors.secret_findings(text, ALL_KINDS)
         without = detectors.pii_findings(text, ALL_KINDS, False) + detectors.secret_findings(text, ALL_KINDS, False)
         assert sorted(with_prefilter, key=str) == sorted(without, key=str), text
+
+
+# Per gate part, a text with a finding that no other part of the gate matches.
+GATE_ONLY = {
+    "at": EXAMPLES["EMAIL"][0],
+    "digit_run": EXAMPLES["PHONE"][0],
+    "ip": "the address 2001:0db8:0000:0000:0000:0000:0000:0001 is local",
+    "token_run": EXAMPLES["AWS_KEY"][0],
+    "markers": f"key:\n{PEM_BEGIN}\nshort\n{PEM_END}",
+    "keyword": "password = 'hunter2pass'",
+}
+
+
+def _gate_without(part: str) -> str:
+    parts = dict(detectors.GATE_PARTS)
+    if part == "keyword":
+        parts["keyword"] = "(?!)"  # matches nothing: the gate without its keyword part
+    else:
+        del parts[part]
+    return detectors.scan_gate(parts)
+
+
+@pytest.mark.parametrize("part", sorted(GATE_ONLY))
+def test_each_scan_gate_part_lets_through_a_finding_the_others_miss(part):
+    text = GATE_ONLY[part]
+    assert detectors.find(text, ALL_KINDS)
+    assert regex.search(detectors.scan_gate(), text)
+    assert not regex.search(_gate_without(part), text), "another part matches: the example shows nothing"
+
+
+def test_the_scan_gate_runs_on_the_engine_and_passes_every_finding(spark):
+    texts = [t for t, _ in EXAMPLES.values()] + list(GATE_ONLY.values())
+    prose = ["It is a small, quiet town of 4,000.", "Call me on Friday, in 2 weeks."]
+    assert all(detectors.find(t, ALL_KINDS) for t in texts)
+    df = spark.createDataFrame([(t,) for t in texts + prose], "text string")
+    passed = {r["text"] for r in df.where(df.text.rlike(detectors.scan_gate())).collect()}
+    assert passed == set(texts)
+    # The gate with a part missing lets a finding through unscanned: the engine sees it too.
+    broken = df.where(df.text.rlike(_gate_without("at"))).collect()
+    assert GATE_ONLY["at"] not in {r["text"] for r in broken}
 
 
 def test_an_unfinished_private_key_block_is_hidden_to_the_end():
@@ -228,14 +271,10 @@ def test_the_leak_check_fails_when_the_scan_is_off(spark, tmp_path):
 
 
 def test_missing_detector_library_fails_in_one_line_before_any_write(spark, tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_presidio(name, *a, **kw):
-        if name == "presidio_analyzer":
-            raise ImportError(name)
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_presidio)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "presidio_analyzer" else real_find_spec(name, *a)
+    )
     root = tmp_path / "out"
     with pytest.raises(detectors.DetectorsUnavailableError, match=r"needs presidio-analyzer: pip install") as e:
         run(PrepareConfig(input=str(_planted_input(tmp_path)), output_root=str(root)), spark)
@@ -317,3 +356,17 @@ def test_quarantined_input_lines_get_the_same_detectors_ner_included(spark, rule
     )
     out = redact_raw_lines(df, PiiConfig(ner=ruler_model, actions=("EMAIL=quarantine",))).first()
     assert out["raw_line"] == "<PERSON> wrote <EMAIL>" and out["pii_reason"] is None
+
+
+def test_the_pattern_scan_does_not_import_torch_and_leaves_it_importable():
+    # Presidio would import transformers and torch (seconds per worker) for an engine we never use.
+    code = (
+        "import sys\n"
+        "from dolly_spark.prep import detectors\n"
+        f"assert detectors.find({EXAMPLES['EMAIL'][0]!r}, frozenset(detectors.PII_KINDS))\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "import torch, transformers\n"
+        "print('importable')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "importable"]

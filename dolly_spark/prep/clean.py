@@ -8,14 +8,15 @@ reason go to quarantine with ``reason`` = the first.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
 
 from dolly_spark.ops.schemas import SILVER_COLUMNS
 from dolly_spark.text.prompts import TEMPLATE_KEYS
@@ -55,8 +56,10 @@ class CleanConfig:
 
 # Wikipedia citation markers: [1], [12], [a], [citation needed], [note 3], [clarification needed].
 _CITATION = re.compile(r"\[(?:\d{1,3}|[a-z]|citation needed|clarification needed|note \d+|verification needed)\]")
-_SPACES = re.compile(r"[^\S\n]+")  # whitespace runs other than newlines
+# Whitespace other than newlines, where it is not already one space: a run, or a tab, NBSP...
+_SPACES_TO_ONE = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
 _SPACE_BEFORE_PUNCT = re.compile(r" +([.,;:!?])")
+_SPACED_PUNCT = tuple(" " + p for p in ".,;:!?")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 # C0 controls other than \t \n \r (whitespace we normalise), DEL, and the C1 block U+0080-U+009F
 # (NEL too: JSON text never needs it, and it survives as a line break in some renderers).
@@ -110,13 +113,21 @@ def flag_control_characters(df: DataFrame) -> DataFrame:
 def normalize_text_value(s: str | None, strip_citations: bool = True) -> str | None:
     if s is None:
         return None
-    s = unicodedata.normalize("NFC", s).replace("\r\n", "\n").replace("\r", "\n")
+    # Each substitution only where its text occurs: this runs on every field of every record.
+    if not unicodedata.is_normalized("NFC", s):
+        s = unicodedata.normalize("NFC", s)
+    if "\r" in s:
+        s = s.replace("\r\n", "\n").replace("\r", "\n")
     if strip_citations:
-        s = _CITATION.sub("", s)
-        s = _SPACE_BEFORE_PUNCT.sub(r"\1", s)
-    s = _SPACES.sub(" ", s)
+        if "[" in s:
+            s = _CITATION.sub("", s)
+        if any(p in s for p in _SPACED_PUNCT):
+            s = _SPACE_BEFORE_PUNCT.sub(r"\1", s)
+    s = _SPACES_TO_ONE.sub(" ", s)
     s = "\n".join(line.strip() for line in s.split("\n"))
-    s = _MANY_NEWLINES.sub("\n\n", s).strip()
+    if "\n\n\n" in s:
+        s = _MANY_NEWLINES.sub("\n\n", s)
+    s = s.strip()
     # Only zero-width / format characters (U+200B-U+200F, U+2060, U+FEFF, any Cf) left: nothing a
     # reader sees, so the field is empty. Inside visible text (emoji ZWJ, soft hyphens) they stay.
     return "" if all(_invisible(ch) for ch in s) else s
@@ -126,19 +137,29 @@ def _invisible(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch) == "Cf"
 
 
-def _normalize_udf(strip_citations: bool):
-    @pandas_udf("string")
-    def normalize(col: pd.Series) -> pd.Series:
-        return col.map(lambda s: normalize_text_value(s, strip_citations), na_action="ignore")
+def map_string_columns(df: DataFrame, fns: dict[str, Callable[[str], str | None]]) -> DataFrame:
+    """Each column in ``fns`` replaced by its function of each non-null value, in one Arrow pass.
 
-    return normalize
+    A plan node, not a UDF column: the engine may evaluate a UDF column once per expression that
+    reads it (Sail ran the normalize UDF four times per text, once per rule reading the field).
+    """
+    schema = df.schema
+
+    def run(batches):
+        for batch in batches:
+            for name, fn in fns.items():
+                i = batch.schema.get_field_index(name)
+                values = [None if v is None else fn(v) for v in batch.column(i).to_pylist()]
+                batch = batch.set_column(i, batch.schema.field(i), pa.array(values, batch.schema.field(i).type))
+            yield batch
+
+    return df.mapInArrow(run, schema)
 
 
 def normalize_text(df: DataFrame, strip_citations: bool = True) -> DataFrame:
     """NFC, CRLF -> LF, whitespace runs -> one space, at most one blank line, citation markers removed."""
-    fn = _normalize_udf(strip_citations)
-    for c in TEXT_FIELDS:
-        df = df.withColumn(c, fn(F.col(c)))
+    fn = functools.partial(normalize_text_value, strip_citations=strip_citations)
+    df = map_string_columns(df, {c: fn for c in TEXT_FIELDS})
     return df.withColumn("context", F.coalesce(F.col("context"), F.lit("")))
 
 
@@ -154,12 +175,7 @@ def normalize_category_value(s: str | None) -> str | None:
 
 def normalize_category(df: DataFrame) -> DataFrame:
     """' Open_QA\\t' or '\\u00a0open_qa' -> 'open_qa': case and surrounding whitespace are not meaningful."""
-
-    @pandas_udf("string")
-    def norm(col: pd.Series) -> pd.Series:
-        return col.map(normalize_category_value, na_action="ignore")
-
-    return df.withColumn("category", norm(F.col("category")))
+    return map_string_columns(df, {"category": normalize_category_value})
 
 
 def flag_empty_fields(df: DataFrame) -> DataFrame:

@@ -9,7 +9,10 @@ With a spaCy model installed, Presidio's NER recognizer adds PERSON and LOCATION
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +60,38 @@ _DIGIT_RUN = re.compile(r"[+(]?\d[\d \t().\-\u2013/]*\d\)?")
 _DECIMAL = re.compile(r"[(\[]?\d*\.\d+[)\],;]?")
 _YEAR_RANGE = re.compile(r"\(?\s*\d{4}(?:/\d)?\s*(?:[-\u2013/]\s*\d{2,4})?\s*\)?")
 
+# A text no detector can match, decided by the engine's regex (Java on Spark, Rust on Sail):
+# such a text never reaches the Python detectors. Each part is what some finding must contain:
+#   @              EMAIL; URL_CREDENTIALS (``://user:pass@``)
+#   digit run      PHONE, CREDIT_CARD, US_SSN: 7+ digits joined by the separators their
+#                  patterns allow (the phone prefilter's runs, ``_DIGIT_RUN``)
+#   IP hint        IP_ADDRESS (``_IP_HINT``)
+#   2 letters + 2 digits   IBAN (its country code and check digits)
+#   16+ token characters   AWS_KEY, GITHUB_TOKEN, STRIPE_KEY, HIGH_ENTROPY (detect-secrets'
+#                  base64 charset, backslash included; entropy values are 16+ characters)
+#   -----BEGIN, eyJ, xox, hooks.slack.com   PRIVATE_KEY, JWT, SLACK_TOKEN
+#   keyword        KEYWORD_SECRET (detect-secrets' denylist, the keyword prefilter)
+# Only without NER: names and places have no such marks. ``\p{Nd}`` is what Python's ``\d`` is.
+# tests/test_pii.py shows each part catching an example the others miss.
+GATE_PARTS = {
+    "at": "@",
+    "digit_run": "\\p{Nd}(?:[ \t().\\-\u2013/]*\\p{Nd}){6}",
+    "ip": "\\p{Nd}{1,3}\\.\\p{Nd}{1,3}\\.\\p{Nd}{1,3}\\.\\p{Nd}{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:",
+    "iban": "(?i:[a-z]{2}[0-9]{2})",
+    "token_run": "[-A-Za-z0-9+/=_\\\\]{16,}",
+    "markers": "-----BEGIN|eyJ|(?i:xox|hooks\\.slack\\.com)",
+}
+
+
+def scan_gate(parts: dict[str, str] | None = None) -> str:
+    """One regex matching every text :func:`find` can report anything in (NER aside)."""
+    from detect_secrets.plugins.keyword import DENYLIST
+
+    parts = dict(GATE_PARTS if parts is None else parts)
+    parts.setdefault("keyword", f"(?iu:{'|'.join(DENYLIST)})")
+    return "|".join(f"(?:{p})" for p in parts.values())
+
+
 INSTALL_HINT = (
     "pip install 'dolly-spark[governance]' (presidio-analyzer, detect-secrets), or turn the scan off with --no-pii-scan"
 )
@@ -75,12 +110,10 @@ class Finding:
 
 def check_available() -> None:
     """One line naming the install when a detector library is missing (raised before any write)."""
-    missing = []
-    for module in ("presidio_analyzer", "detect_secrets"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module.replace("_", "-"))
+    # Found, not imported: presidio imports transformers (seconds), which the executors do anyway.
+    missing = [
+        m.replace("_", "-") for m in ("presidio_analyzer", "detect_secrets") if importlib.util.find_spec(m) is None
+    ]
     if missing:
         raise DetectorsUnavailableError(f"the PII/secrets scan needs {', '.join(missing)}: {INSTALL_HINT}")
 
@@ -137,9 +170,28 @@ def _offline_email_recognizer():
     return OfflineEmailRecognizer()
 
 
+# Presidio's package imports its transformers NLP engine, which imports transformers and torch
+# when installed (about 7 of its 9 s here) and falls back when they are not. The pattern
+# recognizers need neither, so they are imported as if both were absent; later imports see both.
+_NOT_NEEDED_BY_PATTERNS = ("transformers", "torch")
+
+
+@contextlib.contextmanager
+def _modules_absent(names: tuple[str, ...]):
+    blocked = [n for n in names if n not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked))  # None: ``import n`` raises ImportError
+    try:
+        yield
+    finally:
+        for n in blocked:
+            if sys.modules.get(n, 0) is None:
+                del sys.modules[n]
+
+
 @lru_cache(maxsize=1)
 def _pii_recognizers():
-    from presidio_analyzer import predefined_recognizers as pr
+    with _modules_absent(_NOT_NEEDED_BY_PATTERNS):
+        from presidio_analyzer import predefined_recognizers as pr
 
     return {
         "EMAIL": _offline_email_recognizer(),
@@ -218,13 +270,15 @@ def _matches(kind: str, rec, text: str, prefilter: bool) -> list[tuple[int, int]
     if kind != "PHONE" or not prefilter:
         return [(r.start, r.end) for r in rec.analyze(text, rec.supported_entities, None)]
     # phonenumbers scans the whole text and is most of the scan's cost: give it only the runs.
-    return sorted(
-        {
-            (a + r.start, a + r.end)
-            for a, b in _phone_windows(text)
-            for r in rec.analyze(text[a:b], ["PHONE_NUMBER"], None)
-        }
-    )
+    return sorted({(a + s, a + e) for a, b in _phone_windows(text) for s, e in _phone_spans(text[a:b])})
+
+
+@lru_cache(maxsize=1 << 16)
+def _phone_spans(window: str) -> tuple[tuple[int, int], ...]:
+    """phonenumbers' matches in one digit run: a function of the run alone, and runs recur
+    (years, figures, the same number in many records), so each distinct run is parsed once."""
+    rec = _pii_recognizers()["PHONE"]
+    return tuple((r.start, r.end) for r in rec.analyze(window, ["PHONE_NUMBER"], None))
 
 
 def pii_findings(text: str, kinds: frozenset[str], prefilter: bool = True) -> list[Finding]:
