@@ -165,6 +165,17 @@ def test_minhash_estimates_jaccard():
     assert np.array_equal(np.vstack([minhash_signatures([s], a, b) for s in (x, y)]), sig[:2])
 
 
+def test_minhash_signatures_match_brute_force_across_chunks():
+    """Rows spanning several chunks, and one row longer than a chunk, against the formula itself."""
+    a, b = permutations(8, 5)
+    rng = np.random.default_rng(0)
+    sets = [rng.integers(-(1 << 62), 1 << 62, size=n) for n in (300, 0, 5000, 1, 700, 900, 250)]
+    x = [(s.view(np.uint64) & np.uint64(0xFFFFFFFF))[:, None] for s in sets]
+    with np.errstate(over="ignore"):
+        want = [((v * a + b) >> np.uint64(32)).min(axis=0) if len(v) else np.full(8, 0xFFFFFFFF) for v in x]
+    assert np.array_equal(minhash_signatures(sets, a, b), np.vstack(want).astype(np.uint32))
+
+
 def test_add_signatures_in_spark_matches_numpy(spark):
     cfg = DedupConfig(num_perm=16, seed=3)
     df = spark.createDataFrame([("a", [1, 2, 3]), ("b", [5, -7])], "record_id string, shingles array<long>")
