@@ -95,7 +95,7 @@ def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
 
     Each unit (word or character) is hashed once for the whole batch (pandas' keyed SipHash:
     stable across runs and machines); an n-gram's hash is a position-weighted sum of its
-    units' hashes, mixed. All of it is vectorised numpy: no per-n-gram Python strings.
+    units' hashes, mixed. Vectorised numpy (and one in-place sort per row): no per-n-gram Python strings.
     """
     if k > len(_GRAM_COEF):
         raise ValueError(f"ngram must be at most {len(_GRAM_COEF)}")
@@ -116,11 +116,13 @@ def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
             m = gram_len > j
             acc[m] += unit_hash[gram_start[m] + j] * _GRAM_COEF[j]
     hashes = mix64(acc).view(np.int64)
-    order = np.lexsort((hashes, gram_row))
-    hashes, row = hashes[order], gram_row[order]
+    # Rows are contiguous: sorting each row's slice in place is ~10x faster than one lexsort.
+    ends = np.cumsum(grams_per_row)
+    for lo, hi in zip((ends - grams_per_row).tolist(), ends.tolist()):
+        hashes[lo:hi].sort()
     first = np.ones(len(hashes), dtype=bool)
-    first[1:] = (hashes[1:] != hashes[:-1]) | (row[1:] != row[:-1])
-    hashes, row = hashes[first], row[first]
+    first[1:] = (hashes[1:] != hashes[:-1]) | (gram_row[1:] != gram_row[:-1])
+    hashes, row = hashes[first], gram_row[first]
     return np.split(hashes, np.cumsum(np.bincount(row, minlength=n))[:-1])
 
 
