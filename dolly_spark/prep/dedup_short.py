@@ -106,9 +106,11 @@ def records_keys(
             acc += hashes[offsets[row, j] + local % counts[row, j]] * _FIELD_COEF[j]
             local //= counts[row, j]
     keys = mix64(acc).view(np.int64)
-    # distinct: a record twice in one bucket would pair with itself
-    order = np.lexsort((keys, row))
-    keys, row = keys[order], row[order]
+    # distinct: a record twice in one bucket would pair with itself (rows are contiguous: a sort
+    # per row, ~10x faster than one lexsort)
+    ends = np.cumsum(combos)
+    for lo, hi in zip((ends - combos).tolist(), ends.tolist()):
+        keys[lo:hi].sort()
     first = np.ones(len(keys), dtype=bool)
     first[1:] = (keys[1:] != keys[:-1]) | (row[1:] != row[:-1])
     keys, row = keys[first], row[first]
