@@ -305,8 +305,11 @@ def lsh_candidate_pairs(shingled: DataFrame, cfg: DedupConfig, work: WorkDir) ->
     stats = capped_bucket_stats(shared, cfg.max_bucket_size)
     pairs = candidate_pairs(shared, cfg.max_bucket_size)
     if cfg.short_field_words > 0:
-        blocks = shingled.select("record_id", F.lit(-1).alias("band"), F.explode("short_keys").alias("bucket"))
-        short = work.materialize(shared_buckets(blocks), "short_buckets")
+        # Grouped by the key alone, band -1 added after: grouping on the literal band too took
+        # 13 s instead of 0.8 s for 4.6M keys (150k records) on Sail.
+        keys = shingled.select("record_id", F.explode("short_keys").alias("bucket"))
+        blocks = shared_buckets(keys, ("bucket",)).select(F.lit(-1).alias("band"), "bucket", "bucket_size", "members")
+        short = work.materialize(blocks, "short_buckets")
         stats.update({f"short_{k}": v for k, v in capped_bucket_stats(short, cfg.max_bucket_size).items()})
         pairs = pairs.unionByName(candidate_pairs(short, cfg.max_bucket_size)).distinct()
     pairs = work.materialize(pairs, "candidate_pairs")

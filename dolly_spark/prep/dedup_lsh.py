@@ -39,10 +39,11 @@ def band_buckets(df: DataFrame, bands: int, rows: int) -> DataFrame:
     return df.select("record_id", F.posexplode(_band_udf(bands, rows)(F.col("signature"))).alias("band", "bucket"))
 
 
-def shared_buckets(buckets: DataFrame) -> DataFrame:
-    """Buckets with two or more members: ``band, bucket, bucket_size, members`` (sorted ids)."""
+def shared_buckets(buckets: DataFrame, keys: tuple[str, ...] = ("band", "bucket")) -> DataFrame:
+    """Buckets with two or more members: ``<keys>, bucket_size, members`` (sorted ids).
+    ``keys=("bucket",)`` for a single band with no ``band`` column."""
     return (
-        buckets.groupBy("band", "bucket")
+        buckets.groupBy(*keys)
         .agg(F.count(F.lit(1)).alias("bucket_size"), F.array_sort(F.collect_list("record_id")).alias("members"))
         .where(F.col("bucket_size") > 1)
     )
