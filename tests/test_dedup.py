@@ -37,6 +37,8 @@ from dolly_spark.prep.dedup import (
     with_lineage,
 )
 from dolly_spark.prep.dedup_clusters import clusters, clusters_label_propagation, clusters_union_find
+from dolly_spark.prep.dedup_lsh import add_sketches
+from dolly_spark.prep.dedup_short import short_record_buckets
 from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
 from tests.shared_data import DOLLY_JSONL
 
@@ -165,6 +167,17 @@ def test_minhash_estimates_jaccard():
     assert np.array_equal(np.vstack([minhash_signatures([s], a, b) for s in (x, y)]), sig[:2])
 
 
+def test_minhash_signatures_match_brute_force_across_chunks():
+    """Rows spanning several chunks, and one row longer than a chunk, against the formula itself."""
+    a, b = permutations(8, 5)
+    rng = np.random.default_rng(0)
+    sets = [rng.integers(-(1 << 62), 1 << 62, size=n) for n in (300, 0, 5000, 1, 700, 900, 250)]
+    x = [(s.view(np.uint64) & np.uint64(0xFFFFFFFF))[:, None] for s in sets]
+    with np.errstate(over="ignore"):
+        want = [((v * a + b) >> np.uint64(32)).min(axis=0) if len(v) else np.full(8, 0xFFFFFFFF) for v in x]
+    assert np.array_equal(minhash_signatures(sets, a, b), np.vstack(want).astype(np.uint32))
+
+
 def test_add_signatures_in_spark_matches_numpy(spark):
     cfg = DedupConfig(num_perm=16, seed=3)
     df = spark.createDataFrame([("a", [1, 2, 3]), ("b", [5, -7])], "record_id string, shingles array<long>")
@@ -172,6 +185,33 @@ def test_add_signatures_in_spark_matches_numpy(spark):
     a, b = permutations(16, 3)
     want = minhash_signatures([np.array([1, 2, 3]), np.array([5, -7])], a, b).view(np.int32)
     assert got == {"a": want[0].tolist(), "b": want[1].tolist()}
+
+
+def test_sketch_pass_matches_the_separate_building_blocks(spark):
+    """``add_sketches`` (one mapInArrow) gives what ``add_shingles`` -> ``add_signatures`` ->
+    ``band_buckets`` and ``short_record_buckets`` give, row for row."""
+    cfg = DedupConfig(num_perm=32, short_field_words=20, exact_below_tokens=3)
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "w " * 30, "", "hello world again"]
+    rows = [(f"r{i}", t, t, f"answer {i} is here") for i, t in enumerate(texts)]
+    df = spark.createDataFrame(rows, "record_id string, dedup_text string, norm_a string, norm_b string")
+    b, r = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
+    got = {x["record_id"]: x for x in add_sketches(df, "dedup_text", ["norm_a", "norm_b"], cfg, b, r).collect()}
+    shingled = df.transform(lambda d: add_shingles(d, cfg))
+    want_sh = {x["record_id"]: x["shingles"] for x in shingled.collect()}
+    bands = shingled.transform(lambda d: add_signatures(d, cfg)).transform(lambda d: band_buckets(d, b, r))
+    want_bands: dict = {}
+    for x in sorted(bands.collect(), key=lambda x: x["band"]):
+        want_bands.setdefault(x["record_id"], []).append(x["bucket"])
+    keys = short_record_buckets(df, ["norm_a", "norm_b"], 20, cfg.min_edits, cfg.max_edit_rate, 3).collect()
+    want_keys: dict = {}
+    for x in keys:
+        want_keys.setdefault(x["record_id"], []).append(x["bucket"])
+    assert {k: v["shingles"] for k, v in got.items()} == want_sh
+    assert {k: v["bands"] for k, v in got.items()} == want_bands
+    assert {k: sorted(v["short_keys"]) for k, v in got.items() if v["short_keys"]} == {
+        k: sorted(v) for k, v in want_keys.items()
+    }
+    assert got["r2"]["short_keys"] == [] and len(want_keys) == 4  # the 30-word record has none
 
 
 # --- LSH: buckets, candidates, verification ---------------------------------------------------
@@ -391,8 +431,7 @@ def test_the_stages_of_deduplicate_one_by_one(spark, tmp_path):
     }
     shingled = shingle_survivors(exact, df, cfg, work)
     assert sorted(r["record_id"] for r in shingled.collect()) == ["r1", "r3", "r4", "r5"]
-    bands, rows = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
-    pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work, bands, rows)
+    pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work)
     assert ("r1", "r3") in {(r["id_a"], r["id_b"]) for r in pairs.collect()}
     assert pair_stats["candidate_pairs"] == pairs.count() and pair_stats["capped_buckets"] == 0
     edges, edge_stats = verified_edges(pairs, shingled, cfg, work)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from dolly_spark.prep.dedup import DedupConfig
 from dolly_spark.prep.dedup_edit import edit_budget, is_slot_change, levenshtein_within, near_duplicate
-from dolly_spark.prep.dedup_short import field_keys, record_keys
+from dolly_spark.prep.dedup_short import _field_key_sets, field_keys, record_keys, records_keys
 
 TOKENS = st.lists(st.sampled_from("a b c d".split()), max_size=12)
 
@@ -132,6 +132,29 @@ def test_short_record_keys_skip_long_records_and_bound_their_count():
     keys = record_keys(["the the cat sat on the mat today", ""], 99, 1, 0.02, 8)
     assert len(keys) == len(set(keys))  # a repeated token: one key, or the record pairs with itself
     assert field_keys([], 1, 0.02, 3) == ["="] and field_keys(["paris"], 1, 0.02, 3) == ["=paris"]
+
+
+def test_records_keys_are_one_hash_per_combination_of_field_keys():
+    """Batch keys equal one-record keys, and two records share a key exactly when they share a
+    combination of field keys (no combination lost or merged by the hashing)."""
+    import itertools
+
+    records = [
+        ["the cat sat on the mat", "a b c d e f g h i", "p q r s"],
+        ["w " * 120, "x", "y"],  # a long field: no keys
+        ["the cat sat on a mat", "a b c d e f g h", "p q r s"],
+        ["", "", ""],
+        ["the dog sat on the mat", "a b c d e f g h i", "p q r t"],
+    ]
+    batch = records_keys(records, 99, 1, 0.02, 3)
+    assert [k.tolist() for k in batch] == [record_keys(r, 99, 1, 0.02, 3) for r in records]
+    combos = []
+    for r in records:
+        sets = _field_key_sets(r, 99, 1, 0.02, 3)
+        combos.append(set(itertools.product(*sets)) if sets else set())
+    assert [len(k) for k in batch] == [len(c) for c in combos]
+    for i, j in itertools.combinations(range(len(records)), 2):
+        assert len(set(batch[i]) & set(batch[j])) == len(combos[i] & combos[j])
 
 
 @pytest.mark.parametrize(

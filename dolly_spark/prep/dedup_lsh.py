@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import ArrayType, LongType, StructField, StructType
 
 from dolly_spark.prep.dedup_edit import decision_udf
-from dolly_spark.prep.minhash import band_hashes
+from dolly_spark.prep.dedup_short import records_keys
+from dolly_spark.prep.minhash import band_hashes, minhash_signatures, permutations, shingle_hashes
 
 
 def _band_udf(bands: int, rows: int):
@@ -36,10 +39,11 @@ def band_buckets(df: DataFrame, bands: int, rows: int) -> DataFrame:
     return df.select("record_id", F.posexplode(_band_udf(bands, rows)(F.col("signature"))).alias("band", "bucket"))
 
 
-def shared_buckets(buckets: DataFrame) -> DataFrame:
-    """Buckets with two or more members: ``band, bucket, bucket_size, members`` (sorted ids)."""
+def shared_buckets(buckets: DataFrame, keys: tuple[str, ...] = ("band", "bucket")) -> DataFrame:
+    """Buckets with two or more members: ``<keys>, bucket_size, members`` (sorted ids).
+    ``keys=("bucket",)`` for a single band with no ``band`` column."""
     return (
-        buckets.groupBy("band", "bucket")
+        buckets.groupBy(*keys)
         .agg(F.count(F.lit(1)).alias("bucket_size"), F.array_sort(F.collect_list("record_id")).alias("members"))
         .where(F.col("bucket_size") > 1)
     )
@@ -101,3 +105,62 @@ def verify_pairs(
         .where(F.col("near"))
         .select("id_a", "id_b", whole.alias("jaccard"))
     )
+
+
+# --- one pass over the exact-group survivors: shingles, band hashes, short-record keys ---------
+# The same functions as add_shingles -> add_signatures -> band_buckets and short_record_buckets,
+# in one mapInArrow (a plan node, evaluated once per row): three pandas UDFs meant three
+# conversions to pandas and back, serialised by the GIL on the embedded engine. Lists go to Arrow
+# as flat values plus offsets, with no Python object per row.
+
+SKETCH_COLUMNS = ("shingles", "bands", "short_keys")
+
+
+def _list_array(parts: list[np.ndarray]) -> pa.ListArray:
+    """A list<int64> array of ``parts``, built from one flat buffer and its offsets."""
+    lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    flat = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, dtype=np.int64)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _sketch_batch(batch: pa.RecordBatch, text_column: str, field_columns: list[str], p: dict) -> pa.RecordBatch:
+    texts = batch.column(text_column).to_pylist()
+    shingles = shingle_hashes(texts, p["kind"], p["ngram"])
+    signatures = minhash_signatures(shingles, p["a"], p["b"])
+    bands = band_hashes(signatures, p["bands"], p["rows"])
+    if p["short_words"] > 0 and field_columns:
+        fields = [list(r) for r in zip(*(batch.column(c).to_pylist() for c in field_columns))]
+        keys = records_keys(fields, p["short_words"], p["min_edits"], p["rate"], p["exact_below"])
+    else:
+        keys = [np.zeros(0, dtype=np.int64)] * batch.num_rows
+    added = [_list_array(shingles), _list_array(list(bands)), _list_array(keys)]
+    return pa.RecordBatch.from_arrays(batch.columns + added, names=batch.schema.names + list(SKETCH_COLUMNS))
+
+
+def add_sketches(df: DataFrame, text_column: str, field_columns: list[str], cfg, bands: int, rows: int) -> DataFrame:
+    """Adds ``shingles`` (as ``add_shingles``), ``bands`` (one bucket hash per band, as
+    ``band_buckets``) and ``short_keys`` (as ``short_record_buckets``; empty when
+    ``cfg.short_field_words`` is 0 or the record has a longer field). ``cfg``: a DedupConfig."""
+    a, b = permutations(cfg.num_perm, cfg.seed)
+    params = {
+        "kind": cfg.shingle,
+        "ngram": cfg.ngram,
+        "a": a,
+        "b": b,
+        "bands": bands,
+        "rows": rows,
+        "short_words": cfg.short_field_words,
+        "min_edits": cfg.min_edits,
+        "rate": cfg.max_edit_rate,
+        "exact_below": cfg.exact_below_tokens,
+    }
+    fields = list(field_columns)
+
+    def sketch(batches):
+        for batch in batches:
+            yield _sketch_batch(batch, text_column, fields, params)
+
+    added = [StructField(c, ArrayType(LongType(), containsNull=False), nullable=True) for c in SKETCH_COLUMNS]
+    return df.mapInArrow(sketch, StructType(df.schema.fields + added))

@@ -10,15 +10,14 @@ decision itself is ``dedup_edit.near_duplicate``; this only proposes pairs.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
 from dolly_spark.prep.dedup_edit import edit_budget, tokens
+from dolly_spark.prep.minhash import mix64
 
 
 def field_keys(words: list[str], min_edits: int, rate: float, exact_below: int) -> list[str]:
@@ -68,29 +67,66 @@ def first_field_keys(words: list[str], min_edits: int, rate: float, exact_below:
     return out + (field_keys(words, min_edits, rate, exact_below) if n > NEIGHBOURHOOD_WORDS else [])
 
 
-def record_keys(fields: list[str], max_words: int, min_edits: int, rate: float, exact_below: int) -> list[int]:
-    """64-bit keys of a record whose fields are all short: one per combination of field keys; none
-    for a record with a longer field (MinHash LSH finds those)."""
+# Odd multipliers, one per field position, combining the fields' key hashes into a record key.
+_FIELD_COEF = np.random.default_rng(0x5107).integers(1, 1 << 63, size=16, dtype=np.uint64) | np.uint64(1)
+
+
+def _field_key_sets(fields: list[str], max_words: int, min_edits: int, rate: float, exact_below: int):
+    """Per field, its distinct keys (a repeated token gives the same deletion twice); None for a
+    record with a field over ``max_words`` tokens."""
     words = [tokens(f) for f in fields]
     if any(len(w) > max_words for w in words):
-        return []
+        return None
     per_field = [first_field_keys(words[0], min_edits, rate, exact_below)]
     per_field += [field_keys(w, min_edits, rate, exact_below) for w in words[1:]]
-    # distinct: a repeated token gives the same deletion twice, and a record twice in one bucket
-    # would pair with itself
-    return sorted(
-        {
-            int.from_bytes(hashlib.blake2b("\u241e".join(c).encode(), digest_size=8).digest(), "big", signed=True)
-            for c in itertools.product(*per_field)
-        }
-    )
+    return [list(set(k)) for k in per_field]
+
+
+def records_keys(
+    records: list[list[str]], max_words: int, min_edits: int, rate: float, exact_below: int
+) -> list[np.ndarray]:
+    """Per record (its counted fields), the sorted distinct 64-bit keys: one per combination of a
+    key of each field; none for a record with a longer field (MinHash LSH finds those).
+
+    A field key is hashed once for the batch (pandas' SipHash); a combination's key is a
+    position-weighted sum of its fields' hashes, mixed: no string per combination.
+    """
+    n, nf = len(records), len(records[0]) if records else 0
+    sets = [_field_key_sets(r, max_words, min_edits, rate, exact_below) for r in records]
+    counts = np.array([[len(k) for k in s] if s else [0] * nf for s in sets], dtype=np.int64).reshape(n, nf)
+    flat = [k for s in sets if s for keys in s for k in keys]
+    hashes = pd.util.hash_array(np.array(flat, dtype=object)) if flat else np.zeros(0, dtype=np.uint64)
+    combos = counts.prod(axis=1)
+    row = np.repeat(np.arange(n), combos)
+    local = np.arange(len(row)) - (np.cumsum(combos) - combos)[row]
+    offsets = (np.cumsum(counts.ravel()) - counts.ravel()).reshape(n, nf)
+    acc = np.zeros(len(row), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(nf - 1, -1, -1):  # mixed radix: the last field varies fastest
+            acc += hashes[offsets[row, j] + local % counts[row, j]] * _FIELD_COEF[j]
+            local //= counts[row, j]
+    keys = mix64(acc).view(np.int64)
+    # distinct: a record twice in one bucket would pair with itself (rows are contiguous: a sort
+    # per row, ~10x faster than one lexsort)
+    ends = np.cumsum(combos)
+    for lo, hi in zip((ends - combos).tolist(), ends.tolist()):
+        keys[lo:hi].sort()
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = (keys[1:] != keys[:-1]) | (row[1:] != row[:-1])
+    keys, row = keys[first], row[first]
+    return np.split(keys, np.cumsum(np.bincount(row, minlength=n))[:-1])
+
+
+def record_keys(fields: list[str], max_words: int, min_edits: int, rate: float, exact_below: int) -> list[int]:
+    """``records_keys`` of one record, as a list."""
+    return records_keys([fields], max_words, min_edits, rate, exact_below)[0].tolist()
 
 
 def _short_key_udf(max_words: int, min_edits: int, rate: float, exact_below: int):
     @pandas_udf("array<long>")
     def keys(*texts: pd.Series) -> pd.Series:
-        rows = zip(*(t.tolist() for t in texts))
-        return pd.Series([record_keys(list(r), max_words, min_edits, rate, exact_below) for r in rows])
+        rows = [list(r) for r in zip(*(t.tolist() for t in texts))]
+        return pd.Series(records_keys(rows, max_words, min_edits, rate, exact_below))
 
     return keys
 

@@ -15,8 +15,9 @@ import pandas as pd
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-# Shingles hashed per numpy chunk: a (shingles x num_perm) uint64 block of ~4 MB stays in cache.
-_SIGNATURE_CHUNK = 4096
+# Shingles hashed per numpy chunk: a (shingles x num_perm) uint64 block of ~1 MB stays in L2
+# (4096, a 4 MB block, ran 2.8x slower on 15k records).
+_SIGNATURE_CHUNK = 1024
 
 
 def _integrate(f, lo: float, hi: float, n: int = 2000) -> float:
@@ -77,7 +78,7 @@ def bands_rows_for_recall(threshold: float, num_perm: int, recall: float) -> tup
 _GRAM_COEF = np.random.default_rng(0x5EED).integers(1, 1 << 63, size=64, dtype=np.uint64) | np.uint64(1)
 
 
-def _mix64(h: np.ndarray) -> np.ndarray:
+def mix64(h: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser, in place: spreads a linear combination over all 64 bits."""
     with np.errstate(over="ignore"):
         h ^= h >> np.uint64(30)
@@ -94,7 +95,7 @@ def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
 
     Each unit (word or character) is hashed once for the whole batch (pandas' keyed SipHash:
     stable across runs and machines); an n-gram's hash is a position-weighted sum of its
-    units' hashes, mixed. All of it is vectorised numpy: no per-n-gram Python strings.
+    units' hashes, mixed. Vectorised numpy (and one in-place sort per row): no per-n-gram Python strings.
     """
     if k > len(_GRAM_COEF):
         raise ValueError(f"ngram must be at most {len(_GRAM_COEF)}")
@@ -114,12 +115,14 @@ def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
         for j in range(k):
             m = gram_len > j
             acc[m] += unit_hash[gram_start[m] + j] * _GRAM_COEF[j]
-    hashes = _mix64(acc).view(np.int64)
-    order = np.lexsort((hashes, gram_row))
-    hashes, row = hashes[order], gram_row[order]
+    hashes = mix64(acc).view(np.int64)
+    # Rows are contiguous: sorting each row's slice in place is ~10x faster than one lexsort.
+    ends = np.cumsum(grams_per_row)
+    for lo, hi in zip((ends - grams_per_row).tolist(), ends.tolist()):
+        hashes[lo:hi].sort()
     first = np.ones(len(hashes), dtype=bool)
-    first[1:] = (hashes[1:] != hashes[:-1]) | (row[1:] != row[:-1])
-    hashes, row = hashes[first], row[first]
+    first[1:] = (hashes[1:] != hashes[:-1]) | (gram_row[1:] != gram_row[:-1])
+    hashes, row = hashes[first], gram_row[first]
     return np.split(hashes, np.cumsum(np.bincount(row, minlength=n))[:-1])
 
 
@@ -150,17 +153,20 @@ def minhash_signatures(shingle_sets: list[np.ndarray], a: np.ndarray, b: np.ndar
     lens = lengths[nonempty]
     ends = np.cumsum(lens)
     starts = ends - lens
-    shift = np.uint64(32)
+    # One buffer for every chunk (a chunk is longer only when one row alone is).
+    buf = np.empty((max(_SIGNATURE_CHUNK, int(lens.max())), p), dtype=np.uint64)
     i = 0
     with np.errstate(over="ignore"):
         while i < len(nonempty):
             # rows i..j-1: as many as fit in one chunk, at least one
             j = max(i + 1, int(np.searchsorted(ends, starts[i] + _SIGNATURE_CHUNK, side="right")))
             lo, hi = starts[i], ends[j - 1]
-            hashed = np.multiply(flat[lo:hi, None], a)
+            hashed = np.multiply(flat[lo:hi, None], a, out=buf[: hi - lo])
             hashed += b
-            hashed >>= shift
-            out[nonempty[i:j]] = np.minimum.reduceat(hashed, starts[i:j] - lo, axis=0)
+            # the shift is monotone, so it commutes with the minimum: shift p values per row, not all
+            mins = np.minimum.reduceat(hashed, starts[i:j] - lo, axis=0)
+            mins >>= np.uint64(32)
+            out[nonempty[i:j]] = mins
             i = j
     return out
 
@@ -176,4 +182,4 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     values = signatures[:, : bands * rows].astype(np.uint32).astype(np.uint64).reshape(n, bands, rows)
     with np.errstate(over="ignore"):
         h = (values * coef).sum(axis=2, dtype=np.uint64)
-    return _mix64(h).view(np.int64)
+    return mix64(h).view(np.int64)
