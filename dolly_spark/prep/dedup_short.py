@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
 from dolly_spark.prep.dedup_edit import edit_budget, tokens
-from dolly_spark.prep.minhash import mix64
+from dolly_spark.prep.minhash import distinct_per_row, mix64
 
 
 def field_keys(words: list[str], min_edits: int, rate: float, exact_below: int) -> list[str]:
@@ -105,16 +105,8 @@ def records_keys(
         for j in range(nf - 1, -1, -1):  # mixed radix: the last field varies fastest
             acc += hashes[offsets[row, j] + local % counts[row, j]] * _FIELD_COEF[j]
             local //= counts[row, j]
-    keys = mix64(acc).view(np.int64)
-    # distinct: a record twice in one bucket would pair with itself (rows are contiguous: a sort
-    # per row, ~10x faster than one lexsort)
-    ends = np.cumsum(combos)
-    for lo, hi in zip((ends - combos).tolist(), ends.tolist()):
-        keys[lo:hi].sort()
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = (keys[1:] != keys[:-1]) | (row[1:] != row[:-1])
-    keys, row = keys[first], row[first]
-    return np.split(keys, np.cumsum(np.bincount(row, minlength=n))[:-1])
+    # distinct: a record twice in one bucket would pair with itself
+    return distinct_per_row(mix64(acc).view(np.int64), row, combos, n)
 
 
 def record_keys(fields: list[str], max_words: int, min_edits: int, rate: float, exact_below: int) -> list[int]:

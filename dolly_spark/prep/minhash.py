@@ -115,15 +115,20 @@ def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
         for j in range(k):
             m = gram_len > j
             acc[m] += unit_hash[gram_start[m] + j] * _GRAM_COEF[j]
-    hashes = mix64(acc).view(np.int64)
+    return distinct_per_row(mix64(acc).view(np.int64), gram_row, grams_per_row, n)
+
+
+def distinct_per_row(values: np.ndarray, row: np.ndarray, per_row: np.ndarray, n: int) -> list[np.ndarray]:
+    """The sorted distinct ``values`` of each of ``n`` rows; ``row`` holds each value's row, in
+    contiguous runs of ``per_row`` values. Sorts ``values`` in place."""
     # Rows are contiguous: sorting each row's slice in place is ~10x faster than one lexsort.
-    ends = np.cumsum(grams_per_row)
-    for lo, hi in zip((ends - grams_per_row).tolist(), ends.tolist()):
-        hashes[lo:hi].sort()
-    first = np.ones(len(hashes), dtype=bool)
-    first[1:] = (hashes[1:] != hashes[:-1]) | (gram_row[1:] != gram_row[:-1])
-    hashes, row = hashes[first], gram_row[first]
-    return np.split(hashes, np.cumsum(np.bincount(row, minlength=n))[:-1])
+    ends = np.cumsum(per_row)
+    for lo, hi in zip((ends - per_row).tolist(), ends.tolist()):
+        values[lo:hi].sort()
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = (values[1:] != values[:-1]) | (row[1:] != row[:-1])
+    values, row = values[first], row[first]
+    return np.split(values, np.cumsum(np.bincount(row, minlength=n))[:-1])
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
