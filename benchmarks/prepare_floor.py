@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import prep_scaling  # noqa: E402  (sets the offline env and the tokenizer path)
+# prep_scaling sets the offline env and the tokenizer path on import.
 from prep_scaling import GIB, PeakRSS, StageMarks, make_input  # noqa: E402
 
 TARGET = 2.0
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="prepare_floor_"))
     work.mkdir(parents=True, exist_ok=True)
     spark = get_spark("prepare_floor")
-    tokenizer = prep_scaling.os.environ["DOLLY_TOKENIZER"]
+    tokenizer = os.environ["DOLLY_TOKENIZER"]
     ratios = {}
     for n in args.sizes:
         data = make_input(n, work / f"input_{n}")
