@@ -94,7 +94,7 @@ def test_tokenize_on_frame_matches_the_tokenizer(spark, tok):
     df = candidates(
         spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare."), ("b", "Name a colour.", "", "Blue.")]
     )
-    out = df.transform(gold.format_prompts).transform(lambda d: gold.tokenize(d, cfg())).orderBy("record_id").collect()
+    out = df.transform(lambda d: gold.format_and_tokenize(d, cfg())).orderBy("record_id").collect()
     for row, text in zip(out, (WITH_CONTEXT, WITHOUT_CONTEXT)):
         ids = tok.encode(text, add_special_tokens=False).ids
         assert row.input_ids == ids
@@ -358,3 +358,29 @@ def test_real_gold_tokens_match_prompts(spark, real_gold, tok):
         assert r.input_ids[r.prompt_len - 2 : r.prompt_len] == [RESPONSE_ID, NEWLINE_ID]
         assert r.input_ids[: r.prompt_len] == tok.encode(r.prompt, add_special_tokens=False).ids
         assert r.text == prompts.format_text(r.instruction, r.context, r.response)
+
+
+def _prompt_len_by_loop(seq: list[int], boundary: list[int]) -> int | None:
+    # The rule as Dolly's collator applies it: the first response key, then the rest of the boundary.
+    try:
+        at = seq.index(boundary[0])
+    except ValueError:
+        return None
+    end = at + len(boundary)
+    return end if seq[at:end] == boundary else None
+
+
+@pytest.mark.parametrize("boundary", [(7, 3), (7,)])
+def test_prompt_lengths_equal_the_per_row_rule(boundary):
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(0)
+    rows = [[], [7], [3, 7], [7, 3], [1, 7, 2, 7, 3], [7, 7, 3], [1, 2, 3]]
+    rows += [[rng.choice([1, 3, 7]) for _ in range(rng.randint(0, 12))] for _ in range(500)]
+    ids = pa.array(rows, pa.list_(pa.int32()))
+    want = [_prompt_len_by_loop(r, list(boundary)) for r in rows]
+    assert gold.prompt_lengths(ids, boundary).to_pylist() == want
+    assert gold.prompt_lengths(ids.slice(3), boundary).to_pylist() == want[3:]  # offsets not from 0
+    assert None in want and any(w is not None for w in want)

@@ -2,7 +2,7 @@
 
 Stages are pure ``DataFrame -> DataFrame`` functions sharing one ``GoldConfig``:
 
-    format_prompts -> tokenize -> flag_special_tokens -> flag_too_many_tokens -> collect_reasons
+    format_and_tokenize (one Arrow pass) -> flag_too_many_tokens -> collect_reasons
     -> assign_split -> (checkpoint) -> plan_packing
 
 ``build_gold`` chains them and keeps every row, with ``reasons``/``reason`` set on the rejected
@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
 
-from dolly_spark.ops.joins import anti_join
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
 from dolly_spark.ops.workdir import WorkDir
 from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine, with_source
@@ -118,33 +115,40 @@ class GoldConfig:
 # 1. prompts
 
 
-# Types as objects, not DDL strings: DDL needs a live session at import time.
-_FORMAT_TYPE = StructType([StructField("prompt", StringType()), StructField("text", StringType())])
-_TOKENS_TYPE = StructType(
-    [
-        StructField("input_ids", ArrayType(IntegerType())),
-        StructField("prompt_len", IntegerType()),
-        StructField("seq_len", IntegerType()),
-    ]
-)
+def format_columns(instruction: list, context: list, response: list) -> tuple[list[str], list[str]]:
+    """The prompt and the full training text of each record (templates: ``dolly_spark.text.prompts``)."""
+    # The templates live in dolly_spark.text.prompts only; training and inference import the same ones.
+    prompt = [prompts.format_prompt(i, c or "") for i, c in zip(instruction, context)]
+    text = [prompts.format_text(i, c or "", r) for i, c, r in zip(instruction, context, response)]
+    return prompt, text
 
 
-def _format_udf():
-    # Built per call: a UDF made at import time binds to classic Spark, not the Connect session.
-    @pandas_udf(_FORMAT_TYPE)
-    def format_batch(instruction: pd.Series, context: pd.Series, response: pd.Series) -> pd.DataFrame:
-        # The templates live in dolly_spark.text.prompts only; training and inference import the same ones.
-        prompt = [prompts.format_prompt(i, c) for i, c in zip(instruction, context)]
-        text = [prompts.format_text(i, c, r) for i, c, r in zip(instruction, context, response)]
-        return pd.DataFrame({"prompt": prompt, "text": text})
+def _with_columns(df: DataFrame, added: list[tuple[str, object]], fn) -> DataFrame:
+    """``df`` plus ``added`` (name, Spark type) columns computed by ``fn(batch) -> arrays``, in one
+    Arrow pass: a plan node, evaluated once per row (a UDF column may be evaluated once per reader)."""
+    schema = StructType([*df.schema.fields, *(StructField(n, t) for n, t in added)])
 
-    return format_batch
+    def run(batches):
+        for batch in batches:
+            arrays = fn(batch)
+            yield pa.RecordBatch.from_arrays([*batch.columns, *arrays], [*batch.schema.names, *(n for n, _ in added)])
+
+    return df.mapInArrow(run, schema)
+
+
+def _texts(batch: pa.RecordBatch) -> tuple[list, list, list]:
+    return tuple(
+        batch.column(batch.schema.get_field_index(c)).to_pylist() for c in ("instruction", "context", "response")
+    )
 
 
 def format_prompts(df: DataFrame) -> DataFrame:
-    """Add ``prompt`` (up to and including ``### Response:\\n``) and the full training ``text``."""
-    formatted = _format_udf()(F.col("instruction"), F.coalesce(F.col("context"), F.lit("")), F.col("response"))
-    return df.withColumn("_fmt", formatted).select("*", "_fmt.prompt", "_fmt.text").drop("_fmt")
+    """Add ``prompt`` (up to and including ``### Response:\n``) and the full training ``text``."""
+
+    def fn(batch):
+        return [pa.array(v, pa.string()) for v in format_columns(*_texts(batch))]
+
+    return _with_columns(df, [("prompt", StringType()), ("text", StringType())], fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ def cached_tokenizer(src: str):
 
 def response_boundary_ids(tok) -> tuple[int, ...]:
     """The ids that end every prompt: ``### Response:`` + newline as two ids (the released dolly-v2
-    tokenizer, or ours), or one id where ``### Response:\\n`` is itself a special token (a tokenizer
+    tokenizer, or ours), or one id where ``### Response:\n`` is itself a special token (a tokenizer
     saved by Dolly's current ``training/trainer.py``)."""
     ids = tuple(tok.encode(prompts.RESPONSE_KEY_NL, add_special_tokens=False).ids)
     key = tok.token_to_id(prompts.RESPONSE_KEY_NL)
@@ -173,53 +177,45 @@ def response_boundary_ids(tok) -> tuple[int, ...]:
     return ids
 
 
-def tokenize_texts(tok, texts: list[str]) -> tuple[list[list[int]], list[int | None]]:
-    """Token ids of each text and its prompt length (tokens through ``### Response:`` + newline).
-
-    The boundary is found in the ids of the full text, as Dolly's collator does, so prompt_len
-    always indexes the same ids training sees. None when the response key is missing.
-    """
-    boundary = list(response_boundary_ids(tok))
-    # Small slices: an Encoding holds tokens, offsets and masks besides the ids (about 19 KiB per
-    # dolly record), so one 10k-row Arrow batch at once held ~190 MiB per task.
+def encode_ids(tok, texts: list[str]) -> pa.ListArray:
+    """Token ids of each text (no special tokens added), as one Arrow list array."""
+    # encode_batch_fast (tokenizers >= 0.21) skips the offsets; older rows only have encode_batch.
+    encode = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+    # Small slices: an Encoding holds tokens and masks besides the ids (about 19 KiB per dolly
+    # record with offsets), so one 10k-row Arrow batch at once held ~190 MiB per task.
     ids = [
         e.ids
         for at in range(0, len(texts), ENCODE_SLICE)
-        for e in tok.encode_batch(texts[at : at + ENCODE_SLICE], add_special_tokens=False)
+        for e in encode(texts[at : at + ENCODE_SLICE], add_special_tokens=False)
     ]
-    prompt_lens: list[int | None] = []
-    for seq in ids:
-        try:
-            at = seq.index(boundary[0])
-        except ValueError:
-            prompt_lens.append(None)
-            continue
-        end = at + len(boundary)
-        prompt_lens.append(end if seq[at:end] == boundary else None)
-    return ids, prompt_lens
+    return pa.array(ids, pa.list_(pa.int32()))
 
 
-def _tokenize_udf(src: str):
-    @pandas_udf(_TOKENS_TYPE)
-    def tokenize_batches(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        tok = cached_tokenizer(src)
-        for texts in batches:
-            ids, prompt_lens = tokenize_texts(tok, texts.tolist())
-            yield pd.DataFrame(
-                {
-                    "input_ids": ids,
-                    "prompt_len": pd.array(prompt_lens, dtype="Int32"),
-                    "seq_len": pd.array([len(s) for s in ids], dtype="Int32"),
-                }
-            )
+def prompt_lengths(ids: pa.ListArray, boundary: tuple[int, ...]) -> pa.Array:
+    """Tokens through the first ``boundary[0]`` of each row when ``boundary`` starts there, else null.
 
-    return tokenize_batches
+    Found in the ids of the full text, as Dolly's collator does, so prompt_len always indexes the
+    same ids training sees. Vectorised over the flat ids: no Python loop per token.
+    """
+    flat = ids.values.to_numpy(zero_copy_only=False)  # offsets index the whole child, sliced or not
+    offsets = ids.offsets.to_numpy()
+    out = np.full(len(ids), -1, dtype=np.int64)
+    hits = np.flatnonzero(flat == boundary[0])
+    rows = np.searchsorted(offsets, hits, side="right") - 1
+    rows, first = np.unique(rows, return_index=True)  # the first key of each row, as seq.index finds
+    at = hits[first]
+    ok = at + len(boundary) <= offsets[rows + 1]
+    for k, want in enumerate(boundary[1:], start=1):
+        ok &= flat[np.minimum(at + k, len(flat) - 1)] == want
+    out[rows[ok]] = at[ok] - offsets[rows[ok]] + len(boundary)
+    return pa.array(out, pa.int32(), mask=out < 0)
 
 
-def tokenize(df: DataFrame, cfg: GoldConfig) -> DataFrame:
-    """Add ``input_ids`` (full text incl. ``### End``; no EOS, no padding), ``prompt_len``, ``seq_len``."""
-    toks = _tokenize_udf(cfg.tokenizer)(F.col("text"))
-    return df.withColumn("_tok", toks).select("*", "_tok.input_ids", "_tok.prompt_len", "_tok.seq_len").drop("_tok")
+def tokenize_texts(tok, texts: list[str]) -> tuple[list[list[int]], list[int | None]]:
+    """Token ids of each text and its prompt length (tokens through ``### Response:`` + newline);
+    None when the response key is missing."""
+    ids = encode_ids(tok, texts)
+    return ids.to_pylist(), prompt_lengths(ids, response_boundary_ids(tok)).to_pylist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,34 +232,50 @@ def special_token_strings(src: str) -> frozenset[str]:
     return frozenset(t.content for t in added if t.special and t.content)
 
 
-def _special_token_udf(src: str):
-    @pandas_udf("boolean")
-    def has_special(instruction: pd.Series, context: pd.Series, response: pd.Series) -> pd.Series:
-        specials = sorted(special_token_strings(src), key=len, reverse=True)
-        if not specials:  # an empty alternation would match every string
-            return pd.Series([False] * len(instruction), dtype=bool)
-        pattern = re.compile("|".join(re.escape(t) for t in specials))
-        return pd.Series(
-            [
-                any(isinstance(v, str) and pattern.search(v) is not None for v in row)
-                for row in zip(instruction, context, response)
-            ],
-            dtype=bool,
-        )
-
-    return has_special
+def special_token_hits(fields: list[pa.Array], specials: frozenset[str]) -> pa.Array:
+    """True where any field holds a special-token string (substring search in Arrow's kernels)."""
+    hit = pa.array(np.zeros(len(fields[0]), dtype=bool))
+    for field_values in fields:
+        for token in sorted(specials):
+            hit = pc.or_(hit, pc.fill_null(pc.match_substring(field_values, token), False))
+    return hit
 
 
-def flag_special_tokens(df: DataFrame, cfg: GoldConfig) -> DataFrame:
-    """User text holding a special-token string: the tokenizer would turn it into that token
-    (``<|endoftext|>`` -> id 0 mid-response), the same harm as a stray ``### End``. Quarantined."""
-    hit = _special_token_udf(cfg.tokenizer)(
-        F.col("instruction"), F.coalesce(F.col("context"), F.lit("")), F.col("response")
-    )
-    return df.withColumn(
-        RULE_PREFIX + "special_token_in_text",
-        F.when(hit, F.lit("special_token_in_text")).otherwise(F.lit(None).cast("string")),
-    )
+def format_and_tokenize(df: DataFrame, cfg: GoldConfig) -> DataFrame:
+    """Add ``prompt``, ``text``, ``input_ids`` (full text incl. ``### End``; no EOS, no padding),
+    ``prompt_len``, ``seq_len`` and the ``special_token_in_text`` rule, in one Arrow pass.
+
+    A special-token string in user text would become that token (``<|endoftext|>`` -> id 0
+    mid-response), the same harm as a stray ``### End``, so such rows are quarantined.
+    """
+    src = cfg.tokenizer
+
+    def fn(batch):
+        tok = cached_tokenizer(src)
+        instruction, context, response = _texts(batch)
+        prompt, text = format_columns(instruction, context, response)
+        ids = encode_ids(tok, text)
+        fields = [pa.array(v, pa.string()) for v in (instruction, context, response)]
+        special = special_token_hits(fields, special_token_strings(src))
+        reason = pc.if_else(special, pa.scalar("special_token_in_text"), pa.scalar(None, pa.string()))
+        return [
+            pa.array(prompt, pa.string()),
+            pa.array(text, pa.string()),
+            ids,
+            prompt_lengths(ids, response_boundary_ids(tok)),
+            pc.cast(pc.list_value_length(ids), pa.int32()),
+            reason,
+        ]
+
+    added = [
+        ("prompt", StringType()),
+        ("text", StringType()),
+        ("input_ids", ArrayType(IntegerType())),
+        ("prompt_len", IntegerType()),
+        ("seq_len", IntegerType()),
+        (RULE_PREFIX + "special_token_in_text", StringType()),
+    ]
+    return _with_columns(df, added, fn)
 
 
 def flag_too_many_tokens(df: DataFrame, cfg: GoldConfig) -> DataFrame:
@@ -349,9 +361,7 @@ def build_gold(
         "record_id", "instruction", "context", "response", "category", "source_file", "line_number", "source"
     )
     rows = (
-        base.transform(format_prompts)
-        .transform(lambda d: tokenize(d, cfg))
-        .transform(lambda d: flag_special_tokens(d, cfg))
+        base.transform(lambda d: format_and_tokenize(d, cfg))
         .transform(lambda d: flag_too_many_tokens(d, cfg))
         .transform(flag_response_key_missing)
         .transform(collect_reasons)
@@ -446,24 +456,30 @@ def write_gold(
 ) -> dict:
     """Write gold (overwrite), put its rejects in quarantine (stage ``gold``), write gold_stats.
 
-    The full tokenization runs once, for the gold write. Rejects are then the candidates missing
-    from gold, rebuilt on their own (a handful of rows) to get their reasons. Returns versions and
-    counts; raises if input rows != gold + quarantined.
+    The full tokenization runs once, into a checkpoint that both the gold write and the rejects
+    (with their reasons) read. Returns versions and counts; raises if input rows != gold +
+    quarantined.
     """
     from dolly_spark.ops import tables
     from dolly_spark.prep.accounting import AccountingError
 
     input_rows = int(candidates.count()) if input_rows is None else int(input_rows)  # caller's count saves a job
     work = WorkDir(work_dir, "gold")
+    saved: dict[str, DataFrame] = {}
+
+    def checkpoint(df: DataFrame, name: str) -> DataFrame:
+        saved[name] = work.materialize(df, name)
+        return saved[name]
+
     try:
-        built = build_gold(candidates, cfg, silver_version, input_rows, weights, checkpoint=work.materialize)
+        built = build_gold(candidates, cfg, silver_version, input_rows, weights, checkpoint=checkpoint)
         comment = f"Dolly-formatted, tokenized ({cfg.tokenizer}) train/eval records with a packing plan"
         versions = {"gold": tables.write_table(spark, gold_rows(built), names.gold, comment=comment)}
+        # The rejects come from the same tokenized rows as gold: no second tokenize, no anti-join.
+        rejected = gold_quarantine_rows(saved["tokenized"]).toArrow()  # a handful of rows
     finally:
         shutil.rmtree(work.path, ignore_errors=True)
     gold = tables.read_table(spark, names.gold)
-    missing = anti_join(candidates, gold, "record_id")
-    rejected = gold_quarantine_rows(build_gold(missing, cfg, silver_version)).toArrow()  # a handful of rows
     # Rewrite quarantine as (other stages' rows + these) in one commit: re-running gold alone
     # replaces its earlier rejects instead of appending them twice. Quarantine is small.
     # ``other_quarantine``: the earlier stages' rejects of this same run, not yet committed, so
