@@ -5,7 +5,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from dolly_spark.ops import schemas, tables
-from dolly_spark.prep import gold, packing
+from dolly_spark.prep import gold, gold_stats, packing
 from dolly_spark.text import prompts
 from dolly_spark.text.tokenizer import load_fast_tokenizer
 from tests.shared_data import DOLLY_JSONL, TOKENIZER_DIR
@@ -246,7 +246,7 @@ def test_length_stats_on_literal_frame(spark):
     g = spark.createDataFrame(
         rows, "record_id string, split string, category string, seq_len int, prompt_len int, pack_id long"
     )
-    out = gold.length_stats(g, pack_budget=40).select(
+    out = gold_stats.length_stats(g, pack_budget=40).select(
         "split", "category", "records", "tokens", "min_seq_len", "max_seq_len", "packs", "packing_efficiency"
     )
     expected = [

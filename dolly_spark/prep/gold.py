@@ -3,7 +3,7 @@
 Stages are pure ``DataFrame -> DataFrame`` functions sharing one ``GoldConfig``:
 
     format_and_tokenize (one Arrow pass) -> flag_too_many_tokens -> collect_reasons
-    -> assign_split -> (checkpoint) -> plan_packing
+    -> assign_split -> (checkpoint) -> plan_packing; gold_stats.length_stats summarises
 
 ``build_gold`` chains them and keeps every row, with ``reasons``/``reason`` set on the rejected
 ones (``special_token_in_text``, ``too_long``, ``response_key_missing``); ``gold_rows`` and ``gold_quarantine_rows`` split
@@ -28,6 +28,7 @@ from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, S
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
 from dolly_spark.ops.workdir import WorkDir
 from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine, with_source
+from dolly_spark.prep.gold_stats import length_stats
 from dolly_spark.prep.packing import plan_packing
 from dolly_spark.text import prompts
 from dolly_spark.text.model_config import PYTHIA_CONTEXT, model_max_positions
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "eval")
 # sha2 hex digits turned into the split's uniform number: 13 hex digits = 52 bits, exact in a double.
 _SPLIT_HASH_DIGITS = 13
-ALL_CATEGORIES = "*"  # the category value of the per-split summary rows in length_stats
 
 
 @dataclass(frozen=True)
@@ -383,64 +383,6 @@ def gold_rows(df: DataFrame) -> DataFrame:
 def gold_quarantine_rows(df: DataFrame) -> DataFrame:
     """Rejected rows shaped like the quarantine table (stage ``gold``, reason ``too_long``, ...)."""
     return to_quarantine(df.where(F.col("reason").isNotNull()), "gold")
-
-
-def length_stats(gold: DataFrame, pack_budget: int = 2048) -> DataFrame:
-    """Per (split, category) and per split (category ``*``): counts, seq_len stats and packing.
-
-    ``packing_efficiency`` = tokens / (packs x pack budget), on the per-split rows only: packs mix
-    categories. ``pad_fraction_packed`` = 1 - packing_efficiency.
-    """
-    budget = int(pack_budget)
-
-    def stats(keys: list, category) -> DataFrame:
-        return (
-            gold.groupBy(*keys)
-            .agg(
-                F.count(F.lit(1)).cast("long").alias("records"),
-                F.sum("seq_len").cast("long").alias("tokens"),
-                F.avg("seq_len").alias("mean_seq_len"),
-                F.min("seq_len").cast("int").alias("min_seq_len"),
-                F.max("seq_len").cast("int").alias("max_seq_len"),
-                F.percentile(F.col("seq_len"), 0.5).alias("p50_seq_len"),
-                F.percentile(F.col("seq_len"), 0.95).alias("p95_seq_len"),
-                F.avg("prompt_len").alias("mean_prompt_len"),
-                F.countDistinct("pack_id").cast("long").alias("packs"),
-            )
-            .withColumn("category", category)
-        )
-
-    # Rows per (split, category) and per split carry source '*'; rows per (split, source) carry
-    # category '*' (own data mixed with dolly: counts and lengths by source).
-    gold = gold.transform(with_source).withColumn("source", F.coalesce(F.col("source"), F.lit(ALL_CATEGORIES)))
-    per_cat = stats(["split", "category"], F.col("category")).withColumn("source", F.lit(ALL_CATEGORIES))
-    per_split = stats(["split"], F.lit(ALL_CATEGORIES)).withColumn("source", F.lit(ALL_CATEGORIES))
-    per_source = stats(["split", "source"], F.lit(ALL_CATEGORIES)).where(F.col("source") != ALL_CATEGORIES)
-    cols = [
-        "split",
-        "source",
-        "category",
-        "records",
-        "tokens",
-        "mean_seq_len",
-        "min_seq_len",
-        "max_seq_len",
-        "p50_seq_len",
-        "p95_seq_len",
-        "mean_prompt_len",
-        "packs",
-    ]
-    out = per_cat.select(*cols).unionByName(per_split.select(*cols))
-    out = out.unionByName(per_source.select(*cols))
-    efficiency = F.when(
-        (F.col("category") == ALL_CATEGORIES) & (F.col("source") == ALL_CATEGORIES),
-        F.col("tokens") / (F.col("packs") * F.lit(budget)),
-    ).cast("double")
-    return (
-        out.withColumn("pack_budget", F.lit(budget).cast("int"))
-        .withColumn("packing_efficiency", efficiency)
-        .withColumn("pad_fraction_packed", (F.lit(1.0) - F.col("packing_efficiency")).cast("double"))
-    )
 
 
 def write_gold(
