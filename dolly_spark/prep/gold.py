@@ -27,7 +27,7 @@ from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, S
 
 from dolly_spark.ops.schemas import GOLD_TYPES, QUARANTINE_SCHEMA
 from dolly_spark.ops.workdir import WorkDir
-from dolly_spark.prep.clean import RULE_PREFIX, collect_reasons, to_quarantine, with_source
+from dolly_spark.prep.clean import RULE_PREFIX, TEXT_FIELDS, collect_reasons, to_quarantine, with_source
 from dolly_spark.prep.gold_stats import length_stats
 from dolly_spark.prep.packing import plan_packing
 from dolly_spark.text import prompts
@@ -137,13 +137,11 @@ def _with_columns(df: DataFrame, added: list[tuple[str, object]], fn) -> DataFra
 
 
 def _texts(batch: pa.RecordBatch) -> tuple[list, list, list]:
-    return tuple(
-        batch.column(batch.schema.get_field_index(c)).to_pylist() for c in ("instruction", "context", "response")
-    )
+    return tuple(batch.column(batch.schema.get_field_index(c)).to_pylist() for c in TEXT_FIELDS)
 
 
 def format_prompts(df: DataFrame) -> DataFrame:
-    """Add ``prompt`` (up to and including ``### Response:\n``) and the full training ``text``."""
+    """Add ``prompt`` (up to and including ``### Response:\\n``) and the full training ``text``."""
 
     def fn(batch):
         return [pa.array(v, pa.string()) for v in format_columns(*_texts(batch))]
@@ -166,7 +164,7 @@ def cached_tokenizer(src: str):
 
 def response_boundary_ids(tok) -> tuple[int, ...]:
     """The ids that end every prompt: ``### Response:`` + newline as two ids (the released dolly-v2
-    tokenizer, or ours), or one id where ``### Response:\n`` is itself a special token (a tokenizer
+    tokenizer, or ours), or one id where ``### Response:\\n`` is itself a special token (a tokenizer
     saved by Dolly's current ``training/trainer.py``)."""
     ids = tuple(tok.encode(prompts.RESPONSE_KEY_NL, add_special_tokens=False).ids)
     key = tok.token_to_id(prompts.RESPONSE_KEY_NL)
@@ -255,7 +253,7 @@ def format_and_tokenize(df: DataFrame, cfg: GoldConfig) -> DataFrame:
         instruction, context, response = _texts(batch)
         prompt, text = format_columns(instruction, context, response)
         ids = encode_ids(tok, text)
-        fields = [pa.array(v, pa.string()) for v in (instruction, context, response)]
+        fields = [batch.column(batch.schema.get_field_index(c)) for c in TEXT_FIELDS]
         special = special_token_hits(fields, special_token_strings(src))
         reason = pc.if_else(special, pa.scalar("special_token_in_text"), pa.scalar(None, pa.string()))
         return [
