@@ -35,7 +35,7 @@ test: setup lint
 RUNTIME_ROWS := dbr-17.3-lts-ml-gpu dbr-18-lts-ml-gpu
 RUNTIME_REQS := transformers accelerate datasets tokenizers safetensors mlflow pandas pyarrow numpy \
 	databricks-sdk sqlalchemy 'pyspark[connect]' pysail deltalake pyyaml matplotlib pytest hypothesis jsonschema ninja \
-	presidio-analyzer detect-secrets
+	presidio-analyzer detect-secrets rensa
 # The parity tests: train -> log -> register -> evaluate -> score on real records, then the
 # collator, generation and pyfunc tests, under the row's own libraries.
 PARITY_TESTS := tests/test_runtime_parity.py tests/test_collator.py tests/test_generate.py tests/test_pyfunc_model.py

@@ -12,6 +12,7 @@ setup(
     install_requires=[
         "pyyaml>=6",
         "tokenizers>=0.20",
+        "rensa>=0.5,<0.6",  # dedup's MinHash signatures (prep/minhash.py); no runtime ships it
     ],
     extras_require={
         "local": ["pyspark[connect]==4.2.0", "pysail==0.7.2", "deltalake==1.6.6", "pandas==2.3.3", "pyarrow==25.0.1"],

@@ -43,9 +43,8 @@ from dolly_spark.prep.dedup import (  # noqa: E402
     band_hashes,
     bands_rows_for_recall,
     deduplicate,
-    minhash_signatures,
     near_duplicate,
-    permutations,
+    rminhash_signatures,
     shingle_hashes,
 )
 from dolly_spark.prep.dedup_short import record_keys  # noqa: E402
@@ -160,9 +159,8 @@ def python_minhash(real: pd.DataFrame, cfg: DedupConfig) -> tuple[float, int]:
             survivors.append((rid, t))
     removed_exact = len(ids) - len(survivors)
     sh = shingle_hashes([t for _, t in survivors], cfg.shingle, cfg.ngram)
-    a, b = permutations(cfg.num_perm, cfg.seed)
     bands, rows = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
-    bh = band_hashes(minhash_signatures(sh, a, b), bands, rows)
+    bh = band_hashes(rminhash_signatures(sh, cfg.num_perm, cfg.seed), bands, rows)
     fields = [[_normalise(real[c].iloc[int(rid[1:])], cfg) for c in cols] for rid, _ in survivors]
     buckets = defaultdict(list)
     for i in range(len(survivors)):

@@ -1,7 +1,7 @@
 """Tokenization throughput: the gold Spark UDF against raw ``tokenizers`` batch encode.
 
 Both run in this process on the same formatted dolly-15k texts. Spark: silver table ->
-``gold.format_and_tokenize`` (one Arrow pass: format, tokenize, special-token check) -> sum(seq_len), so read and formatting overhead count against Spark. Raw: one
+``gold.tokenize_records`` (one Arrow pass: format, tokenize, special-token check) -> sum(seq_len), so read and formatting overhead count against Spark. Raw: one
 ``Tokenizer.encode_batch`` over the same texts. Best of ``--repeat`` timed runs after a warm-up.
 
     .venv/bin/python benchmarks/tokenize_throughput.py --output-root /tmp/b --build
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     (spark_s, spark_tokens), (raw_s, raw_tokens) = best_of_interleaved(
         args.repeat,
-        lambda: df.transform(lambda d: gold.format_and_tokenize(d, cfg)).agg(F.sum("seq_len")).first()[0],
+        lambda: df.transform(lambda d: gold.tokenize_records(d, cfg)).agg(F.sum("seq_len")).first()[0],
         lambda: sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)),
     )
     if spark_tokens != raw_tokens:

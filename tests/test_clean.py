@@ -1,3 +1,7 @@
+import unicodedata
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -38,6 +42,26 @@ def test_normalize_text_value_rules():
     assert f("see [note 3] here") == "see here"
     assert f("a [x] list[2]", strip_citations=False) == "a [x] list[2]"
     assert f(None) is None
+
+
+def _normalize_every_step(s: str, strip_citations: bool) -> str:
+    """normalize_text_value with every step run unconditionally: the reference its shortcuts keep."""
+    s = unicodedata.normalize("NFC", s).replace("\r\n", "\n").replace("\r", "\n")
+    if strip_citations:
+        s = clean._SPACE_BEFORE_PUNCT.sub(r"\1", clean._CITATION.sub("", s))
+    s = clean._SPACES_TO_ONE.sub(" ", s)
+    s = clean._MANY_NEWLINES.sub("\n\n", "\n".join(line.strip() for line in s.split("\n"))).strip()
+    return "" if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in s) else s
+
+
+PIECES = [" ", "  ", "\n", "\t", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\xa0", "\u2003", "\u200b"]
+PIECES += ["\ufeff", "a", "Z", ".", ",", "!", "[1]", "[a]", "\u00e9", "e\u0301", "\n\n\n", " .", "x y"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=14).map("".join), st.booleans())
+def test_normalize_shortcuts_give_what_every_step_gives(s, strip_citations):
+    assert clean.normalize_text_value(s, strip_citations) == _normalize_every_step(s, strip_citations)
 
 
 def test_normalize_text_on_frame(spark):

@@ -23,11 +23,9 @@ from dolly_spark.prep.dedup import (
     exact_duplicates,
     exact_groups,
     lsh_candidate_pairs,
-    minhash_signatures,
     near_duplicate_clusters,
     normalize_for_matching,
     optimal_bands_rows,
-    permutations,
     removed_records,
     shared_buckets,
     shingle_hashes,
@@ -39,7 +37,14 @@ from dolly_spark.prep.dedup import (
 from dolly_spark.prep.dedup_clusters import clusters, clusters_label_propagation, clusters_union_find
 from dolly_spark.prep.dedup_lsh import add_sketches
 from dolly_spark.prep.dedup_short import short_record_buckets
-from dolly_spark.prep.minhash import false_negative_probability, false_positive_probability
+from dolly_spark.prep.minhash import (
+    collision_probability,
+    false_negative_probability,
+    false_positive_probability,
+    minhash_signatures,
+    permutations,
+    rminhash_signatures,
+)
 from tests.shared_data import DOLLY_JSONL
 
 SILVER_SCHEMA = (
@@ -178,13 +183,39 @@ def test_minhash_signatures_match_brute_force_across_chunks():
     assert np.array_equal(minhash_signatures(sets, a, b), np.vstack(want).astype(np.uint32))
 
 
-def test_add_signatures_in_spark_matches_numpy(spark):
+def test_add_signatures_in_spark_matches_rensa(spark):
     cfg = DedupConfig(num_perm=16, seed=3)
     df = spark.createDataFrame([("a", [1, 2, 3]), ("b", [5, -7])], "record_id string, shingles array<long>")
     got = {r["record_id"]: r["signature"] for r in df.transform(lambda d: add_signatures(d, cfg)).collect()}
-    a, b = permutations(16, 3)
-    want = minhash_signatures([np.array([1, 2, 3]), np.array([5, -7])], a, b).view(np.int32)
+    want = rminhash_signatures([np.array([1, 2, 3]), np.array([5, -7])], 16, 3).view(np.int32)
     assert got == {"a": want[0].tolist(), "b": want[1].tolist()}
+
+
+def test_rminhash_slots_agree_with_probability_the_jaccard():
+    """R-MinHash (rensa) keeps the MinHash property LSH's band choice assumes: each slot of two sets
+    agrees with probability their Jaccard, and bands collide as 1 - (1 - J^r)^b, like the classic
+    minhash_signatures, from short to long sets."""
+    rng = np.random.default_rng(7)
+    a, b = permutations(128, 42)
+    for n, k in [(12, 9), (60, 51), (400, 356)]:  # |A| = |B| = n, |A & B| = k
+        jac = k / (2 * n - k)
+        left, right = [], []
+        for _ in range(1500):
+            u = np.sort(rng.integers(1, 1 << 62, size=2 * n - k, dtype=np.int64))
+            left.append(u[:n])
+            right.append(u[n - k :])
+        for sig in (rminhash_signatures(left + right, 128, 42), minhash_signatures(left + right, a, b)):
+            top, bottom = sig[:1500], sig[1500:]
+            assert abs((top == bottom).mean() - jac) < 0.01
+            collide = (band_hashes(top, 21, 6) == band_hashes(bottom, 21, 6)).any(axis=1).mean()
+            assert abs(collide - collision_probability(jac, 21, 6)) < 0.03
+
+
+def test_rminhash_is_a_set_function_and_empty_input_is_empty():
+    sets = [np.array([5, 1, 9], dtype=np.int64), np.array([9, 5, 1, 1], dtype=np.int64)]
+    sig = rminhash_signatures(sets, 32, 1)
+    assert sig.shape == (2, 32) and sig.dtype == np.uint32 and np.array_equal(sig[0], sig[1])
+    assert rminhash_signatures([], 32, 1).shape == (0, 32)
 
 
 def test_sketch_pass_matches_the_separate_building_blocks(spark):
@@ -429,7 +460,7 @@ def test_the_stages_of_deduplicate_one_by_one(spark, tmp_path):
         "r5": "r5",
         "r6": "r4",
     }
-    shingled = shingle_survivors(exact, df, cfg, work)
+    shingled = shingle_survivors(exact, cfg, work)
     assert sorted(r["record_id"] for r in shingled.collect()) == ["r1", "r3", "r4", "r5"]
     pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work)
     assert ("r1", "r3") in {(r["id_a"], r["id_b"]) for r in pairs.collect()}

@@ -94,7 +94,8 @@ def test_tokenize_on_frame_matches_the_tokenizer(spark, tok):
     df = candidates(
         spark, [("a", "Who wrote it?", "Hamlet is a play.", "Shakespeare."), ("b", "Name a colour.", "", "Blue.")]
     )
-    out = df.transform(lambda d: gold.format_and_tokenize(d, cfg())).orderBy("record_id").collect()
+    out = df.transform(lambda d: gold.tokenize_records(d, cfg())).transform(gold.format_prompts)
+    out = out.orderBy("record_id").collect()
     for row, text in zip(out, (WITH_CONTEXT, WITHOUT_CONTEXT)):
         ids = tok.encode(text, add_special_tokens=False).ids
         assert row.input_ids == ids

@@ -58,6 +58,8 @@ class CleanConfig:
 _CITATION = re.compile(r"\[(?:\d{1,3}|[a-z]|citation needed|clarification needed|note \d+|verification needed)\]")
 # Whitespace other than newlines, where it is not already one space: a run, or a tab, NBSP...
 _SPACES_TO_ONE = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
+# The ASCII characters besides " " and "\n" that str.isspace() counts (and _SPACES_TO_ONE replaces).
+_ASCII_OTHER_SPACE = tuple(c for c in map(chr, range(128)) if c.isspace() and c not in " \n")
 _SPACE_BEFORE_PUNCT = re.compile(r" +([.,;:!?])")
 _SPACED_PUNCT = tuple(" " + p for p in ".,;:!?")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
@@ -123,8 +125,11 @@ def normalize_text_value(s: str | None, strip_citations: bool = True) -> str | N
             s = _CITATION.sub("", s)
         if any(p in s for p in _SPACED_PUNCT):
             s = _SPACE_BEFORE_PUNCT.sub(r"\1", s)
-    s = _SPACES_TO_ONE.sub(" ", s)
-    s = "\n".join(line.strip() for line in s.split("\n"))
+    if not s.isascii() or "  " in s or any(c in s for c in _ASCII_OTHER_SPACE):
+        s = _SPACES_TO_ONE.sub(" ", s)
+    # Only " " and "\n" are left as whitespace: a line has an end to strip only next to a newline.
+    if " \n" in s or "\n " in s:
+        s = "\n".join(line.strip() for line in s.split("\n"))
     if "\n\n\n" in s:
         s = _MANY_NEWLINES.sub("\n\n", s)
     s = s.strip()

@@ -5,7 +5,7 @@ Building blocks, each a named ``DataFrame -> DataFrame`` (the LSH ones in ``prep
 1. ``normalize_for_matching``the configured fields, normalised (case, whitespace, punctuation)
 2. ``exact_groups``       sha256 of the normalised text; one representative per group
 3. ``add_shingles``       word or character n-grams, hashed to a sorted set of longs
-4. ``add_signatures``     ``num_perm`` MinHash values per row (numpy, in a pandas UDF)
+4. ``add_signatures``     ``num_perm`` R-MinHash values per row (``rensa``, in a pandas UDF)
 5. ``band_buckets``       one row per (record, band) with the band's hash as bucket
 6. ``candidate_pairs``    records sharing a bucket (LSH or short-record keys), capped per bucket
 7. ``verify_pairs``       the decision: token edit distance per field (``prep/dedup_edit.py``)
@@ -49,9 +49,8 @@ from dolly_spark.prep.dedup_short import short_record_buckets  # noqa: F401 (re-
 from dolly_spark.prep.minhash import (  # noqa: F401 (band_hashes, optimal_bands_rows: re-exports)
     band_hashes,
     bands_rows_for_recall,
-    minhash_signatures,
     optimal_bands_rows,
-    permutations,
+    rminhash_signatures,
     shingle_hashes,
 )
 
@@ -156,9 +155,17 @@ def _normalize_column(c: Column, cfg: DedupConfig) -> Column:
 
 
 def normalize_for_matching(df: DataFrame, cfg: DedupConfig) -> DataFrame:
-    """Adds ``dedup_text``: the counted fields, each normalised, joined by a separator."""
-    parts = [_normalize_column(F.col(c), cfg) for c in FIELDS[cfg.fields]]
-    return df.withColumn("dedup_text", F.trim(F.concat_ws(FIELD_SEPARATOR, *parts)))
+    """Adds ``norm_<field>`` (each counted field normalised) and ``dedup_text`` (those joined by a
+    separator). Each field is normalised once; later stages read these columns."""
+    names = field_text_columns(cfg)
+    normed = df.withColumns({n: _normalize_column(F.col(c), cfg) for c, n in zip(FIELDS[cfg.fields], names)})
+    return normed.withColumn("dedup_text", dedup_text(cfg))
+
+
+def dedup_text(cfg: DedupConfig) -> Column:
+    """The ``norm_<field>`` columns joined by the field separator: the text exact groups hash and
+    MinHash shingles."""
+    return F.trim(F.concat_ws(FIELD_SEPARATOR, *[F.col(n) for n in field_text_columns(cfg)]))
 
 
 def field_text_columns(cfg: DedupConfig) -> list[str]:
@@ -228,11 +235,9 @@ def add_shingles(df: DataFrame, cfg: DedupConfig) -> DataFrame:
 
 
 def _signature_udf(num_perm: int, seed: int):
-    a, b = permutations(num_perm, seed)
-
     @pandas_udf("array<int>")
     def signature(shingles: pd.Series) -> pd.Series:
-        sig = minhash_signatures(list(shingles), a, b).view(np.int32)  # same bits: only equality matters
+        sig = rminhash_signatures(list(shingles), num_perm, seed).view(np.int32)  # same bits: only equality matters
         return pd.Series(list(sig))
 
     return signature
@@ -270,7 +275,7 @@ def exact_duplicates(silver: DataFrame, cfg: DedupConfig, work: WorkDir) -> Data
     return work.materialize(
         grouped.select(
             "record_id",
-            "dedup_text",
+            *field_text_columns(cfg),
             "exact_hash",
             "exact_group_size",
             "exact_rep",
@@ -281,16 +286,12 @@ def exact_duplicates(silver: DataFrame, cfg: DedupConfig, work: WorkDir) -> Data
     )
 
 
-def shingle_survivors(exact: DataFrame, silver: DataFrame, cfg: DedupConfig, work: WorkDir) -> DataFrame:
+def shingle_survivors(exact: DataFrame, cfg: DedupConfig, work: WorkDir) -> DataFrame:
     """One record per exact group (MinHash runs on these only) with its normalised fields and, from
     one pass (``dedup_lsh.add_sketches``), its shingles, LSH band hashes and short-record keys."""
     survivors = exact.where(F.col("record_id") == F.col("exact_rep"))
-    fields = survivors.join(silver.select("record_id", *FIELDS[cfg.fields]), "record_id").select(
-        "record_id",
-        "response_chars",
-        "source_rank",
-        "dedup_text",
-        *[_normalize_column(F.col(c), cfg).alias(n) for c, n in zip(FIELDS[cfg.fields], field_text_columns(cfg))],
+    fields = survivors.select(
+        "record_id", "response_chars", "source_rank", *field_text_columns(cfg), dedup_text(cfg).alias("dedup_text")
     )
     bands, rows = bands_rows_for_recall(cfg.threshold, cfg.num_perm, cfg.lsh_recall)
     sketched = add_sketches(fields, "dedup_text", field_text_columns(cfg), cfg, bands, rows)
@@ -405,7 +406,7 @@ def deduplicate(silver: DataFrame, cfg: DedupConfig = DedupConfig()) -> DedupRes
         "min_edits": cfg.min_edits,
     }
     exact = exact_duplicates(silver, cfg, work)
-    shingled = shingle_survivors(exact, silver, cfg, work)
+    shingled = shingle_survivors(exact, cfg, work)
     pairs, pair_stats = lsh_candidate_pairs(shingled, cfg, work)
     edges, edge_stats = verified_edges(pairs, shingled, cfg, work)
     near, cluster_stats = near_duplicate_clusters(edges, shingled, cfg, work)

@@ -16,7 +16,7 @@ from pyspark.sql.types import ArrayType, LongType, StructField, StructType
 
 from dolly_spark.prep.dedup_edit import decision_udf
 from dolly_spark.prep.dedup_short import records_keys
-from dolly_spark.prep.minhash import band_hashes, minhash_signatures, permutations, shingle_hashes
+from dolly_spark.prep.minhash import band_hashes, rminhash_signatures, shingle_hashes
 
 
 def _band_udf(bands: int, rows: int):
@@ -126,9 +126,8 @@ def _list_array(parts: list[np.ndarray]) -> pa.ListArray:
 
 
 def _sketch_batch(batch: pa.RecordBatch, text_column: str, field_columns: list[str], p: dict) -> pa.RecordBatch:
-    texts = batch.column(text_column).to_pylist()
-    shingles = shingle_hashes(texts, p["kind"], p["ngram"])
-    signatures = minhash_signatures(shingles, p["a"], p["b"])
+    shingles = shingle_hashes(batch.column(text_column), p["kind"], p["ngram"])
+    signatures = rminhash_signatures(shingles, p["num_perm"], p["seed"])
     bands = band_hashes(signatures, p["bands"], p["rows"])
     if p["short_words"] > 0 and field_columns:
         fields = [list(r) for r in zip(*(batch.column(c).to_pylist() for c in field_columns))]
@@ -143,12 +142,11 @@ def add_sketches(df: DataFrame, text_column: str, field_columns: list[str], cfg,
     """Adds ``shingles`` (as ``add_shingles``), ``bands`` (one bucket hash per band, as
     ``band_buckets``) and ``short_keys`` (as ``short_record_buckets``; empty when
     ``cfg.short_field_words`` is 0 or the record has a longer field). ``cfg``: a DedupConfig."""
-    a, b = permutations(cfg.num_perm, cfg.seed)
     params = {
         "kind": cfg.shingle,
         "ngram": cfg.ngram,
-        "a": a,
-        "b": b,
+        "num_perm": cfg.num_perm,
+        "seed": cfg.seed,
         "bands": bands,
         "rows": rows,
         "short_words": cfg.short_field_words,

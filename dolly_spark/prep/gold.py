@@ -2,8 +2,8 @@
 
 Stages are pure ``DataFrame -> DataFrame`` functions sharing one ``GoldConfig``:
 
-    format_and_tokenize (one Arrow pass) -> flag_too_many_tokens -> collect_reasons
-    -> assign_split -> (checkpoint) -> plan_packing; gold_stats.length_stats summarises
+    tokenize_records (one Arrow pass) -> flag_too_many_tokens -> collect_reasons
+    -> assign_split -> (checkpoint) -> plan_packing -> format_prompts; gold_stats.length_stats summarises
 
 ``build_gold`` chains them and keeps every row, with ``reasons``/``reason`` set on the rejected
 ones (``special_token_in_text``, ``too_long``, ``response_key_missing``); ``gold_rows`` and ``gold_quarantine_rows`` split
@@ -239,26 +239,26 @@ def special_token_hits(fields: list[pa.Array], specials: frozenset[str]) -> pa.A
     return hit
 
 
-def format_and_tokenize(df: DataFrame, cfg: GoldConfig) -> DataFrame:
-    """Add ``prompt``, ``text``, ``input_ids`` (full text incl. ``### End``; no EOS, no padding),
-    ``prompt_len``, ``seq_len`` and the ``special_token_in_text`` rule, in one Arrow pass.
+def tokenize_records(df: DataFrame, cfg: GoldConfig) -> DataFrame:
+    """Add ``input_ids`` (the full Dolly text incl. ``### End``; no EOS, no padding), ``prompt_len``,
+    ``seq_len`` and the ``special_token_in_text`` rule, in one Arrow pass.
 
-    A special-token string in user text would become that token (``<|endoftext|>`` -> id 0
-    mid-response), the same harm as a stray ``### End``, so such rows are quarantined.
+    The text is formatted here for the tokenizer but not kept: ``format_prompts`` adds ``prompt``
+    and ``text`` after gold's checkpoint, so the checkpoint does not carry them (5 s of its 27 at
+    150k records). A special-token string in user text would become that token (``<|endoftext|>``
+    -> id 0 mid-response), the same harm as a stray ``### End``, so such rows are quarantined.
     """
     src = cfg.tokenizer
 
     def fn(batch):
         tok = cached_tokenizer(src)
         instruction, context, response = _texts(batch)
-        prompt, text = format_columns(instruction, context, response)
+        text = [prompts.format_text(i, c or "", r) for i, c, r in zip(instruction, context, response)]
         ids = encode_ids(tok, text)
         fields = [batch.column(batch.schema.get_field_index(c)) for c in TEXT_FIELDS]
         special = special_token_hits(fields, special_token_strings(src))
         reason = pc.if_else(special, pa.scalar("special_token_in_text"), pa.scalar(None, pa.string()))
         return [
-            pa.array(prompt, pa.string()),
-            pa.array(text, pa.string()),
             ids,
             prompt_lengths(ids, response_boundary_ids(tok)),
             pc.cast(pc.list_value_length(ids), pa.int32()),
@@ -266,8 +266,6 @@ def format_and_tokenize(df: DataFrame, cfg: GoldConfig) -> DataFrame:
         ]
 
     added = [
-        ("prompt", StringType()),
-        ("text", StringType()),
         ("input_ids", ArrayType(IntegerType())),
         ("prompt_len", IntegerType()),
         ("seq_len", IntegerType()),
@@ -359,7 +357,7 @@ def build_gold(
         "record_id", "instruction", "context", "response", "category", "source_file", "line_number", "source"
     )
     rows = (
-        base.transform(lambda d: format_and_tokenize(d, cfg))
+        base.transform(lambda d: tokenize_records(d, cfg))
         .transform(lambda d: flag_too_many_tokens(d, cfg))
         .transform(flag_response_key_missing)
         .transform(collect_reasons)
@@ -369,6 +367,7 @@ def build_gold(
         rows = checkpoint(rows, "tokenized")
     return (
         rows.transform(lambda d: plan_packing(d, cfg, n_rows))
+        .transform(format_prompts)
         .withColumn("silver_version", F.lit(silver_version).cast("long"))
         .withColumn("weight", source_weight(weights))
     )

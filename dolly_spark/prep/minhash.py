@@ -11,6 +11,8 @@ import itertools
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -89,7 +91,32 @@ def mix64(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
+def word_hashes(texts) -> tuple[np.ndarray, np.ndarray]:
+    """Units per text (split on " "; None is "") and each unit's hash, row after row.
+
+    Split and deduplicated in Arrow's kernels; only the distinct words are hashed (pandas' SipHash,
+    the same values as hashing every word): no Python string per word.
+    """
+    arr = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(texts, pa.string())
+    words = pc.split_pattern(pc.fill_null(arr, ""), " ")
+    if isinstance(words, pa.ChunkedArray):
+        words = words.combine_chunks()
+    lens = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
+    coded = pc.dictionary_encode(words.flatten())
+    distinct = pd.util.hash_array(coded.dictionary.to_numpy(zero_copy_only=False), categorize=False)
+    return lens, distinct[coded.indices.to_numpy(zero_copy_only=False)]
+
+
+def char_hashes(texts) -> tuple[np.ndarray, np.ndarray]:
+    """Units per text (its characters; "" for an empty or None text) and each unit's hash."""
+    texts = texts.to_pylist() if isinstance(texts, pa.Array | pa.ChunkedArray) else texts
+    units = [list(t or "") or [""] for t in texts]
+    lens = np.fromiter((len(u) for u in units), dtype=np.int64, count=len(units))
+    flat = np.fromiter(itertools.chain.from_iterable(units), dtype=object, count=int(lens.sum()))
+    return lens, pd.util.hash_array(flat, categorize=True)
+
+
+def shingle_hashes(texts, kind: str, k: int) -> list[np.ndarray]:
     """Per text, the sorted distinct 64-bit hashes of its word (split on " ") or character
     n-grams; a text shorter than one n-gram is a single shingle (itself). Never empty.
 
@@ -99,11 +126,8 @@ def shingle_hashes(texts: list[str], kind: str, k: int) -> list[np.ndarray]:
     """
     if k > len(_GRAM_COEF):
         raise ValueError(f"ngram must be at most {len(_GRAM_COEF)}")
-    units = [(t or "").split(" ") if kind == "word" else list(t or "") or [""] for t in texts]
-    n = len(units)
-    lens = np.fromiter((len(u) for u in units), dtype=np.int64, count=n)
-    flat = np.fromiter(itertools.chain.from_iterable(units), dtype=object, count=int(lens.sum()))
-    unit_hash = pd.util.hash_array(flat, categorize=True)
+    n = len(texts)
+    lens, unit_hash = word_hashes(texts) if kind == "word" else char_hashes(texts)
     row_start = np.cumsum(lens) - lens
     grams_per_row = np.maximum(lens - k + 1, 1)
     gram_row = np.repeat(np.arange(n), grams_per_row)
@@ -174,6 +198,34 @@ def minhash_signatures(shingle_sets: list[np.ndarray], a: np.ndarray, b: np.ndar
             out[nonempty[i:j]] = mins
             i = j
     return out
+
+
+def rminhash_signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+    """(rows, num_perm) uint32 R-MinHash signatures (``rensa``, Rust) of each row's shingle hashes.
+
+    Each slot of two rows agrees with probability their Jaccard, as with ``minhash_signatures``
+    (measured in the tests); 3.4x faster than it on 150k records (benchmarks/README.md).
+    """
+    n = len(shingle_sets)
+    if n == 0:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    offsets = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(np.fromiter((len(s) for s in shingle_sets), dtype=np.int64, count=n), out=offsets[1:])
+    flat = np.concatenate(shingle_sets).astype(np.int64, copy=False).view(np.uint64)
+    matrix = _rensa().RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, num_perm, seed)
+    return np.array(matrix.to_rows(), dtype=np.uint32).reshape(n, num_perm)
+
+
+@functools.cache
+def _rensa():
+    """rensa, checked for the flat-buffer API this module calls (0.5 and newer)."""
+    try:
+        import rensa
+    except ImportError as err:
+        raise ImportError("near-duplicate detection needs rensa (pip install 'rensa>=0.5,<0.6')") from err
+    if not hasattr(rensa.RMinHash, "digest_matrix_from_flat_token_hashes"):
+        raise ImportError("rensa has no RMinHash.digest_matrix_from_flat_token_hashes: install 'rensa>=0.5,<0.6'")
+    return rensa
 
 
 _BAND_SEED = 0x9E3779B97F4A7C15
