@@ -567,3 +567,17 @@ def test_real_dolly_sample_accounting(spark):
         assert sum(m["removed_by_method"].values()) == n_dup == sum(m["removed_by_category"].values())
     finally:
         result.cleanup()
+
+
+def test_an_empty_arrow_batch_sketches_to_an_empty_batch():
+    """An engine may hand a UDF an empty batch: every sketch column must have zero rows too (one
+    empty piece per column made the batch's columns of unequal length)."""
+    import pyarrow as pa
+
+    from dolly_spark.prep.dedup_lsh import _sketch_batch
+
+    batch = pa.RecordBatch.from_arrays([pa.array([], pa.string())] * 2, names=["dedup_text", "norm_a"])
+    params = {"kind": "word", "ngram": 2, "num_perm": 16, "seed": 1, "bands": 4, "rows": 4}
+    params.update({"short_words": 99, "min_edits": 1, "rate": 0.02, "exact_below": 8})
+    out = _sketch_batch(batch, "dedup_text", ["norm_a"], params)
+    assert out.num_rows == 0 and out.schema.names[-3:] == ["shingles", "bands", "short_keys"]

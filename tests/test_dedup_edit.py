@@ -157,6 +157,35 @@ def test_records_keys_are_one_hash_per_combination_of_field_keys():
         assert len(set(batch[i]) & set(batch[j])) == len(combos[i] & combos[j])
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from("a b c d".split()), max_size=40),
+            st.lists(st.sampled_from("a b c d".split()), max_size=12),
+            st.lists(st.sampled_from("a b".split()), max_size=3),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    exact_below=st.sampled_from([1, 3, 8]),
+)
+def test_hashed_keys_share_exactly_what_the_key_strings_share(records, exact_below):
+    """The numpy keys (token-hash polynomials) against the key strings they stand for: per record
+    as many keys as combinations, and every two records share as many keys as combinations."""
+    import itertools
+
+    texts = [[" ".join(f) for f in r] for r in records]
+    batch = records_keys(texts, 35, 1, 0.02, exact_below)
+    combos = []
+    for r in texts:
+        sets = _field_key_sets(r, 35, 1, 0.02, exact_below)
+        combos.append(set(itertools.product(*sets)) if sets else set())
+    assert [len(k) for k in batch] == [len(c) for c in combos]
+    for a, b in itertools.combinations(range(len(texts)), 2):
+        assert len(set(batch[a]) & set(batch[b])) == len(combos[a] & combos[b])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

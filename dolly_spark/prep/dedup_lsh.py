@@ -15,7 +15,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, LongType, StructField, StructType
 
 from dolly_spark.prep.dedup_edit import decision_udf
-from dolly_spark.prep.dedup_short import records_keys
+from dolly_spark.prep.dedup_short import columns_keys
 from dolly_spark.prep.minhash import band_hashes, rminhash_signatures, shingle_hashes
 
 
@@ -130,8 +130,8 @@ def _sketch_batch(batch: pa.RecordBatch, text_column: str, field_columns: list[s
     signatures = rminhash_signatures(shingles, p["num_perm"], p["seed"])
     bands = band_hashes(signatures, p["bands"], p["rows"])
     if p["short_words"] > 0 and field_columns:
-        fields = [list(r) for r in zip(*(batch.column(c).to_pylist() for c in field_columns))]
-        keys = records_keys(fields, p["short_words"], p["min_edits"], p["rate"], p["exact_below"])
+        fields = [batch.column(c) for c in field_columns]
+        keys = columns_keys(fields, p["short_words"], p["min_edits"], p["rate"], p["exact_below"])
     else:
         keys = [np.zeros(0, dtype=np.int64)] * batch.num_rows
     added = [_list_array(shingles), _list_array(list(bands)), _list_array(keys)]

@@ -145,6 +145,8 @@ def shingle_hashes(texts, kind: str, k: int) -> list[np.ndarray]:
 def distinct_per_row(values: np.ndarray, row: np.ndarray, per_row: np.ndarray, n: int) -> list[np.ndarray]:
     """The sorted distinct ``values`` of each of ``n`` rows; ``row`` holds each value's row, in
     contiguous runs of ``per_row`` values. Sorts ``values`` in place."""
+    if n == 0:
+        return []  # np.split would return one empty piece
     # Rows are contiguous: sorting each row's slice in place is ~10x faster than one lexsort.
     ends = np.cumsum(per_row)
     for lo, hi in zip((ends - per_row).tolist(), ends.tolist()):
