@@ -13,6 +13,8 @@ same keys as hashes from Arrow columns (what the pipeline runs), tested against 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -22,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
 from dolly_spark.prep.dedup_edit import edit_budget, tokens
-from dolly_spark.prep.minhash import distinct_per_row, mix64
+from dolly_spark.prep.minhash import distinct_per_row, mix64, string_hashes
 
 
 def field_keys(words: list[str], min_edits: int, rate: float, exact_below: int) -> list[str]:
@@ -105,7 +107,9 @@ _BASE = 0x9E3779B97F4A7C15  # odd: invertible mod 2^64
 _KINDS = {"=": 1, "D": 2, "P": 3, "S": 4}
 
 
+@functools.cache
 def _powers(base: int, n: int) -> np.ndarray:
+    """base^0 .. base^n mod 2^64."""
     return np.array([pow(base, k, 1 << 64) for k in range(n + 1)], dtype=np.uint64)
 
 
@@ -121,10 +125,7 @@ def _token_lists(column: pa.Array) -> tuple[np.ndarray, pa.ListArray]:
 def _token_hashes(words: pa.ListArray, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The 64-bit hashes of the tokens of ``rows`` (those with ``counts`` > 0), row after row."""
     keep = rows[counts[rows] > 0]  # an empty text splits into one "": not a token
-    flat = pc.list_flatten(words.take(pa.array(keep, pa.int64())))
-    coded = pc.dictionary_encode(flat)
-    distinct = pd.util.hash_array(coded.dictionary.to_numpy(zero_copy_only=False), categorize=False)
-    return distinct[coded.indices.to_numpy(zero_copy_only=False)].astype(np.uint64)
+    return string_hashes(pc.list_flatten(words.take(pa.array(keep, pa.int64()))))
 
 
 class _Spans:
@@ -213,8 +214,7 @@ def columns_keys(
             keys.append(k)
     row, field_ = np.concatenate(row_of), np.concatenate(field_of)
     order = np.lexsort((field_, row))  # by record, then field
-    counts = np.zeros((n_rows, nf), dtype=np.int64)
-    np.add.at(counts, (row, field_), 1)
+    counts = np.bincount(row * nf + field_, minlength=n_rows * nf).reshape(n_rows, nf)
     return _combinations(counts, np.concatenate(keys)[order], n_rows)
 
 

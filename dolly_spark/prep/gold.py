@@ -119,8 +119,12 @@ def format_columns(instruction: list, context: list, response: list) -> tuple[li
     """The prompt and the full training text of each record (templates: ``dolly_spark.text.prompts``)."""
     # The templates live in dolly_spark.text.prompts only; training and inference import the same ones.
     prompt = [prompts.format_prompt(i, c or "") for i, c in zip(instruction, context)]
-    text = [prompts.format_text(i, c or "", r) for i, c, r in zip(instruction, context, response)]
-    return prompt, text
+    return prompt, format_texts(instruction, context, response)
+
+
+def format_texts(instruction: list, context: list, response: list) -> list[str]:
+    """The full training text of each record (``prompts.format_text``)."""
+    return [prompts.format_text(i, c or "", r) for i, c, r in zip(instruction, context, response)]
 
 
 def _with_columns(df: DataFrame, added: list[tuple[str, object]], fn) -> DataFrame:
@@ -252,9 +256,7 @@ def tokenize_records(df: DataFrame, cfg: GoldConfig) -> DataFrame:
 
     def fn(batch):
         tok = cached_tokenizer(src)
-        instruction, context, response = _texts(batch)
-        text = [prompts.format_text(i, c or "", r) for i, c, r in zip(instruction, context, response)]
-        ids = encode_ids(tok, text)
+        ids = encode_ids(tok, format_texts(*_texts(batch)))
         fields = [batch.column(batch.schema.get_field_index(c)) for c in TEXT_FIELDS]
         special = special_token_hits(fields, special_token_strings(src))
         reason = pc.if_else(special, pa.scalar("special_token_in_text"), pa.scalar(None, pa.string()))

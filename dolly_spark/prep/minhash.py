@@ -102,9 +102,15 @@ def word_hashes(texts) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(words, pa.ChunkedArray):
         words = words.combine_chunks()
     lens = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
-    coded = pc.dictionary_encode(words.flatten())
+    return lens, string_hashes(words.flatten())
+
+
+def string_hashes(strings: pa.Array) -> np.ndarray:
+    """pandas' SipHash of each string, computed on the distinct strings only (Arrow's
+    ``dictionary_encode``): the same values as hashing every one."""
+    coded = pc.dictionary_encode(strings)
     distinct = pd.util.hash_array(coded.dictionary.to_numpy(zero_copy_only=False), categorize=False)
-    return lens, distinct[coded.indices.to_numpy(zero_copy_only=False)]
+    return distinct[coded.indices.to_numpy(zero_copy_only=False)].astype(np.uint64)
 
 
 def char_hashes(texts) -> tuple[np.ndarray, np.ndarray]:
