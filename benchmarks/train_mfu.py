@@ -417,6 +417,9 @@ def main(argv=None) -> int:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo" if args.device == "cpu" else "nccl")
+    from dolly_spark.launch.processes import remove_shm_segments
+
+    remove_shm_segments(int(os.environ["MASTER_PORT"]))  # the one rank has mapped its CPU segment: unlink the name
     t = time.perf_counter()
     examples = packed_rows(Path(args.tokenizer), args.seq_len, args.max_records)
     fill = sum(len(e["input_ids"]) for e in examples) / (len(examples) * args.seq_len)

@@ -63,17 +63,22 @@ def gold_root(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(spark, gold_root):
     root, rows = gold_root
-    cfg = TrainJobConfig(output_root=str(root), max_steps=STEPS, **COMMON)
-    return rows, launch.run(cfg, spark)
+    cfg = TrainJobConfig(output_root=str(root), max_steps=STEPS, master_port=processes.free_port(), **COMMON)
+    return rows, launch.run(cfg, spark), cfg.master_port
+
+
+def shm_segments(port: int) -> list[str]:
+    """DeepSpeed's CPU all-reduce segments of the run on ``port`` still in /dev/shm."""
+    return sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def test_tiny_zero3_run_learns_and_reports(trained):
-    _, result = trained
+    _, result, _ = trained
     assert result.family == "cpu" and result.num_processes == 2 and result.launcher == "deepspeed"
     assert result.final_step == STEPS
     assert result.train_loss_last_avg < result.train_loss_first_avg - 0.3
     assert result.eval_loss is not None and 0 < result.eval_loss < 20
-    cfg_rows, _ = trained
+    cfg_rows, _, _ = trained
     assert set(result.eval_loss_by_category) == {r["category"] for r in cfg_rows if r["split"] == "eval"}
     assert all(0 < v < 20 for v in result.eval_loss_by_category.values())
     assert result.gold_version == 0 and result.silver_version == 3
@@ -82,8 +87,32 @@ def test_tiny_zero3_run_learns_and_reports(trained):
     assert (result.base_model, result.tiny) == ("tiny", True)
 
 
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_a_finished_cpu_run_leaves_no_shared_memory_behind(trained):
+    """DeepSpeed's CPU all-reduce maps ~69 MB of /dev/shm per rank and never unlinks it; RAM-backed,
+    so leaked segments add up over runs (a test session launched ~30 runs: ~4 GB)."""
+    _, result, port = trained
+    assert result.final_step == STEPS
+    assert shm_segments(port) == []
+
+
+def test_shm_cleanup_removes_only_this_users_segments_of_this_port(tmp_path):
+    uid = os.getuid()
+    names = [
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_4242_0",
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_4242_1",
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_42420_0",  # another run's port
+        f"deepspeed_allreduce_buffer_{uid + 1}_127.0.0.1_4242_0",  # another user's run
+        "other_4242_0",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert processes.remove_shm_segments(4242, tmp_path) == names[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
 def test_the_runs_job_file_holds_no_driver_only_setting(trained):
-    _, result = trained
+    _, result, _ = trained
     job = json.loads((Path(result.staging_dir).parent / "run" / "job.json").read_text())
     assert DRIVER_ONLY == {"plan", "gpu_memory_gb", "host_memory_gb", "check_fit", "log_adapter_only"}
     assert set(job["config"]) == {f.name for f in dataclasses.fields(TrainConfig)}
@@ -111,7 +140,7 @@ def test_job_file_keeps_driver_only_settings_back(tmp_path):
 
 
 def test_metrics_jsonl_has_loss_lr_tokens_per_step_and_eval_per_category(trained):
-    _, result = trained
+    _, result, _ = trained
     rows = launch.read_metrics(result.metrics_path)
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
@@ -128,7 +157,7 @@ def test_saved_model_is_safetensors_reloads_generates_and_weights_changed(traine
 
     from dolly_spark.text.prompts import format_prompt
 
-    _, result = trained
+    _, result, _ = trained
     model_dir = Path(result.model_dir)
     assert (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
@@ -156,7 +185,7 @@ def test_saved_model_is_safetensors_reloads_generates_and_weights_changed(traine
 def test_checkpoints_are_complete_and_rotated(trained):
     from dolly_spark.train import checkpoints
 
-    _, result = trained
+    _, result, _ = trained
     ckpts = checkpoints.list_checkpoints(result.checkpoint_dir)
     assert [s for s, _ in ckpts] == [20, 30]  # save every 10, keep the last 2
     assert all(checkpoints.is_complete(p) for _, p in ckpts)
@@ -168,7 +197,7 @@ def test_failing_rank_fails_the_job_then_resume_ends_at_same_step_with_same_data
     """Rank 1 crashes at step 8 (after checkpoint-5); the resumed run ends at its final step with
     the same batches and (near-)identical losses as the uninterrupted reference run."""
     root, _ = gold_root
-    _, reference = trained
+    _, reference, _ = trained
     ref_rows = {r["step"]: r for r in launch.read_metrics(reference.metrics_path) if r["kind"] == "train"}
     steps = 16
     common = dict(COMMON, save_steps=5, eval_steps=8)  # data order and losses do not depend on these

@@ -28,6 +28,7 @@ from dolly_spark.launch.processes import (
     choose_launcher,
     free_port,
     launch_command,
+    remove_shm_segments,
     run_distributor,
     run_subprocess,
     worker_env,
@@ -217,8 +218,12 @@ def launch_ranks(run_: ResolvedRun, staged: StagedGold, paths: RunPaths) -> None
         if run_.launcher == "distributor":
             run_distributor(cfg, run_.nproc, run_.family, job_path, ds_path, paths.run_dir)
         else:
-            cmd = launch_command(run_.launcher, run_.nproc, cfg.master_port or free_port(), job_path, ds_path)
-            run_subprocess(cmd, worker_env(run_.family), paths.run_dir)
+            port = cfg.master_port or free_port()
+            try:
+                cmd = launch_command(run_.launcher, run_.nproc, port, job_path, ds_path)
+                run_subprocess(cmd, worker_env(run_.family), paths.run_dir)
+            finally:
+                remove_shm_segments(port)  # run_subprocess returns once every rank has exited
     finally:
         if paths.hot_metrics.is_file():
             shutil.copyfile(paths.hot_metrics, paths.metrics_path)

@@ -33,6 +33,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_shm_segments(port: int, shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink the shared memory DeepSpeed's CPU all-reduce left for the run on ``port``.
+
+    Each CPU rank maps a ``deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` segment (~69 MB)
+    and DeepSpeed never unlinks it; /dev/shm is RAM, so every run would leak its ranks' segments.
+    Call once the ranks have exited. Returns the names removed.
+    """
+    removed = []
+    for seg in shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        seg.unlink(missing_ok=True)
+        removed.append(seg.name)
+    return sorted(removed)
+
+
 def choose_launcher(cfg: TrainConfig) -> str:
     if cfg.launcher != "auto":
         return cfg.launcher
