@@ -470,7 +470,7 @@ def test_the_stages_of_deduplicate_one_by_one(spark, tmp_path):
     near, cluster_stats = near_duplicate_clusters(edges, shingled, cfg, work)
     assert {r["record_id"]: r["near_rep"] for r in near.collect()} == {"r1": "r1", "r3": "r1"}
     assert cluster_stats == {"components_method": "union_find"}
-    removed = removed_records(exact, near, shingled, work)
+    removed = removed_records(exact, near, shingled, cfg, work)
     assert {r["record_id"]: (r["kept_record_id"], r["method"]) for r in removed.collect()} == {
         "r2": ("r1", "exact"),
         "r3": ("r1", "minhash"),
