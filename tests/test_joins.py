@@ -2,7 +2,7 @@
 
 from pyspark.testing import assertDataFrameEqual
 
-from dolly_spark.ops.joins import anti_join, lookup_join
+from dolly_spark.ops.joins import anti_join, lookup_join, semi_join
 
 
 def test_anti_join_is_a_left_anti_join(spark):
@@ -13,6 +13,18 @@ def test_anti_join_is_a_left_anti_join(spark):
         anti_join(wide, keys, "k"), spark.createDataFrame([("a", "x", 1), ("c", None, 3)], wide.schema)
     )
     assert anti_join(wide, keys, "k").columns == wide.columns
+
+
+def test_semi_join_is_a_left_semi_join(spark):
+    wide = spark.createDataFrame([("a", "x", 1), ("b", "y", 2), ("c", None, 3)], "k string, t string, n int")
+    keys = spark.createDataFrame(
+        [("b", 0), ("b", 1), ("c", 2), ("z", 3)], "k string, other int"
+    )  # repeats, a stray key
+    assertDataFrameEqual(semi_join(wide, keys, "k"), wide.join(keys, "k", "left_semi"))
+    assertDataFrameEqual(
+        semi_join(wide, keys, "k"), spark.createDataFrame([("b", "y", 2), ("c", None, 3)], wide.schema)
+    )
+    assert semi_join(wide, keys, "k").columns == wide.columns
 
 
 def test_lookup_join_is_a_left_join_keeping_the_wide_columns_first(spark):

@@ -36,6 +36,11 @@ def free_port() -> int:
 SHM_DIR = Path("/dev/shm")
 
 
+def shm_segments(port: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """This user's DeepSpeed CPU all-reduce segments of the run on ``port``, by name."""
+    return sorted(shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
 def remove_shm_segments(port: int, shm_dir: Path = SHM_DIR) -> list[str]:
     """Unlink the shared memory DeepSpeed's CPU all-reduce left for the run on ``port``.
 
@@ -43,11 +48,10 @@ def remove_shm_segments(port: int, shm_dir: Path = SHM_DIR) -> list[str]:
     and DeepSpeed never unlinks it; /dev/shm is RAM, so every run would leak its ranks' segments.
     Call once the ranks have exited. Returns the names removed.
     """
-    removed = []
-    for seg in shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+    segments = shm_segments(port, shm_dir)
+    for seg in segments:
         seg.unlink(missing_ok=True)
-        removed.append(seg.name)
-    return sorted(removed)
+    return [seg.name for seg in segments]
 
 
 def choose_launcher(cfg: TrainConfig) -> str:

@@ -21,6 +21,12 @@ def anti_join(wide: DataFrame, keys: DataFrame, on: str) -> DataFrame:
     return marks.join(wide, on, "right").where(F.col(_HIT).isNull()).select(*wide.columns)
 
 
+def semi_join(wide: DataFrame, keys: DataFrame, on: str) -> DataFrame:
+    """Rows of ``wide`` whose ``on`` value is in ``keys`` (``wide`` left-semi ``keys``), with the
+    distinct keys as the build side: an inner join, each wide row once however often its key repeats."""
+    return keys.select(on).distinct().join(wide, on, "inner").select(*wide.columns)
+
+
 def lookup_join(small: DataFrame, wide: DataFrame, on: str) -> DataFrame:
     """Every row of ``wide`` with the columns of ``small`` (null where it has no match): ``wide``
     left-join ``small``, with ``small`` as the build side. Columns: ``wide``'s, then ``small``'s."""
